@@ -1,0 +1,142 @@
+"""Backends run bundles somewhere and hand back what they printed.
+
+A backend knows nothing about Python functions: it receives :class:`Job` objects (bash text
+plus an id), runs them, and resolves one ``Future[Output]`` per job. Backends are registered
+by name in the ``hog_executor.backends`` entry-point group, so a site can ship its own.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..config import COMMON_KEYS, Endpoint, Key
+from ..errors import ConfigError
+
+__all__ = ["Backend", "Job", "Output", "backend_class", "backend_keys", "backend_names"]
+
+ENTRY_POINT_GROUP = "hog_executor.backends"
+
+#: Backends that ship with hog-executor, found without reading entry points.
+BUILTIN: dict[str, str] = {
+    "local": "hog_executor.backends.local:LocalBackend",
+}
+#: Backends planned or shipped as extras: named in error messages.
+_HINTS: dict[str, str] = {
+    "globus": "the Globus Compute backend: pip install 'hog-executor[globus]'",
+    "slurm": "the Slurm backend",
+    "dask": "the Dask backend: pip install 'hog-executor[dask]'",
+}
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a bundle run produced.
+
+    Attributes:
+        returncode: exit status (negative: killed by that signal).
+        stdout: raw standard output.
+        stderr: raw standard error.
+        state: the scheduler's final state, when the backend has one.
+        log_paths: where the backend keeps this run's logs, if anywhere.
+    """
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    state: str | None = None
+    log_paths: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class Job:
+    """One bundle to run.
+
+    Attributes:
+        id: a unique task id (shown on futures).
+        bundle: the bash text.
+        walltime: the call's walltime in seconds, for backends whose scheduler wants one.
+        on_start: called by the backend once when the bundle starts running.
+    """
+
+    id: str
+    bundle: str
+    walltime: float | None = None
+    on_start: Callable[[], None] = field(default=lambda: None, repr=False)
+    future: Future[Output] = field(default_factory=Future, repr=False)
+
+
+class Backend(abc.ABC):
+    """The interface every backend implements."""
+
+    #: Configuration keys this backend understands besides :data:`COMMON_KEYS`.
+    keys: ClassVar[Mapping[str, Key]] = {}
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    @property
+    @abc.abstractmethod
+    def workers(self) -> int:
+        """How many bundles can run at once (used to size ``map`` chunks)."""
+
+    @abc.abstractmethod
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Start running ``jobs``; resolve each ``job.future`` with an :class:`Output`.
+
+        Raises:
+            BackendError: the jobs could not be submitted (nothing was started).
+        """
+
+    @abc.abstractmethod
+    def cancel(self, job: Job) -> bool:
+        """Stop ``job`` if it has not finished; return whether it was stopped."""
+
+    @abc.abstractmethod
+    def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
+        """Release resources; with ``cancel``, stop queued and running jobs first."""
+
+
+def backend_names() -> list[str]:
+    """Names of every installed backend."""
+    return sorted({*BUILTIN, *_entry_points()})
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered as ``name``.
+
+    Raises:
+        ConfigError: no backend of that name is installed.
+    """
+    target = BUILTIN.get(name)
+    if target is not None:
+        import importlib
+
+        module, _, attr = target.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    else:
+        ep = _entry_points().get(name)
+        if ep is None:
+            hint = f" ({_HINTS[name]})" if name in _HINTS else ""
+            raise ConfigError(
+                f"no backend named {name!r} is installed{hint}; installed backends: "
+                f"{', '.join(backend_names())}"
+            )
+        cls = ep.load()
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(f"backend {name!r} does not implement hog_executor.backends.Backend")
+    return cls
+
+
+def backend_keys(name: str) -> dict[str, Key]:
+    """Every key an endpoint of backend ``name`` accepts."""
+    return {**COMMON_KEYS, **backend_class(name).keys}

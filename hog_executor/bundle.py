@@ -1,0 +1,220 @@
+"""Render the bash bundle that runs calls anywhere, and parse what it prints.
+
+A bundle is one self-contained bash script: files travel base64-encoded inside it, it finds
+or builds the cached uv environment, runs the runner under a walltime in its own process
+group, and frames the result with a random per-call marker. :func:`render_bundle` is a pure
+function of its inputs so that bundles can be tested by reading them.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import shlex
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ._version import __version__
+from .environment import EnvSpec
+
+__all__ = ["BundleSpec", "Frame", "parse_output", "render_bundle"]
+
+#: Exit status of a bundle whose call exceeded its walltime (as coreutils ``timeout``).
+EXIT_WALLTIME = 124
+#: Exit status of a bundle that could not build its environment.
+EXIT_ENV_FAILED = 96
+#: Exit status of a bundle that failed before running the call.
+EXIT_SETUP_FAILED = 97
+
+RUNNER_NAME = ".hog_runner.py"
+PAYLOAD_NAME = ".hog_payload"
+ENV_NAME = ".hog_env.py"
+
+
+@lru_cache(maxsize=1)
+def runner_source() -> bytes:
+    """The runner program shipped in every bundle."""
+    return (Path(__file__).parent / "runner.py").read_bytes()
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What a bundle contains besides the per-call payload.
+
+    Attributes:
+        env: the environment to find or build.
+        script_name: file name of the user's script inside the bundle (None: no script).
+        script_source: the script's text.
+        walltime: seconds before the call is killed (None: no limit).
+        env_vars: environment variables exported before the call.
+        worker_init: bash lines run before the call.
+        cache_dir: value for ``HOG_CACHE_DIR`` (None: the remote default).
+        description: a comment naming what the bundle runs.
+    """
+
+    env: EnvSpec
+    script_name: str | None = None
+    script_source: str = ""
+    walltime: float | None = None
+    env_vars: dict[str, str] = field(default_factory=dict)
+    worker_init: str = ""
+    cache_dir: str | None = None
+    description: str = ""
+
+
+def _b64(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.b64encode(data).decode("ascii")
+
+
+_PRELUDE = r"""set -o pipefail
+umask 077
+hog_fail() { printf 'hog: %s\n' "$1" >&2; exit "$2"; }
+hog_tmp=$(mktemp -d "${HOG_WORK_DIR:-${TMPDIR:-/tmp}}/hog-call.XXXXXXXX") \
+  || hog_fail "cannot create a temporary directory" __SETUP__
+trap 'rm -rf "$hog_tmp"' EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
+hog_put() { printf '%s' "$2" | base64 -d > "$hog_tmp/$1" || hog_fail "cannot unpack $1" __SETUP__; }
+"""
+
+_ENVIRONMENT = r"""hog_user=${USER:-$(id -un)}
+hog_cache="${HOG_CACHE_DIR:-${SCRATCH:-${TMPDIR:-/tmp}}}/hog-$hog_user"
+mkdir -p "$hog_cache/envs" || hog_fail "cannot create the cache directory $hog_cache" __SETUP__
+[ -O "$hog_cache" ] || hog_fail "$hog_cache belongs to another user; set HOG_CACHE_DIR" __SETUP__
+hog_env="$hog_cache/envs/$hog_key"
+hog_find_uv() {
+  if [ -n "${HOG_UV:-}" ] && [ -x "$HOG_UV" ]; then hog_uv=("$HOG_UV"); return 0; fi
+  if command -v uv >/dev/null 2>&1; then hog_uv=(uv); return 0; fi
+  local py
+  for py in python3 python; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -m uv --version >/dev/null 2>&1; then
+      hog_uv=("$py" -m uv); return 0
+    fi
+  done
+  if [ ! -x "$hog_cache/uv/bin/uv" ]; then
+    printf 'hog: uv not found; installing it into %s\n' "$hog_cache/uv" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --target "$hog_cache/uv" uv >&2 \
+      || hog_fail "uv is not installed and could not be installed with pip; install uv (https://docs.astral.sh/uv/) on this machine" __ENV__
+  fi
+  hog_uv=("$hog_cache/uv/bin/uv")
+}
+hog_build_env() {
+  hog_find_uv
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$hog_cache/envs/.$hog_key.lock" && flock 9
+  fi
+  if [ -x "$hog_env/bin/python" ]; then exec 9>&-; return 0; fi
+  local build="$hog_cache/envs/.build-$hog_key.$$.$RANDOM"
+  printf 'hog: building environment %s (first use of these dependencies)\n' "$hog_key" >&2
+  if ! { "${hog_uv[@]}" venv --quiet --relocatable --python-preference system \
+           --python "$hog_python" "$build" >&2 \
+         && VIRTUAL_ENV="$build" "${hog_uv[@]}" sync --quiet --active \
+           --script "$hog_tmp/__ENV_NAME__" >&2 \
+         && "${hog_uv[@]}" pip install --quiet --no-deps --python "$build/bin/python" \
+           "${hog_runtime[@]}" >&2; }; then
+    rm -rf "$build"
+    hog_fail "building the environment failed (uv's message is above)" __ENV__
+  fi
+  "$build/bin/python" -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' \
+    "$build" "$hog_env" 2>/dev/null || rm -rf "$build"
+  exec 9>&-
+  [ -x "$hog_env/bin/python" ] || hog_fail "the environment $hog_env is unusable" __ENV__
+}
+[ -x "$hog_env/bin/python" ] || hog_build_env
+: > "$hog_env/.last-used" 2>/dev/null
+"""
+
+_RUN = r"""timeout -k 10 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
+  "$hog_tmp/__PAYLOAD__" &
+hog_pid=$!
+trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid"; exit 143' TERM
+wait "$hog_pid"
+hog_rc=$?
+if [ "$hog_rc" -eq __WALLTIME__ ] && [ "$hog_walltime" != 0 ]; then
+  printf 'hog: the call exceeded its walltime of %s s and was killed\n' "$hog_walltime" >&2
+fi
+exit "$hog_rc"
+"""
+
+
+def _walltime_arg(walltime: float | None) -> str:
+    if walltime is None:
+        return "0"
+    return str(max(1, math.ceil(walltime)))
+
+
+def render_bundle(spec: BundleSpec, payload: bytes) -> str:
+    """The complete bash bundle for one payload (one call or one chunk of calls)."""
+    q = shlex.quote
+    out = ["#!/usr/bin/env bash"]
+    out.append(f"# hog-executor {__version__} bundle" + (f": {spec.description}" if spec.description else ""))
+    out.append("# Runs by hand: bash THIS_FILE (HOG_CACHE_DIR chooses where environments are cached)")
+    out.append(
+        _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED)).rstrip("\n")
+    )
+    out.append(f"hog_put {RUNNER_NAME} {_b64(runner_source())}")
+    out.append(f"hog_put {ENV_NAME} {_b64(spec.env.metadata)}")
+    if spec.script_name is not None:
+        out.append(f"hog_put {q(spec.script_name)} {_b64(spec.script_source)}")
+    out.append(f"hog_put {PAYLOAD_NAME} {_b64(payload)}")
+    if spec.cache_dir:
+        out.append(f"export HOG_CACHE_DIR={q(spec.cache_dir)}")
+    for name, value in spec.env_vars.items():
+        out.append(f"export {name}={q(value)}")
+    out.append(f"hog_key={q(spec.env.key)}")
+    out.append(f"hog_python={q(spec.env.python)}")
+    out.append("hog_runtime=(" + " ".join(q(r) for r in spec.env.runtime) + ")")
+    out.append(f"hog_walltime={_walltime_arg(spec.walltime)}")
+    out.append(
+        _ENVIRONMENT.replace("__SETUP__", str(EXIT_SETUP_FAILED))
+        .replace("__ENV__", str(EXIT_ENV_FAILED))
+        .replace("__ENV_NAME__", ENV_NAME)
+        .rstrip("\n")
+    )
+    if spec.worker_init:
+        out.append("# worker_init")
+        out.append(spec.worker_init.rstrip("\n"))
+    out.append(
+        _RUN.replace("__RUNNER__", RUNNER_NAME)
+        .replace("__PAYLOAD__", PAYLOAD_NAME)
+        .replace("__WALLTIME__", str(EXIT_WALLTIME))
+        .rstrip("\n")
+    )
+    return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What a bundle printed, split into the result frame and the user's own output.
+
+    Attributes:
+        outcomes: the runner's pickled outcome list, or None when no complete frame was found.
+        stdout: everything else the bundle printed on stdout.
+    """
+
+    outcomes: bytes | None
+    stdout: str
+
+
+def parse_output(stdout: bytes | str, marker: str) -> Frame:
+    """Find the result frame for ``marker`` in a bundle's stdout."""
+    data = stdout.encode("utf-8", "surrogateescape") if isinstance(stdout, str) else stdout
+    begin = b"\n@@HOG-RESULT " + marker.encode() + b"@@\n"
+    end = b"\n@@HOG-END " + marker.encode() + b"@@\n"
+    start = data.rfind(begin)
+    if start < 0:
+        return Frame(None, data.decode("utf-8", "replace"))
+    stop = data.find(end, start + len(begin))
+    if stop < 0:
+        return Frame(None, data.decode("utf-8", "replace"))
+    encoded = data[start + len(begin):stop]
+    rest = data[:start] + data[stop + len(end):]
+    try:
+        outcomes = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return Frame(None, rest.decode("utf-8", "replace"))
+    return Frame(outcomes, rest.decode("utf-8", "replace"))

@@ -1,0 +1,359 @@
+"""Endpoint resolution: builtin < user file < script < executor kwargs < per-call options.
+
+An *endpoint* is a name that resolves to a backend plus configuration values. Names come from
+the builtin backends (``local``, ...), a bare Globus Compute endpoint UUID, ``[tool.hog.<name>]``
+tables in the script's PEP 723 block, and the same tables in the user's config file. A dotted
+name (``anvil.gpu``) is a variant: it inherits every key of ``anvil`` and overrides some.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .script import check_requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "COMMON_KEYS",
+    "Endpoint",
+    "Key",
+    "parse_walltime",
+    "resolve_endpoint",
+    "user_config_path",
+]
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its meaning, how its value is checked, and where it applies.
+
+    Attributes:
+        name: the key as written in TOML and keyword arguments.
+        doc: one line saying what it does.
+        check: returns the normalized value or raises ``ValueError`` with a reason.
+        per_call: whether ``ex.options(...)`` may override it.
+    """
+
+    name: str
+    doc: str
+    check: Callable[[Any], Any]
+    per_call: bool = True
+
+
+def _typed(*types: type, what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) and bool not in types:
+            raise ValueError(f"expected {what}")
+        if not isinstance(value, types):
+            raise ValueError(f"expected {what}, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+def positive_int(value: Any) -> int:
+    """Check a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def parse_walltime(value: Any) -> float | None:
+    """Parse a walltime: seconds (int/float) or ``[D-]HH:MM:SS`` / ``MM:SS`` text; None = none."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or [D-]HH:MM:SS")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"walltime must be positive, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", value.strip())
+        if m:
+            days, hours, minutes, seconds = m.groups()
+            total = (
+                int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+            )
+            if total > 0:
+                return total
+        elif re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+            return parse_walltime(float(value))
+    raise ValueError(f"expected seconds or [D-]HH:MM:SS, got {value!r}")
+
+
+def _env(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of NAME = \"value\"")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not _ENV_NAME.match(k):
+            raise ValueError(f"{k!r} is not a valid environment variable name")
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise ValueError(f"value of {k} must be a string or number")
+        out[k] = str(v)
+    return out
+
+
+def _lines(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    raise ValueError("expected bash text or a list of lines")
+
+
+def _deps(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of requirements")
+    for dep in value:
+        if not isinstance(dep, str):
+            raise ValueError(f"{dep!r} is not a requirement string")
+        check_requirement(dep, "dependencies")
+    return tuple(value)
+
+
+def _requires_python(value: Any) -> str:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    if not isinstance(value, str):
+        raise ValueError("expected a specifier string such as \">=3.10\"")
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier:
+        raise ValueError(f"{value!r} is not a version specifier") from None
+    return value
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?)?[bB]?\s*", value)
+        if not m:
+            raise ValueError(f"expected bytes or a size like \"10MB\", got {value!r}")
+        number, unit = float(m.group(1)), (m.group(2) or "").lower()
+        base = 1024 if unit.endswith("i") else 1000
+        power = {"": 0, "k": 1, "m": 2, "g": 3}[unit[:1]]
+        value = int(number * base**power)
+    return positive_int(value)
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError("expected a path")
+    return os.path.expanduser(os.fspath(value))
+
+
+#: Keys every backend understands.
+COMMON_KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        Key("backend", "which backend runs this endpoint", _typed(str, what="a backend name"),
+            per_call=False),
+        Key("walltime", "kill a call running longer than this (seconds or [D-]HH:MM:SS)",
+            parse_walltime),
+        Key("env", "environment variables set for the call", _env),
+        Key("worker_init", "bash lines run before the call (module load, ...)", _lines),
+        Key("payload_limit", "largest serialized call accepted (bytes or \"10MB\")", _size),
+        Key("requires_python", "Python for calls without a script block", _requires_python),
+        Key("dependencies", "extra requirements installed into the call's environment", _deps),
+        Key("cache_dir", "parent of the remote environment cache (sets HOG_CACHE_DIR)", _path),
+    ]
+}
+
+DEFAULT_PAYLOAD_LIMIT = 10_000_000
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A resolved endpoint.
+
+    Attributes:
+        name: the name the user gave.
+        backend: the backend name.
+        values: every configured key (validated).
+        sources: for each key, where its value came from.
+    """
+
+    name: str
+    backend: str
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def with_overrides(self, overrides: Mapping[str, Any], keys: Mapping[str, Key],
+                       source: str = "options()") -> Endpoint:
+        """Return a copy with per-call ``overrides`` applied.
+
+        Raises:
+            ConfigError: a key is unknown or may not change per call.
+        """
+        values = dict(self.values)
+        sources = dict(self.sources)
+        for name, raw in overrides.items():
+            key = _lookup_key(name, keys, self.name)
+            if not key.per_call:
+                raise ConfigError(
+                    f"{name!r} cannot change per call; create another HogExecutor for it"
+                )
+            _merge(values, sources, name, _check(key, raw, f"{source}"), source)
+        return Endpoint(self.name, self.backend, values, sources)
+
+
+def user_config_path() -> Path:
+    """The user-level config file: ``$HOG_CONFIG_FILE``, else the XDG config dir."""
+    explicit = os.environ.get("HOG_CONFIG_FILE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "hog-executor" / "config.toml"
+
+
+def _read_user_config() -> tuple[dict[str, Any], str]:
+    path = user_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, str(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return data, str(path)
+
+
+def _lookup_key(name: str, keys: Mapping[str, Key], endpoint: str) -> Key:
+    try:
+        return keys[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown key {name!r} for endpoint {endpoint!r}; known keys: {', '.join(sorted(keys))}"
+        ) from None
+
+
+def _check(key: Key, raw: Any, where: str) -> Any:
+    try:
+        return key.check(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key.name} = {raw!r}: {exc}") from None
+
+
+def _merge(values: dict[str, Any], sources: dict[str, str], name: str, value: Any,
+           source: str) -> None:
+    if name == "env" and isinstance(values.get("env"), dict):
+        value = {**values["env"], **value}
+    values[name] = value
+    sources[name] = source
+
+
+def _table(layer: Mapping[str, Any], dotted: str) -> dict[str, Any] | None:
+    """The merged table for ``a.b.c`` in one layer (a, then a.b, then a.b.c), or None.
+
+    Table-valued entries are kept: once the backend is known, those that are not keys of it
+    are variants (``[tool.hog.anvil.gpu]``) and are dropped by :func:`resolve_endpoint`.
+    """
+    node: Any = layer
+    merged: dict[str, Any] = {}
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        child = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(child, dict):
+            return None
+        node = child
+        nxt = parts[i + 1] if i + 1 < len(parts) else None
+        merged.update({k: v for k, v in node.items() if k != nxt})
+    return merged
+
+
+def _names(layer: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in layer.items():
+        if isinstance(v, dict) and k not in COMMON_KEYS:
+            out.append(prefix + k)
+            out.extend(_names(v, prefix + k + "."))
+    return out
+
+
+def resolve_endpoint(
+    name: str,
+    *,
+    script_tables: Mapping[str, Any] | None = None,
+    script_source: str = "script",
+    kwargs: Mapping[str, Any] | None = None,
+    backend_keys: Callable[[str], Mapping[str, Key]],
+    builtin_backends: Callable[[], list[str]],
+) -> Endpoint:
+    """Resolve an endpoint name through every configuration layer.
+
+    Args:
+        name: ``"local"``, a table name (``"anvil"``, ``"anvil.gpu"``) or an endpoint UUID.
+        script_tables: the script's ``[tool.hog]`` table.
+        script_source: how to name the script in messages.
+        kwargs: configuration given to the executor.
+        backend_keys: maps a backend name to its keys (raises ConfigError if unknown).
+        builtin_backends: the names of installed backends.
+
+    Raises:
+        ConfigError: the name is unknown, a key is unknown or a value is invalid; the message
+            lists what is known.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"endpoint must be a non-empty string, got {name!r}")
+    user, user_source = _read_user_config()
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for source, tables in ((user_source, user), (script_source, script_tables or {})):
+        table = _table(tables, name)
+        if table is not None:
+            layers.append((source, table))
+    backends = builtin_backends()
+    root = name.split(".", 1)[0]
+    backend: str | None = None
+    builtin: dict[str, Any] = {}
+    if _UUID.match(name):
+        backend, builtin = "globus", {"endpoint": name}
+    elif root in backends:
+        backend = root
+    for _, table in layers:
+        if isinstance(table.get("backend"), str):
+            backend = table["backend"]
+        elif "endpoint" in table and backend is None:
+            backend = "globus"
+    if backend is None:
+        if layers:
+            raise ConfigError(
+                f"endpoint {name!r} does not say which backend runs it: add backend = "
+                f"\"<name>\" (one of {', '.join(backends)}) or endpoint = \"<globus uuid>\""
+            )
+        known = sorted({*backends, *_names(user), *_names(script_tables or {})})
+        raise ConfigError(
+            f"unknown endpoint {name!r}; known endpoints: {', '.join(known)} (define others in "
+            f"[tool.hog.<name>] of the script's PEP 723 block or in {user_source}, or pass a "
+            "Globus Compute endpoint UUID)"
+        )
+    keys = backend_keys(backend)
+    values: dict[str, Any] = {"backend": backend}
+    sources: dict[str, str] = {"backend": "builtin"}
+    all_layers = [("builtin", builtin), *layers, ("executor arguments", dict(kwargs or {}))]
+    for source, table in all_layers:
+        for key_name, raw in table.items():
+            if raw is None and source == "executor arguments":
+                continue
+            if isinstance(raw, dict) and key_name not in keys and source != "executor arguments":
+                continue  # a variant table, not a value
+            key = _lookup_key(key_name, keys, name)
+            _merge(values, sources, key_name, _check(key, raw, source), source)
+    return Endpoint(name, backend, values, sources)

@@ -1,0 +1,141 @@
+"""The environment a call needs: what uv builds remotely, and the key it is cached under."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from ._version import __version__
+from .script import ScriptMetadata
+
+__all__ = ["EnvSpec", "env_spec", "runtime_requirements"]
+
+#: Changes whenever the layout of cached environments changes.
+ENV_FORMAT = "1"
+
+#: Overrides the requirement that installs hog-executor into remote environments, e.g.
+#: ``-e /path/to/checkout`` or ``hog-executor @ file:///path`` for unreleased checkouts.
+REQUIREMENT_ENV = "HOG_EXECUTOR_REQUIREMENT"
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Everything that decides a cached environment.
+
+    Attributes:
+        metadata: a PEP 723 script text holding only the metadata block uv syncs from.
+        python: the interpreter request given to ``uv venv --python``.
+        runtime: arguments for ``uv pip install --no-deps`` (cloudpickle, hog-executor).
+        key: the cache key (a hash of all of the above).
+    """
+
+    metadata: str
+    python: str
+    runtime: tuple[str, ...]
+    key: str
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def render_metadata(requires_python: str | None, dependencies: tuple[str, ...],
+                    tool_uv: dict[str, Any]) -> str:
+    """A PEP 723 block with exactly these settings (the text uv syncs the environment from)."""
+    lines = ["# /// script"]
+    if requires_python:
+        lines.append(f"# requires-python = {_toml_value(requires_python)}")
+    lines.append(f"# dependencies = {_toml_value(list(dependencies))}")
+    if tool_uv:
+        lines.append(f"# tool = {{ uv = {_toml_value(tool_uv)} }}")
+    lines.append("# ///")
+    return "\n".join(lines) + "\n"
+
+
+@lru_cache(maxsize=1)
+def runtime_requirements() -> tuple[str, ...]:
+    """What every environment gets besides the script's dependencies (installed --no-deps).
+
+    hog-executor itself comes at the client's version, so scripts that import it work remotely:
+    from ``$HOG_EXECUTOR_REQUIREMENT`` when set, else from the local checkout it was installed
+    from (editable or not), else from the package index.
+    """
+    import cloudpickle
+
+    pinned = (f"cloudpickle=={cloudpickle.__version__}",)
+    override = os.environ.get(REQUIREMENT_ENV, "").strip()
+    if override:
+        import shlex
+
+        return (*pinned, *shlex.split(override))
+    return (*pinned, *_installed_from())
+
+
+def _installed_from() -> tuple[str, ...]:
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        dist = distribution("hog-executor")
+        direct = dist.read_text("direct_url.json")
+    except (PackageNotFoundError, OSError):
+        direct = None
+    if direct:
+        info = json.loads(direct)
+        url = info.get("url", "")
+        if url.startswith("file://") and "dir_info" in info:
+            path = unquote(urlparse(url).path)
+            if os.path.isdir(path):
+                if info["dir_info"].get("editable"):
+                    return ("-e", path)
+                return (f"hog-executor @ {url}",)
+    return (f"hog-executor=={__version__}",)
+
+
+def _python_request(requires_python: str | None) -> str:
+    """Prefer the client's minor version (pickles of code are only portable within one)."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not requires_python:
+        return here
+    from packaging.specifiers import SpecifierSet
+
+    if SpecifierSet(requires_python).contains(f"{here}.{sys.version_info.micro}"):
+        return here
+    return requires_python
+
+
+def env_spec(meta: ScriptMetadata, *, requires_python: str | None = None,
+             extra_dependencies: tuple[str, ...] = ()) -> EnvSpec:
+    """The environment for a script (or, without one, for the executor's settings).
+
+    ``requires_python`` applies when the script does not declare one; ``extra_dependencies``
+    are added to the script's.
+    """
+    rp = meta.requires_python or requires_python
+    deps = tuple(dict.fromkeys((*meta.dependencies, *extra_dependencies)))
+    metadata = render_metadata(rp, deps, meta.tool_uv)
+    python = _python_request(rp)
+    runtime = runtime_requirements()
+    digest = hashlib.sha256(
+        "\0".join([ENV_FORMAT, metadata, python, *runtime]).encode()
+    ).hexdigest()[:20]
+    return EnvSpec(metadata=metadata, python=python, runtime=runtime, key=digest)

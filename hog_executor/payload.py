@@ -1,0 +1,232 @@
+"""Serialize calls for the runner and decode what it sends back.
+
+Objects defined in the user's script (functions, classes) travel *by reference* to the module
+the runner imports the script as (``__hog_script__``), in both directions: a ``Point`` made on
+the client is a ``Point`` of the remote script, and a ``Point`` returned by the remote function
+is the client's own ``Point`` again. Everything else follows cloudpickle's rules (lambdas and
+closures by value).
+"""
+
+from __future__ import annotations
+
+import io
+import operator
+import pickle
+import sys
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from .errors import PayloadTooLargeError, RemoteError, RemoteTraceback, SerializationError
+
+__all__ = ["Outcome", "decode_outcome", "dumps", "loads", "pack_payload"]
+
+SCRIPT_MODULE = "__hog_script__"
+PROTOCOL = 5
+
+
+def _resolve(module: types.ModuleType, qualname: str) -> Any:
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class _ScriptModule:
+    """Stands for the remote script module inside a pickle."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import importlib
+
+        return (importlib.import_module, (SCRIPT_MODULE,))
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    def __init__(self, file: io.BytesIO, module: types.ModuleType | None) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._module = module
+        self._module_name = module.__name__ if module is not None else None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            self._module_name is not None
+            and isinstance(obj, (type, types.FunctionType))
+            and getattr(obj, "__module__", None) == self._module_name
+            and "<" not in obj.__qualname__
+        ):
+            try:
+                found = _resolve(self._module, obj.__qualname__)  # type: ignore[arg-type]
+            except AttributeError:
+                found = None
+            if found is obj:
+                return (operator.attrgetter(obj.__qualname__), (_ScriptModule(),))
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any, module: types.ModuleType | None = None) -> bytes:
+    """Pickle ``obj`` for the runner; ``module`` is the client's module of the script.
+
+    Raises whatever pickling raises (callers turn it into :class:`SerializationError`).
+    """
+    buf = io.BytesIO()
+    _Pickler(buf, module).dump(obj)
+    return buf.getvalue()
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, module: types.ModuleType | None) -> None:
+        super().__init__(file)
+        self._module = module
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == SCRIPT_MODULE and self._module is not None:
+            return _resolve(self._module, name)
+        found = super().find_class(module, name)
+        if self._module is not None and (module, name) in _IMPORTERS:
+            script_module = self._module
+
+            def importer(modname: str, *rest: Any) -> Any:
+                return script_module if modname == SCRIPT_MODULE else found(modname, *rest)
+
+            return importer
+        return found
+
+
+_IMPORTERS = {("importlib", "import_module"), ("cloudpickle.cloudpickle", "subimport")}
+
+
+def loads(data: bytes, module: types.ModuleType | None = None) -> Any:
+    """Unpickle ``data`` from the runner, mapping the remote script module to ``module``."""
+    return _Unpickler(io.BytesIO(data), module).load()
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(obj).__qualname__} {text}"
+
+
+def dumps_call(
+    args: Sequence[Any], kwargs: dict[str, Any], module: types.ModuleType | None
+) -> bytes:
+    """Pickle one call's arguments.
+
+    Raises:
+        SerializationError: an argument cannot be pickled; the message names it.
+    """
+    try:
+        return dumps((tuple(args), kwargs), module)
+    except Exception as exc:
+        named: Iterable[tuple[str, Any]] = [
+            *((f"argument {i}", a) for i, a in enumerate(args)),
+            *((f"keyword argument {k!r}", v) for k, v in kwargs.items()),
+        ]
+        for label, value in named:
+            try:
+                dumps(value, module)
+            except Exception as inner:
+                raise SerializationError(
+                    f"{label} ({_describe(value)}) cannot be pickled: {inner}. Pass something "
+                    "the function can rebuild remotely (a path, parameters) or create the object "
+                    "inside the function."
+                ) from exc
+        raise SerializationError(f"the arguments cannot be pickled: {exc}") from exc
+
+
+def dumps_function(fn: Any, module: types.ModuleType | None) -> bytes:
+    """Pickle the function to call.
+
+    Raises:
+        SerializationError: the function (or something it references) cannot be pickled.
+    """
+    try:
+        return dumps(fn, module)
+    except Exception as exc:
+        raise SerializationError(
+            f"function {getattr(fn, '__qualname__', fn)!r} cannot be pickled: {exc}. Define it at "
+            "the top level of the script, or make sure what it references can be pickled."
+        ) from exc
+
+
+def pack_payload(header: bytes, fn_bytes: bytes, items: Sequence[bytes], limit: int) -> bytes:
+    """Assemble the runner's payload file; check it against ``limit``.
+
+    Raises:
+        PayloadTooLargeError: the payload is over ``limit`` bytes.
+    """
+    body = pickle.dumps((fn_bytes, list(items)), protocol=PROTOCOL)
+    size = len(header) + 1 + len(body)
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"the serialized call is {size:,} bytes, over the payload limit of {limit:,} bytes. "
+            "Pass a path or URL the function reads remotely instead of the data, or raise "
+            "payload_limit if the endpoint accepts more.",
+            size=size,
+            limit=limit,
+        )
+    return header + b"\n" + body
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One call's result as decoded on the client: a value or an exception to raise."""
+
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+
+
+def decode_outcome(raw: tuple[Any, ...], module: types.ModuleType | None) -> Outcome:
+    """Turn one runner outcome into a value or the exception to raise on the client.
+
+    A remote exception is re-created as its original type with the remote traceback attached
+    as ``__cause__``; when that is impossible it becomes :class:`RemoteError`.
+    """
+    if raw[0] == 0:
+        try:
+            return Outcome(True, loads(raw[1], module))
+        except Exception as exc:
+            err = SerializationError(f"the result could not be unpickled on the client: {exc}")
+            err.__cause__ = exc
+            return Outcome(False, error=err)
+    _, data, type_name, message, tb = raw
+    error: BaseException | None = None
+    if data is not None:
+        try:
+            error = loads(data, module)
+        except Exception:
+            error = None
+    if not isinstance(error, BaseException):
+        return Outcome(False, error=RemoteError(type_name, message, tb))
+    error.__cause__ = RemoteTraceback(tb)
+    return Outcome(False, error=error)
+
+
+def client_module_for(script: str | None, fn: Any) -> types.ModuleType | None:
+    """The module object on the client whose file is ``script`` (None if none is loaded)."""
+    if script is None:
+        return None
+    fn_module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    candidates = [fn_module, sys.modules.get("__main__")]
+    for mod in candidates:
+        if mod is not None and _same_file(getattr(mod, "__file__", None), script):
+            return mod
+    for mod in list(sys.modules.values()):
+        if _same_file(getattr(mod, "__file__", None), script):
+            return mod
+    return None
+
+
+def _same_file(a: str | None, b: str) -> bool:
+    if not a:
+        return False
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

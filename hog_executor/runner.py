@@ -1,0 +1,118 @@
+"""The remote-side program: run one chunk of calls and print a framed result.
+
+This file travels inside every bundle and runs in the call's environment. It imports only the
+standard library and cloudpickle before the user's code, so starting it stays cheap.
+
+Usage: ``python runner.py PAYLOAD``. The payload is one JSON header line (``marker``,
+``script``, ``by_value``) followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The
+result frame, written to the original stdout after everything else, is::
+
+    @@HOG-RESULT <marker>@@
+    <base64 of a pickled list of outcomes>
+    @@HOG-END <marker>@@
+
+Each outcome is ``(0, value_bytes)`` or ``(1, exception_bytes_or_None, type_name, message,
+traceback_text)``.
+"""
+
+import base64
+import json
+import os
+import pickle
+import sys
+import traceback
+
+SCRIPT_MODULE = "__hog_script__"
+PROTOCOL = 5
+
+
+def _dumps(obj):
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+
+
+def _error(exc):
+    """An error outcome: the pickled exception (when it survives a round trip) and its text."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # hide the runner's own frame
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        data = _dumps(exc)
+        pickle.loads(data)
+    except Exception:
+        data = None
+    exc_type = type(exc)
+    name = f"{exc_type.__module__}.{exc_type.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() failed>"
+    return (1, data, name, message, text)
+
+
+def _import_script(path, by_value):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[SCRIPT_MODULE] = module
+    sys.argv = [path]
+    spec.loader.exec_module(module)
+    if by_value:
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+    return module
+
+
+def run(header, body, where):
+    """Run every call of the chunk; return the list of outcomes."""
+    try:
+        if header.get("script"):
+            _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
+        fn_bytes, items = pickle.loads(body)
+        fn = pickle.loads(fn_bytes)
+    except Exception as exc:
+        failure = _error(exc)
+        return [failure] * header["count"]
+    outcomes = []
+    for item in items:
+        try:
+            args, kwargs = pickle.loads(item)
+            value = fn(*args, **kwargs)
+        except Exception as exc:
+            outcomes.append(_error(exc))
+            continue
+        try:
+            outcomes.append((0, _dumps(value)))
+        except Exception as exc:
+            wrapped = TypeError(
+                f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"
+            )
+            outcomes.append(_error(wrapped))
+    return outcomes
+
+
+def main(argv):
+    out = os.fdopen(os.dup(1), "wb")  # the frame goes here even if the user redirects fd 1
+    with open(argv[1], "rb") as f:
+        data = f.read()
+    line, _, body = data.partition(b"\n")
+    header = json.loads(line)
+    outcomes = run(header, body, os.path.dirname(os.path.abspath(argv[1])))
+    frame = base64.b64encode(pickle.dumps(outcomes, protocol=PROTOCOL))
+    marker = header["marker"].encode()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    out.write(b"\n@@HOG-RESULT " + marker + b"@@\n" + frame + b"\n@@HOG-END " + marker + b"@@\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
