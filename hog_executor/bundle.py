@@ -98,7 +98,7 @@ hog_find_uv() {
   if [ ! -x "$hog_cache/uv/bin/uv" ]; then
     printf 'hog: uv not found; installing it into %s\n' "$hog_cache/uv" >&2
     python3 -m pip install --quiet --disable-pip-version-check --target "$hog_cache/uv" uv >&2 \
-      || hog_fail "uv is not installed and could not be installed with pip; install uv (https://docs.astral.sh/uv/) on this machine" __ENV__
+      || hog_fail "uv is missing and pip could not install it; install uv on this machine" __ENV__
   fi
   hog_uv=("$hog_cache/uv/bin/uv")
 }
@@ -131,11 +131,14 @@ hog_build_env() {
 _RUN = r"""timeout -k 10 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
   "$hog_tmp/__PAYLOAD__" &
 hog_pid=$!
-trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid"; exit 143' TERM
-wait "$hog_pid"
+trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
+wait "$hog_pid" 2>/dev/null
 hog_rc=$?
 if [ "$hog_rc" -eq __WALLTIME__ ] && [ "$hog_walltime" != 0 ]; then
   printf 'hog: the call exceeded its walltime of %s s and was killed\n' "$hog_walltime" >&2
+elif [ "$hog_rc" -gt 128 ]; then
+  printf 'hog: the call ended with status %s (killed by signal %s?)\n' "$hog_rc" \
+    "$((hog_rc - 128))" >&2
 fi
 exit "$hog_rc"
 """
@@ -151,8 +154,9 @@ def render_bundle(spec: BundleSpec, payload: bytes) -> str:
     """The complete bash bundle for one payload (one call or one chunk of calls)."""
     q = shlex.quote
     out = ["#!/usr/bin/env bash"]
-    out.append(f"# hog-executor {__version__} bundle" + (f": {spec.description}" if spec.description else ""))
-    out.append("# Runs by hand: bash THIS_FILE (HOG_CACHE_DIR chooses where environments are cached)")
+    title = f"# hog-executor {__version__} bundle"
+    out.append(title + (f": {spec.description}" if spec.description else ""))
+    out.append("# Runs by hand: bash THIS_FILE (HOG_CACHE_DIR chooses the environment cache)")
     out.append(
         _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED)).rstrip("\n")
     )

@@ -275,7 +275,12 @@ def _table(layer: Mapping[str, Any], dotted: str) -> dict[str, Any] | None:
             return None
         node = child
         nxt = parts[i + 1] if i + 1 < len(parts) else None
-        merged.update({k: v for k, v in node.items() if k != nxt})
+        for k, v in node.items():
+            if k == nxt:
+                continue
+            if isinstance(v, dict) and isinstance(merged.get(k), dict):
+                v = {**merged[k], **v}  # env tables of a variant extend the parent's
+            merged[k] = v
     return merged
 
 

@@ -95,7 +95,7 @@ class RemoteProcessError(HogError, RuntimeError):
 
 
 _TIMEOUT_BASES: tuple[type[BaseException], ...] = (TimeoutError,)
-if concurrent.futures.TimeoutError is not TimeoutError:  # Python 3.10
+if concurrent.futures.TimeoutError is not TimeoutError:  # type: ignore[comparison-overlap]
     _TIMEOUT_BASES = (concurrent.futures.TimeoutError, TimeoutError)
 
 

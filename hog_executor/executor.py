@@ -32,7 +32,7 @@ from .bundle import (
 )
 from .config import DEFAULT_PAYLOAD_LIMIT, Endpoint, resolve_endpoint
 from .environment import env_spec
-from .errors import BackendError, ConfigError, RemoteProcessError, WalltimeExceeded
+from .errors import BackendError, RemoteProcessError, WalltimeExceeded
 from .script import ScriptMetadata, load_script
 
 __all__ = ["HogExecutor", "HogFuture"]
@@ -132,7 +132,7 @@ class _JobRecord:
                 _set(f, exception=err)
             return
         raw = pickle.loads(frame.outcomes)
-        for f, item in zip(self.futures, raw):
+        for f, item in zip(self.futures, raw, strict=False):
             if f.done():
                 continue
             outcome = _payload.decode_outcome(item, self.module)
@@ -147,12 +147,14 @@ class _JobRecord:
         tail = "\n".join(lines[-STDERR_TAIL_LINES:])
         where = f"task {self.job.id} ({self.what})"
         logs = f"; logs: {', '.join(output.log_paths)}" if output.log_paths else ""
-        common = dict(returncode=rc, stderr_tail=tail, state=output.state, stdout=stdout,
-                      stderr=stderr)
+        common: dict[str, Any] = dict(
+            returncode=rc, stderr_tail=tail, state=output.state, stdout=stdout, stderr=stderr
+        )
         if rc == EXIT_WALLTIME or output.state == "TIMEOUT":
             return WalltimeExceeded(
-                f"{where} exceeded its walltime of {self.walltime:g} s and was killed{logs}"
-                if self.walltime else f"{where} exceeded its walltime and was killed{logs}",
+                f"{where} exceeded its walltime"
+                + (f" of {self.walltime:g} s" if self.walltime else "")
+                + f" and was killed{logs}",
                 walltime=self.walltime, **common,
             )
         if output.state and output.state not in ("COMPLETED",):
@@ -161,15 +163,16 @@ class _JobRecord:
             reason = "could not build its environment"
         elif rc == EXIT_SETUP_FAILED:
             reason = "failed before running the call"
-        elif rc < 0:
+        elif rc < 0 or 128 < rc < 160:  # a signal, as the process or as a shell reports it
+            signum = -rc if rc < 0 else rc - 128
             try:
                 import signal
 
-                name = signal.Signals(-rc).name
+                name = signal.Signals(signum).name
             except ValueError:
-                name = f"signal {-rc}"
-            hint = " (out of memory?)" if -rc == 9 else ""
-            reason = f"was killed by {name}{hint}"
+                name = f"signal {signum}"
+            hint = " (out of memory?)" if signum == 9 else ""
+            reason = f"was killed by {name}{hint} (exit status {rc})"
         elif rc == 0:
             reason = "exited without a result (did the function call sys.exit() or os._exit()?)"
         else:
@@ -368,7 +371,7 @@ class HogExecutor(Executor):
         import cloudpickle
 
         cloudpickle.register_pickle_by_value(fn_module)
-        self._shared.by_value.add(name)  # type: ignore[arg-type]
+        self._shared.by_value.add(name)
 
     # -- submission -------------------------------------------------------------------------
 
@@ -402,7 +405,9 @@ class HogExecutor(Executor):
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         deadline = None if timeout is None else time.monotonic() + timeout
-        calls = [(item, {}) for item in zip(*iterables)]
+        calls: list[tuple[Sequence[Any], dict[str, Any]]] = [
+            (item, {}) for item in zip(*iterables, strict=False)
+        ]
         futures = self._submit_calls(fn, calls, chunksize=chunksize)
 
         def results() -> Iterator[T]:
@@ -501,7 +506,7 @@ class HogExecutor(Executor):
                 for f in record.futures:
                     try:
                         f.exception()
-                    except BaseException:  # noqa: S110 - cancelled futures raise here
+                    except BaseException:
                         pass
 
     def __repr__(self) -> str:

@@ -15,24 +15,28 @@ Each outcome is ``(0, value_bytes)`` or ``(1, exception_bytes_or_None, type_name
 traceback_text)``.
 """
 
+from __future__ import annotations
+
 import base64
 import json
 import os
 import pickle
 import sys
 import traceback
+from typing import Any
 
 SCRIPT_MODULE = "__hog_script__"
 PROTOCOL = 5
 
 
-def _dumps(obj):
+def _dumps(obj: object) -> bytes:
     import cloudpickle
 
-    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return data
 
 
-def _error(exc):
+def _error(exc: BaseException) -> tuple[object, ...]:
     """An error outcome: the pickled exception (when it survives a round trip) and its text."""
     tb = exc.__traceback__
     if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -52,10 +56,12 @@ def _error(exc):
     return (1, data, name, message, text)
 
 
-def _import_script(path, by_value):
+def _import_script(path: str, by_value: bool) -> object:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import the script {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[SCRIPT_MODULE] = module
     sys.argv = [path]
@@ -67,7 +73,7 @@ def _import_script(path, by_value):
     return module
 
 
-def run(header, body, where):
+def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, ...]]:
     """Run every call of the chunk; return the list of outcomes."""
     try:
         if header.get("script"):
@@ -95,7 +101,7 @@ def run(header, body, where):
     return outcomes
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     out = os.fdopen(os.dup(1), "wb")  # the frame goes here even if the user redirects fd 1
     with open(argv[1], "rb") as f:
         data = f.read()

@@ -23,7 +23,6 @@ _BLOCK = re.compile(
     r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
 )
 _OPEN = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)\s*$")
-# A PEP 508 requirement starts with a project name; the rest is validated by packaging.
 _KNOWN_KEYS = {"requires-python", "dependencies", "tool"}
 
 
@@ -147,7 +146,9 @@ def check_requirement(dep: str, where: str) -> None:
     try:
         Requirement(dep)
     except InvalidRequirement as exc:
-        raise MetadataError(f"{where}: dependency {dep!r} is not a valid requirement: {exc}") from None
+        raise MetadataError(
+            f"{where}: dependency {dep!r} is not a valid requirement: {exc}"
+        ) from None
 
 
 @lru_cache(maxsize=64)

@@ -12,7 +12,8 @@ import tempfile
 import threading
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 from ..config import Endpoint, Key, positive_int
 from ..errors import BackendError
@@ -69,7 +70,7 @@ class LocalBackend(Backend):
     :data:`KILL_GRACE` seconds), so nothing the call started is left behind.
     """
 
-    keys = {
+    keys: ClassVar[Mapping[str, Key]] = {
         "max_workers": Key(
             "max_workers", "bundles running at once (default: CPU count)", positive_int,
             per_call=False,

@@ -1,0 +1,176 @@
+"""Helpers shared by the benchmarks: arguments, the bytecode setting, timing, the result table.
+
+Not a benchmark (``nox -s bench`` runs only ``bench_*.py``). This module must not import
+``hog_executor``: every benchmark sets ``HOG_EXECUTOR_REQUIREMENT`` before that import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Scratch space of the benchmarks (git-ignored): private env caches, throwaway venvs.
+BENCH_DIR = REPO_ROOT / ".bench"
+
+
+def parse_args(description: str, repeat: int) -> argparse.Namespace:
+    """The options every benchmark accepts (``nox -s bench -- ARGS`` passes them to all)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--repeat", type=int, default=None,
+        help=f"timed repetitions per measurement (default: {repeat})",
+    )
+    parser.add_argument(
+        "--no-bytecode", action="store_true",
+        help="run child Pythons with PYTHONDONTWRITEBYTECODE=1 (every import compiles from "
+             "source) instead of Python's default of caching bytecode",
+    )
+    args = parser.parse_args()
+    if args.repeat is None:
+        args.repeat = repeat
+    args.repeat = max(1, args.repeat)
+    return args
+
+
+def configure_bytecode(no_bytecode: bool) -> str:
+    """Fix the bytecode setting of every child process; return a line describing it.
+
+    Some machines (containers, CI) export ``PYTHONDONTWRITEBYTECODE=1``; then every Python
+    process started by a call compiles cloudpickle (and, for groundhog, pydantic and rich) from
+    source, which dominates a trivial call. By default the benchmarks measure what a user
+    gets with Python's defaults: bytecode cached, here under ``.bench/pycache`` so that nothing
+    is written next to the sources. ``--no-bytecode`` measures the other case.
+    """
+    if no_bytecode:
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+        os.environ.pop("PYTHONPYCACHEPREFIX", None)
+        return "bytecode: not cached (PYTHONDONTWRITEBYTECODE=1 in every child process)"
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    prefix = BENCH_DIR / "pycache"
+    prefix.mkdir(parents=True, exist_ok=True)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
+    return f"bytecode: cached (Python's default; PYTHONPYCACHEPREFIX={prefix})"
+
+
+def uv_bin() -> str:
+    """The uv binary hog-executor's local backend uses (the ``uv`` package's)."""
+    from uv import find_uv_bin
+
+    return str(find_uv_bin())
+
+
+def uv_version(uv: str) -> str:
+    try:
+        out = subprocess.run([uv, "--version"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "uv (version unknown)"
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path``, emptied."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 0.01:
+        return f"{seconds * 1e3:.0f} ms"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+@dataclass
+class Row:
+    """One line of a result table.
+
+    Attributes:
+        label: what was measured.
+        samples: the timings, in seconds (empty: the row was skipped; see ``note``).
+        ratio: the comparison with the baseline, as text ("1.00x" for the baseline itself).
+        goal: the goal, as text ("" for a baseline).
+        met: whether the goal is met (None: no goal, or skipped).
+        note: why the row was skipped, or a remark.
+    """
+
+    label: str
+    samples: list[float] = field(default_factory=list)
+    ratio: str = ""
+    goal: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def ratio(value: float, baseline: float) -> float:
+    return value / baseline if baseline > 0 else float("inf")
+
+
+def header(name: str, what: str, notes: Sequence[str] = ()) -> None:
+    """Print what is measured and on what machine."""
+    print(f"## {name}: {what}")
+    print()
+    print(f"- date: {datetime.date.today().isoformat()}; host: {platform.node()}; "
+          f"{os.cpu_count()} cores; {platform.system()} {platform.release()}")
+    print(f"- python: {sys.version.split()[0]} ({sys.executable})")
+    for line in notes:
+        print(f"- {line}")
+    print()
+    sys.stdout.flush()
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    """Print the rows as a Markdown table: median, min, runs, ratio, goal, verdict."""
+    head = ["measurement", "median", "min", "runs", "ratio", "goal", "goal met"]
+    lines = []
+    for r in rows:
+        if r.samples:
+            cells = [r.label, fmt_time(r.median), fmt_time(min(r.samples)),
+                     str(len(r.samples)), r.ratio, r.goal,
+                     {True: "yes", False: "NO", None: ""}[r.met]]
+        else:
+            cells = [r.label, "skipped", "", "", "", r.goal, ""]
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    print(fmt(head))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for cells in lines:
+        print(fmt(cells))
+    notes = [(r.label, r.note) for r in rows if r.note]
+    if notes:
+        print()
+        for label, note in notes:
+            print(f"- {label}: {note}")
+    print()
+    sys.stdout.flush()

@@ -1,0 +1,116 @@
+"""Cancellation and shutdown: every future resolves, no process or temp dir is left behind."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import time
+
+import hogtest_basic as basic
+import pytest
+from conftest import session_processes
+
+from hog_executor import HogExecutor
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_cancel_pending_call(cache_dir):
+    with HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
+        blocker = ex.submit(basic.sleep, 2, "done")
+        queued = ex.submit(basic.square, 3)
+        assert queued.cancel()
+        assert queued.cancelled()
+        with pytest.raises(cf.CancelledError):
+            queued.result()
+        assert blocker.result() == "done"
+        done, _ = cf.wait([queued, blocker], timeout=5)
+        assert queued in done
+
+
+def test_cancel_after_start_is_refused_like_the_stdlib(cache_dir):
+    with HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
+        f = ex.submit(basic.sleep, 1, "ok")
+        assert _wait_for(f.running)
+        assert not f.cancel()
+        assert f.result() == "ok"
+
+
+def test_shutdown_cancel_futures_stops_running_and_pending_work(cache_dir, tmp_path):
+    pidfile = tmp_path / "pids"
+    ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir)
+    workdir = ex.backend.workdir
+    running = [ex.submit(basic.sleep_with_child, 120, str(pidfile)) for _ in range(2)]
+    pending = [ex.submit(basic.sleep, 120) for _ in range(3)]
+    assert _wait_for(lambda: pidfile.exists() and len(pidfile.read_text().split()) == 4)
+    start = time.monotonic()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - start < 30
+    for f in running + pending:
+        assert f.done()
+        assert f.cancelled()
+    for pid in map(int, pidfile.read_text().split()):
+        assert _wait_for(lambda pid=pid: not _alive(pid), 10), f"process {pid} survived"
+    assert not os.path.exists(workdir)
+    assert session_processes(workdir) == []
+
+
+def test_shutdown_waits_for_running_work(cache_dir):
+    ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir)
+    futures = [ex.submit(basic.sleep, 0.5, i) for i in range(4)]
+    ex.shutdown(wait=True)
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [0, 1, 2, 3]
+    assert not os.path.exists(ex.backend.workdir)
+
+
+def test_shutdown_without_wait_returns_at_once(cache_dir):
+    ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
+    f = ex.submit(basic.sleep, 1, "late")
+    start = time.monotonic()
+    ex.shutdown(wait=False)
+    assert time.monotonic() - start < 1
+    assert f.result(timeout=60) == "late"
+    assert _wait_for(lambda: not os.path.exists(ex.backend.workdir), 30)
+
+
+def test_closing_a_map_iterator_cancels_what_is_left(cache_dir):
+    with HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
+        results = ex.map(basic.sleep, [0, 2, 60, 60], chunksize=1)
+        futures = list(ex.backend._queue)  # the jobs not yet started
+        assert next(results) is None
+        start = time.monotonic()
+        results.close()
+    assert time.monotonic() - start < 30  # the running call finishes, queued ones never start
+    assert any(job.future.cancelled() for job in futures)
+
+
+def test_context_manager_shuts_down(cache_dir):
+    with HogExecutor("local", cache_dir=cache_dir) as ex:
+        f = ex.submit(basic.square, 5)
+    assert f.done() and f.result() == 25
+    with pytest.raises(RuntimeError):
+        ex.submit(basic.square, 1)
+
+
+def test_call_temp_dirs_are_removed(cache_dir):
+    with HogExecutor("local", cache_dir=cache_dir) as ex:
+        ex.submit(basic.square, 5).result()
+        with pytest.raises(ValueError):
+            ex.submit(basic.fail_value, "x").result()
+        assert [n for n in os.listdir(ex.backend.workdir) if n.startswith("hog-call.")] == []
