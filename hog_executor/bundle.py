@@ -2,7 +2,7 @@
 
 A bundle is one self-contained bash script: files travel base64-encoded inside it, it finds
 or builds the cached uv environment, runs the runner under a walltime in its own process
-group, and frames the result with a random per-call marker. :func:`render_bundle` is a pure
+group, and frames the result with a random per-call marker. `render_bundle` is a pure
 function of its inputs so that bundles can be tested by reading them.
 """
 
@@ -82,6 +82,7 @@ hog_put() { printf '%s' "$2" | base64 -d > "$hog_tmp/$1" || hog_fail "cannot unp
 """
 
 _ENVIRONMENT = r"""hog_user=${USER:-$(id -un)}
+case "${HOG_CACHE_DIR:-}" in "~/"*) HOG_CACHE_DIR="$HOME/${HOG_CACHE_DIR#"~/"}" ;; esac
 hog_cache="${HOG_CACHE_DIR:-${SCRATCH:-${TMPDIR:-/tmp}}}/hog-$hog_user"
 mkdir -p "$hog_cache/envs" || hog_fail "cannot create the cache directory $hog_cache" __SETUP__
 [ -O "$hog_cache" ] || hog_fail "$hog_cache belongs to another user; set HOG_CACHE_DIR" __SETUP__
@@ -108,10 +109,14 @@ hog_build_env() {
     exec 9>"$hog_cache/envs/.$hog_key.lock" && flock 9
   fi
   if [ -x "$hog_env/bin/python" ]; then exec 9>&-; return 0; fi
-  local build="$hog_cache/envs/.build-$hog_key.$$.$RANDOM"
+  local build="$hog_cache/envs/.build-$hog_key.$$.$RANDOM" python="$hog_python"
+  # The local endpoint names the client's own interpreter: no discovery, no download.
+  if [ "${HOG_CLIENT_PYTHON_VERSION:-}" = "$hog_python" ] && [ -x "${HOG_CLIENT_PYTHON:-}" ]; then
+    python=$HOG_CLIENT_PYTHON
+  fi
   printf 'hog: building environment %s (first use of these dependencies)\n' "$hog_key" >&2
   if ! { "${hog_uv[@]}" venv --quiet --relocatable --python-preference system \
-           --python "$hog_python" "$build" >&2 \
+           --python "$python" "$build" >&2 \
          && VIRTUAL_ENV="$build" "${hog_uv[@]}" sync --quiet --active \
            --script "$hog_tmp/__ENV_NAME__" >&2 \
          && "${hog_uv[@]}" pip install --quiet --no-deps --python "$build/bin/python" \
@@ -128,13 +133,16 @@ hog_build_env() {
 : > "$hog_env/.last-used" 2>/dev/null
 """
 
-_RUN = r"""timeout -k 10 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
+_RUN = r"""hog_start=$SECONDS
+timeout -k 5 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
   "$hog_tmp/__PAYLOAD__" &
 hog_pid=$!
 trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
 wait "$hog_pid" 2>/dev/null
 hog_rc=$?
-if [ "$hog_rc" -eq __WALLTIME__ ] && [ "$hog_walltime" != 0 ]; then
+if [ "$hog_walltime" != 0 ] && { [ "$hog_rc" -eq __WALLTIME__ ] \
+     || { [ "$hog_rc" -gt 128 ] && [ $((SECONDS - hog_start)) -ge "$hog_walltime" ]; }; }; then
+  hog_rc=__WALLTIME__  # also when the call ignored SIGTERM and was killed
   printf 'hog: the call exceeded its walltime of %s s and was killed\n' "$hog_walltime" >&2
 elif [ "$hog_rc" -gt 128 ]; then
   printf 'hog: the call ended with status %s (killed by signal %s?)\n' "$hog_rc" \
@@ -173,15 +181,15 @@ def render_bundle(spec: BundleSpec, payload: bytes) -> str:
     out.append(f"hog_python={q(spec.env.python)}")
     out.append("hog_runtime=(" + " ".join(q(r) for r in spec.env.runtime) + ")")
     out.append(f"hog_walltime={_walltime_arg(spec.walltime)}")
+    if spec.worker_init:
+        out.append("# worker_init (runs before the environment is found or built)")
+        out.append(spec.worker_init.rstrip("\n"))
     out.append(
         _ENVIRONMENT.replace("__SETUP__", str(EXIT_SETUP_FAILED))
         .replace("__ENV__", str(EXIT_ENV_FAILED))
         .replace("__ENV_NAME__", ENV_NAME)
         .rstrip("\n")
     )
-    if spec.worker_init:
-        out.append("# worker_init")
-        out.append(spec.worker_init.rstrip("\n"))
     out.append(
         _RUN.replace("__RUNNER__", RUNNER_NAME)
         .replace("__PAYLOAD__", PAYLOAD_NAME)

@@ -152,9 +152,10 @@ def _size(value: Any) -> int:
 
 
 def _path(value: Any) -> str:
+    # "~" is kept: it means the home directory where the bundle runs, not the client's.
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError("expected a path")
-    return os.path.expanduser(os.fspath(value))
+    return os.fspath(value)
 
 
 #: Keys every backend understands.
@@ -260,28 +261,14 @@ def _merge(values: dict[str, Any], sources: dict[str, str], name: str, value: An
     sources[name] = source
 
 
-def _table(layer: Mapping[str, Any], dotted: str) -> dict[str, Any] | None:
-    """The merged table for ``a.b.c`` in one layer (a, then a.b, then a.b.c), or None.
-
-    Table-valued entries are kept: once the backend is known, those that are not keys of it
-    are variants (``[tool.hog.anvil.gpu]``) and are dropped by :func:`resolve_endpoint`.
-    """
+def _own(layer: Mapping[str, Any], dotted: str) -> dict[str, Any] | None:
+    """The values written in table ``a.b.c`` itself (its sub-tables included), or None."""
     node: Any = layer
-    merged: dict[str, Any] = {}
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        child = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(child, dict):
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
             return None
-        node = child
-        nxt = parts[i + 1] if i + 1 < len(parts) else None
-        for k, v in node.items():
-            if k == nxt:
-                continue
-            if isinstance(v, dict) and isinstance(merged.get(k), dict):
-                v = {**merged[k], **v}  # env tables of a variant extend the parent's
-            merged[k] = v
-    return merged
+    return dict(node)
 
 
 def _names(layer: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -319,11 +306,19 @@ def resolve_endpoint(
     if not isinstance(name, str) or not name:
         raise ConfigError(f"endpoint must be a non-empty string, got {name!r}")
     user, user_source = _read_user_config()
+    files = ((user_source, user), (script_source, script_tables or {}))
+    # ``anvil.gpu`` inherits ``anvil``: parents first, and within one level the later layer wins.
+    parts = name.split(".")
     layers: list[tuple[str, dict[str, Any]]] = []
-    for source, tables in ((user_source, user), (script_source, script_tables or {})):
-        table = _table(tables, name)
-        if table is not None:
-            layers.append((source, table))
+    for depth in range(1, len(parts) + 1):
+        for source, tables in files:
+            table = _own(tables, ".".join(parts[:depth]))
+            if table is not None:
+                if depth < len(parts):
+                    table.pop(parts[depth], None)  # the child being resolved is not a value
+                layers.append((source, table))
+    if not any(_own(tables, name) is not None for _, tables in files):
+        layers = []
     backends = builtin_backends()
     root = name.split(".", 1)[0]
     backend: str | None = None
@@ -335,7 +330,7 @@ def resolve_endpoint(
     for _, table in layers:
         if isinstance(table.get("backend"), str):
             backend = table["backend"]
-        elif "endpoint" in table and backend is None:
+        elif isinstance(table.get("endpoint"), str) and backend is None:
             backend = "globus"
     if backend is None:
         if layers:

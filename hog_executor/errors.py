@@ -1,4 +1,4 @@
-"""The error taxonomy: every error raised by hog-executor subclasses :class:`HogError`."""
+"""The error taxonomy: every error raised by hog-executor subclasses `HogError`."""
 
 from __future__ import annotations
 

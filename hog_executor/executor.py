@@ -15,7 +15,7 @@ import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
-from concurrent.futures._base import CANCELLED, PENDING, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,9 +63,15 @@ class HogFuture(Future[T]):
 
     def cancel(self) -> bool:
         """Cancel the call if it has not started; a task none of whose calls remain is stopped."""
+        with self._condition:
+            if self._state != PENDING:
+                return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
         if not super().cancel():
             return False
-        self.set_running_or_notify_cancel()  # wake as_completed()/wait() at once
+        try:
+            self.set_running_or_notify_cancel()  # wake as_completed()/wait() at once
+        except RuntimeError:  # notified concurrently
+            pass
         if self._job is not None:
             self._job.call_cancelled()
         return True
@@ -232,7 +238,7 @@ _installed_roots = tuple(
 
 
 class HogExecutor(Executor):
-    """Run functions on an endpoint; every call returns a :class:`HogFuture`.
+    """Run functions on an endpoint; every call returns a `HogFuture`.
 
     Args:
         endpoint: ``"local"`` (this machine), a ``[tool.hog.<name>]`` table of the script or
@@ -379,8 +385,8 @@ class HogExecutor(Executor):
         """Run ``fn(*args, **kwargs)`` on the endpoint.
 
         Returns:
-            a :class:`HogFuture` resolving to the return value, or raising the remote
-            exception (its original type, with the remote traceback as ``__cause__``).
+            HogFuture: resolves to the return value, or raises the remote exception (its
+                original type, with the remote traceback as ``__cause__``).
 
         Raises:
             RuntimeError: the executor is shut down.

@@ -69,7 +69,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 def dumps(obj: Any, module: types.ModuleType | None = None) -> bytes:
     """Pickle ``obj`` for the runner; ``module`` is the client's module of the script.
 
-    Raises whatever pickling raises (callers turn it into :class:`SerializationError`).
+    Raises whatever pickling raises (callers turn it into `SerializationError`).
     """
     buf = io.BytesIO()
     _Pickler(buf, module).dump(obj)
@@ -184,7 +184,7 @@ def decode_outcome(raw: tuple[Any, ...], module: types.ModuleType | None) -> Out
     """Turn one runner outcome into a value or the exception to raise on the client.
 
     A remote exception is re-created as its original type with the remote traceback attached
-    as ``__cause__``; when that is impossible it becomes :class:`RemoteError`.
+    as ``__cause__``; when that is impossible it becomes `RemoteError`.
     """
     if raw[0] == 0:
         try:

@@ -30,10 +30,14 @@ PROTOCOL = 5
 
 
 def _dumps(obj: object) -> bytes:
-    import cloudpickle
+    """Plain pickle when it can (cheap: no cloudpickle import), cloudpickle when it must."""
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        import cloudpickle
 
-    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
-    return data
+        data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+        return data
 
 
 def _error(exc: BaseException) -> tuple[object, ...]:

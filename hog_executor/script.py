@@ -140,7 +140,7 @@ def _check_specifier(spec: str, where: str) -> None:
 
 
 def check_requirement(dep: str, where: str) -> None:
-    """Raise :class:`MetadataError` unless ``dep`` is a PEP 508 requirement."""
+    """Raise `MetadataError` unless ``dep`` is a PEP 508 requirement."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:

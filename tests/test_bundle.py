@@ -49,7 +49,8 @@ def test_bundle_is_valid_bash():
     text = render_bundle(spec(script_name="a.py", worker_init="echo init", walltime=2.5), b"x")
     subprocess.run(["bash", "-n"], input=text.encode(), check=True)
     assert "hog_walltime=3" in text  # rounded up to whole seconds
-    assert "\n# worker_init\necho init\n" in text
+    init = text.index("\necho init\n")
+    assert init < text.index("hog_build_env()")  # module load & co. happen before the build
 
 
 def test_bundle_without_walltime_has_no_limit():

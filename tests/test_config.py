@@ -139,3 +139,21 @@ def test_executor_reads_tables_from_its_script(cache_dir):
         assert ex.endpoint.values["max_workers"] == 2
         assert ex.backend.workers == 2
         assert ex.endpoint.values["env"] == {"HOG_TEST_SITE": "site"}
+
+
+def test_variant_inherits_its_parent_from_another_layer(tmp_path, monkeypatch):
+    user = tmp_path / "config.toml"
+    user.write_text('[anvil]\nbackend = "local"\nwalltime = 5\nenv = { U = "1" }\n')
+    monkeypatch.setenv("HOG_CONFIG_FILE", str(user))
+    ep = resolve("anvil.gpu", script_tables={"anvil": {"gpu": {"env": {"G": "2"}}}})
+    assert ep.backend == "local"
+    assert ep.values["walltime"] == 5.0
+    assert ep.values["env"] == {"U": "1", "G": "2"}
+    # a script-level parent value does not beat the variant's own value from the user file
+    user.write_text('[anvil]\nbackend = "local"\n[anvil.gpu]\nwalltime = 9\n')
+    ep = resolve("anvil.gpu", script_tables={"anvil": {"walltime": 1}})
+    assert ep.values["walltime"] == 9.0
+
+
+def test_cache_dir_keeps_tilde_for_the_remote_side():
+    assert resolve("local", kwargs={"cache_dir": "~/hog"}).values["cache_dir"] == "~/hog"

@@ -35,6 +35,7 @@ def test_cancel_pending_call(cache_dir):
         blocker = ex.submit(basic.sleep, 2, "done")
         queued = ex.submit(basic.square, 3)
         assert queued.cancel()
+        assert queued.cancel()  # cancelling twice is fine
         assert queued.cancelled()
         with pytest.raises(cf.CancelledError):
             queued.result()

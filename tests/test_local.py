@@ -143,6 +143,13 @@ def test_walltime_kills_the_whole_process_group(cache_dir, tmp_path):
         assert not _alive(pid), f"process {pid} survived the walltime"
 
 
+def test_walltime_when_the_call_ignores_sigterm(cache_dir):
+    with HogExecutor("local", cache_dir=cache_dir, walltime=1) as ex, pytest.raises(
+        WalltimeExceeded
+    ):
+        ex.submit(basic.stubborn_sleep, 60).result(timeout=60)
+
+
 def _alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -1,6 +1,6 @@
 """Backends run bundles somewhere and hand back what they printed.
 
-A backend knows nothing about Python functions: it receives :class:`Job` objects (bash text
+A backend knows nothing about Python functions: it receives `Job` objects (bash text
 plus an id), runs them, and resolves one ``Future[Output]`` per job. Backends are registered
 by name in the ``hog_executor.backends`` entry-point group, so a site can ship its own.
 """
@@ -24,11 +24,11 @@ ENTRY_POINT_GROUP = "hog_executor.backends"
 BUILTIN: dict[str, str] = {
     "local": "hog_executor.backends.local:LocalBackend",
 }
-#: Backends planned or shipped as extras: named in error messages.
+#: Backends that are planned but not part of this release: named in error messages.
 _HINTS: dict[str, str] = {
-    "globus": "the Globus Compute backend: pip install 'hog-executor[globus]'",
-    "slurm": "the Slurm backend",
-    "dask": "the Dask backend: pip install 'hog-executor[dask]'",
+    "globus": "the Globus Compute backend is not part of this release yet",
+    "slurm": "the Slurm backend is not part of this release yet",
+    "dask": "the Dask backend is not part of this release yet",
 }
 
 
@@ -72,7 +72,7 @@ class Job:
 class Backend(abc.ABC):
     """The interface every backend implements."""
 
-    #: Configuration keys this backend understands besides :data:`COMMON_KEYS`.
+    #: Configuration keys this backend understands besides `COMMON_KEYS`.
     keys: ClassVar[Mapping[str, Key]] = {}
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -85,7 +85,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, jobs: Sequence[Job]) -> None:
-        """Start running ``jobs``; resolve each ``job.future`` with an :class:`Output`.
+        """Start running ``jobs``; resolve each ``job.future`` with an `Output`.
 
         Raises:
             BackendError: the jobs could not be submitted (nothing was started).

@@ -63,11 +63,28 @@ def _uv_binary() -> str | None:
         return shutil.which("uv")
 
 
+def same_machine_hints() -> dict[str, str]:
+    """Environment variables that let a bundle running on this machine skip discovery.
+
+    ``HOG_UV`` names the uv binary installed with hog-executor, and ``HOG_CLIENT_PYTHON`` the
+    client's interpreter, used for environments that ask for the client's Python version (no
+    search, no download). Backends whose bundles run on the client's machine pass these on.
+    """
+    hints = {
+        "HOG_CLIENT_PYTHON": os.path.realpath(sys.executable),
+        "HOG_CLIENT_PYTHON_VERSION": f"{sys.version_info[0]}.{sys.version_info[1]}",
+    }
+    uv = _uv_binary()
+    if uv:
+        hints["HOG_UV"] = uv
+    return hints
+
+
 class LocalBackend(Backend):
     """Runs each bundle with ``bash`` in its own session, ``max_workers`` at a time.
 
     Cancelling a running job stops its whole session (SIGTERM, then SIGKILL after
-    :data:`KILL_GRACE` seconds), so nothing the call started is left behind.
+    `KILL_GRACE` seconds), so nothing the call started is left behind.
     """
 
     keys: ClassVar[Mapping[str, Key]] = {
@@ -88,10 +105,7 @@ class LocalBackend(Backend):
         self._closed = False
         self._cancelling = False
         self._workdir = tempfile.mkdtemp(prefix="hog-local-")
-        self._env = dict(os.environ, HOG_WORK_DIR=self._workdir)
-        uv = _uv_binary()
-        if uv:
-            self._env["HOG_UV"] = uv
+        self._env = {**os.environ, **same_machine_hints(), "HOG_WORK_DIR": self._workdir}
         _live.add(self)
 
     @property

@@ -97,6 +97,12 @@ def sleep_with_child(seconds, pidfile):
     time.sleep(seconds)
 
 
+def stubborn_sleep(seconds):
+    """Ignore SIGTERM, so that only SIGKILL ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+
+
 def getenv(name):
     return os.environ.get(name)
 
