@@ -7,6 +7,7 @@ Not a benchmark (``nox -s bench`` runs only ``bench_*.py``). This module must no
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import os
 import platform
@@ -14,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +35,9 @@ def parse_args(description: str, repeat: int) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-bytecode", action="store_true",
-        help="run child Pythons with PYTHONDONTWRITEBYTECODE=1 (every import compiles from "
-             "source) instead of Python's default of caching bytecode",
+        help="run child Pythons with PYTHONDONTWRITEBYTECODE=1, as some containers and CI "
+             "machines do: packages in uv-built environments (installed without bytecode) "
+             "then compile on every import. Default: Python's default, bytecode cached",
     )
     args = parser.parse_args()
     if args.repeat is None:
@@ -60,6 +63,8 @@ def configure_bytecode(no_bytecode: bool) -> str:
     prefix = BENCH_DIR / "pycache"
     prefix.mkdir(parents=True, exist_ok=True)
     os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
+    # Scripts imported from per-call temp dirs leave one bytecode file per call in the prefix.
+    atexit.register(shutil.rmtree, prefix / tempfile.gettempdir().lstrip(os.sep), True)
     return f"bytecode: cached (Python's default; PYTHONPYCACHEPREFIX={prefix})"
 
 
@@ -161,7 +166,7 @@ def print_table(rows: Sequence[Row]) -> None:
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
 
     def fmt(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     print(fmt(head))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
