@@ -9,11 +9,12 @@ Importing this package is cheap: everything is loaded on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from ._version import __version__
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing at runtime would double the package's import time
+    from typing import Any
+
     from .errors import (
         BackendError,
         ConfigError,

@@ -103,6 +103,11 @@ hog_find_uv() {
   fi
   hog_uv=("$hog_cache/uv/bin/uv")
 }
+hog_add_paths() {
+  local site
+  site=$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+    && printf '%s\n' "${hog_paths[@]}" > "$site/_hog_sources.pth"
+}
 hog_build_env() {
   hog_find_uv
   if command -v flock >/dev/null 2>&1; then
@@ -119,8 +124,10 @@ hog_build_env() {
            --python "$python" "$build" >&2 \
          && VIRTUAL_ENV="$build" "${hog_uv[@]}" sync --quiet --active \
            --script "$hog_tmp/__ENV_NAME__" >&2 \
-         && "${hog_uv[@]}" pip install --quiet --no-deps --python "$build/bin/python" \
-           "${hog_runtime[@]}" >&2; }; then
+         && { [ "${#hog_runtime[@]}" -eq 0 ] \
+              || "${hog_uv[@]}" pip install --quiet --no-deps --python "$build/bin/python" \
+                   "${hog_runtime[@]}" >&2; } \
+         && { [ "${#hog_paths[@]}" -eq 0 ] || hog_add_paths "$build"; }; }; then
     rm -rf "$build"
     hog_fail "building the environment failed (uv's message is above)" __ENV__
   fi
@@ -180,6 +187,7 @@ def render_bundle(spec: BundleSpec, payload: bytes) -> str:
     out.append(f"hog_key={q(spec.env.key)}")
     out.append(f"hog_python={q(spec.env.python)}")
     out.append("hog_runtime=(" + " ".join(q(r) for r in spec.env.runtime) + ")")
+    out.append("hog_paths=(" + " ".join(q(p) for p in spec.env.source_paths) + ")")
     out.append(f"hog_walltime={_walltime_arg(spec.walltime)}")
     if spec.worker_init:
         out.append("# worker_init (runs before the environment is found or built)")

@@ -34,12 +34,15 @@ class EnvSpec:
         python: the interpreter request given to ``uv venv --python``.
         runtime: arguments for ``uv pip install --no-deps`` (cloudpickle, hog-executor).
         key: the cache key (a hash of all of the above).
+        source_paths: directories put on the environment's ``sys.path`` by a ``.pth`` file
+            (an editable checkout of hog-executor: nothing to build).
     """
 
     metadata: str
     python: str
     runtime: tuple[str, ...]
     key: str
+    source_paths: tuple[str, ...] = ()
 
 
 def _toml_value(value: Any) -> str:
@@ -74,21 +77,47 @@ def render_metadata(requires_python: str | None, dependencies: tuple[str, ...],
 
 @lru_cache(maxsize=1)
 def runtime_requirements() -> tuple[str, ...]:
-    """What every environment gets besides the script's dependencies (installed --no-deps).
+    """How hog-executor gets into every environment (installed --no-deps).
 
-    hog-executor itself comes at the client's version, so scripts that import it work remotely:
-    from ``$HOG_EXECUTOR_REQUIREMENT`` when set, else from the local checkout it was installed
+    It comes at the client's version, so scripts that import it work remotely: from
+    ``$HOG_EXECUTOR_REQUIREMENT`` when set, else from the local checkout it was installed
     from (editable or not), else from the package index.
     """
-    import cloudpickle
-
-    pinned = (f"cloudpickle=={cloudpickle.__version__}",)
     override = os.environ.get(REQUIREMENT_ENV, "").strip()
     if override:
         import shlex
 
-        return (*pinned, *shlex.split(override))
-    return (*pinned, *_installed_from())
+        return tuple(shlex.split(override))
+    return _installed_from()
+
+
+def _split_editable(args: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Separate ``-e DIR`` pairs (put on sys.path, nothing to build) from real requirements."""
+    rest: list[str] = []
+    paths: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg in ("-e", "--editable"):
+            target = next(it, "")
+            if target.startswith("file://"):
+                target = unquote(urlparse(target).path)
+            if os.path.isdir(os.path.join(target, "hog_executor")):
+                paths.append(os.path.abspath(target))
+                continue
+            rest.extend((arg, target))
+        else:
+            rest.append(arg)
+    return tuple(rest), tuple(paths)
+
+
+def _cloudpickle_pin(dependencies: tuple[str, ...]) -> tuple[str, ...]:
+    """The client's cloudpickle version, unless the script pins its own."""
+    import cloudpickle
+    from packaging.requirements import Requirement
+
+    if any(Requirement(d).name.lower() == "cloudpickle" for d in dependencies):
+        return ()
+    return (f"cloudpickle=={cloudpickle.__version__}",)
 
 
 def _installed_from() -> tuple[str, ...]:
@@ -134,8 +163,12 @@ def env_spec(meta: ScriptMetadata, *, requires_python: str | None = None,
     deps = tuple(dict.fromkeys((*meta.dependencies, *extra_dependencies)))
     metadata = render_metadata(rp, deps, meta.tool_uv)
     python = _python_request(rp)
-    runtime = runtime_requirements()
+    hog, paths = _split_editable(runtime_requirements())
+    # Installed --no-deps after the sync, outside the script's resolver settings
+    # (an exclude-newer date must not make the client's cloudpickle unresolvable).
+    runtime = (*_cloudpickle_pin(deps), *hog)
     digest = hashlib.sha256(
-        "\0".join([ENV_FORMAT, metadata, python, *runtime]).encode()
+        "\0".join([ENV_FORMAT, metadata, python, *runtime, "paths", *paths]).encode()
     ).hexdigest()[:20]
-    return EnvSpec(metadata=metadata, python=python, runtime=runtime, key=digest)
+    return EnvSpec(metadata=metadata, python=python, runtime=runtime, key=digest,
+                   source_paths=paths)

@@ -42,7 +42,7 @@ T = TypeVar("T")
 #: Lines of stderr quoted in process errors.
 STDERR_TAIL_LINES = 25
 #: Chunks per worker that ``map`` aims for when ``chunksize`` is None.
-CHUNKS_PER_WORKER = 4
+CHUNKS_PER_WORKER = 2
 
 
 class HogFuture(Future[T]):
@@ -401,7 +401,7 @@ class HogExecutor(Executor):
         """Like ``concurrent.futures.Executor.map``; calls are packed into chunks.
 
         Each chunk runs in one remote process. With ``chunksize=None`` the chunk size keeps
-        every worker busy (about four chunks per worker) while amortizing start-up. Results
+        every worker busy (about two chunks per worker) while amortizing start-up. Results
         come in order; the first failing call raises when its result is reached; ``timeout``
         counts from this call and raises ``TimeoutError``.
 

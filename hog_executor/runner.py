@@ -23,7 +23,10 @@ import os
 import pickle
 import sys
 import traceback
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: the runner must start fast
+    from typing import Any
 
 SCRIPT_MODULE = "__hog_script__"
 PROTOCOL = 5

@@ -11,7 +11,8 @@ from hog_executor.environment import EnvSpec, env_spec, render_metadata
 from hog_executor.script import parse_metadata
 
 ENV = EnvSpec(metadata="# /// script\n# dependencies = []\n# ///\n", python="3.11",
-              runtime=("cloudpickle==3.1.2", "-e", "/path with space/x"), key="abc123")
+              runtime=("hog-executor @ file:///a%20b",), key="abc123",
+              source_paths=("/path with space/x",))
 
 
 def spec(**kw):
@@ -41,7 +42,8 @@ def test_values_reaching_bash_are_quoted():
     )
     assert "export MSG='it'\"'\"'s $(danger) `x`'" in text
     assert "export HOG_CACHE_DIR='/tmp/my cache'" in text
-    assert "hog_runtime=(cloudpickle==3.1.2 -e '/path with space/x')" in text
+    assert "hog_runtime=('hog-executor @ file:///a%20b')" in text
+    assert "hog_paths=('/path with space/x')" in text
     assert "hog_key=abc123" in text
 
 
@@ -112,3 +114,23 @@ def test_rendered_metadata_is_valid_pep723():
     assert meta.dependencies == ("numpy", 'x ; python_version < "3.12"')
     assert meta.tool_uv["index"] == [{"name": "n", "url": "https://e.invalid/simple"}]
     assert meta.tool_uv["exclude-newer"] == datetime.datetime(2025, 1, 1)
+
+
+def test_cloudpickle_is_pinned_to_the_client_version_unless_the_script_pins_it():
+    import cloudpickle
+
+    plain = env_spec(parse_metadata('# /// script\n# dependencies = ["six"]\n# ///\n'))
+    assert f"cloudpickle=={cloudpickle.__version__}" in plain.runtime
+    assert "cloudpickle" not in plain.metadata  # outside the script's resolver settings
+    own = env_spec(parse_metadata('# /// script\n# dependencies = ["CloudPickle>=3"]\n# ///\n'))
+    assert not any(r.startswith("cloudpickle") for r in own.runtime)
+
+
+def test_an_editable_checkout_is_put_on_sys_path_not_built(monkeypatch):
+    from hog_executor import environment
+
+    root = str(__import__("pathlib").Path(environment.__file__).parent.parent)
+    monkeypatch.setattr(environment, "runtime_requirements", lambda: ("-e", root))
+    spec = env_spec(parse_metadata(""))
+    assert not any("hog" in r for r in spec.runtime)
+    assert spec.source_paths == (root,)
