@@ -49,3 +49,12 @@ def session_processes(marker: str) -> list[int]:
         if marker in cmd and state != "Z":
             found.append(int(entry))
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

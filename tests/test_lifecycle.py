@@ -8,7 +8,7 @@ import time
 
 import hogtest_basic as basic
 import pytest
-from conftest import session_processes
+from conftest import alive, session_processes
 
 from hog_executor import HogExecutor
 
@@ -20,14 +20,6 @@ def _wait_for(predicate, timeout=60.0):
             return True
         time.sleep(0.1)
     return False
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_cancel_pending_call(cache_dir):
@@ -66,7 +58,7 @@ def test_shutdown_cancel_futures_stops_running_and_pending_work(cache_dir, tmp_p
         assert f.done()
         assert f.cancelled()
     for pid in map(int, pidfile.read_text().split()):
-        assert _wait_for(lambda pid=pid: not _alive(pid), 10), f"process {pid} survived"
+        assert _wait_for(lambda pid=pid: not alive(pid), 10), f"process {pid} survived"
     assert not os.path.exists(workdir)
     assert session_processes(workdir) == []
 

@@ -12,6 +12,7 @@ import time
 import hogtest_basic as basic
 import hogtest_markers as markers
 import pytest
+from conftest import alive
 
 from hog_executor import (
     HogExecutor,
@@ -140,7 +141,7 @@ def test_walltime_kills_the_whole_process_group(cache_dir, tmp_path):
     pids = [int(p) for p in pidfile.read_text().split()]
     assert len(pids) == 2
     for pid in pids:
-        assert not _alive(pid), f"process {pid} survived the walltime"
+        assert not alive(pid), f"process {pid} survived the walltime"
 
 
 def test_walltime_when_the_call_ignores_sigterm(cache_dir):
@@ -148,14 +149,6 @@ def test_walltime_when_the_call_ignores_sigterm(cache_dir):
         WalltimeExceeded
     ):
         ex.submit(basic.stubborn_sleep, 60).result(timeout=60)
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_options_override_env_and_walltime(executor):
