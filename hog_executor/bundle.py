@@ -18,7 +18,7 @@ from pathlib import Path
 from ._version import __version__
 from .environment import EnvSpec
 
-__all__ = ["BundleSpec", "Frame", "parse_output", "render_bundle"]
+__all__ = ["BundleSpec", "Frame", "bundle_parts", "parse_output", "payload_line", "render_bundle"]
 
 #: Exit status of a bundle whose call exceeded its walltime (as coreutils ``timeout``).
 EXIT_WALLTIME = 124
@@ -167,6 +167,21 @@ def _walltime_arg(walltime: float | None) -> str:
 
 def render_bundle(spec: BundleSpec, payload: bytes) -> str:
     """The complete bash bundle for one payload (one call or one chunk of calls)."""
+    head, tail = bundle_parts(spec)
+    return head + payload_line(payload) + tail
+
+
+def payload_line(payload: bytes) -> str:
+    """The bundle line that unpacks ``payload``: what differs between calls of one spec."""
+    return f"hog_put {PAYLOAD_NAME} {_b64(payload)}\n"
+
+
+def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
+    """The bundle for ``spec`` without its payload line: ``head + payload_line(p) + tail``.
+
+    Backends that can keep a call's constant part remotely (a registered Globus function)
+    send the two parts once and only the payload per call.
+    """
     q = shlex.quote
     out = ["#!/usr/bin/env bash"]
     title = f"# hog-executor {__version__} bundle"
@@ -179,7 +194,8 @@ def render_bundle(spec: BundleSpec, payload: bytes) -> str:
     out.append(f"hog_put {ENV_NAME} {_b64(spec.env.metadata)}")
     if spec.script_name is not None:
         out.append(f"hog_put {q(spec.script_name)} {_b64(spec.script_source)}")
-    out.append(f"hog_put {PAYLOAD_NAME} {_b64(payload)}")
+    head = "\n".join(out) + "\n"
+    out = []
     if spec.cache_dir:
         out.append(f"export HOG_CACHE_DIR={q(spec.cache_dir)}")
     for name, value in spec.env_vars.items():
@@ -204,7 +220,7 @@ def render_bundle(spec: BundleSpec, payload: bytes) -> str:
         .replace("__WALLTIME__", str(EXIT_WALLTIME))
         .rstrip("\n")
     )
-    return "\n".join(out) + "\n"
+    return head, "\n".join(out) + "\n"
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from .bundle import (
     EXIT_SETUP_FAILED,
     EXIT_WALLTIME,
     BundleSpec,
+    bundle_parts,
     parse_output,
-    render_bundle,
 )
 from .config import DEFAULT_PAYLOAD_LIMIT, Endpoint, resolve_endpoint
 from .environment import env_spec
-from .errors import BackendError, RemoteProcessError, WalltimeExceeded
+from .errors import BackendError, HogError, RemoteProcessError, WalltimeExceeded
 from .script import ScriptMetadata, load_script
 
 __all__ = ["HogExecutor", "HogFuture"]
@@ -121,7 +121,8 @@ class _JobRecord:
             return
         exc = fut.exception()
         if exc is not None:
-            err = exc if isinstance(exc, BackendError) else BackendError(str(exc))
+            err = exc if isinstance(exc, HogError) else BackendError(
+                f"task {self.job.id} ({self.what}): {type(exc).__name__}: {exc}")
             for f in self.futures:
                 _set(f, exception=err)
             return
@@ -226,8 +227,10 @@ class _Context:
     module: types.ModuleType | None
     fn_bytes: bytes
     spec: BundleSpec
+    parts: tuple[str, str]
     limit: int
     what: str
+    values: dict[str, Any]
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -356,7 +359,8 @@ class HogExecutor(Executor):
             description=what,
         )
         ctx = _Context(script, meta, module, _payload.dumps_function(fn, module), spec,
-                       values.get("payload_limit", DEFAULT_PAYLOAD_LIMIT), what)
+                       bundle_parts(spec), values.get("payload_limit", DEFAULT_PAYLOAD_LIMIT),
+                       what, values)
         if key is not None:
             if len(self._contexts) > 256:
                 self._contexts.clear()
@@ -468,7 +472,9 @@ class HogExecutor(Executor):
             data = _payload.pack_payload(header, ctx.fn_bytes, [items[i] for i in chunk],
                                          ctx.limit)
             job_id = uuid.uuid4().hex
-            job = Job(id=job_id, bundle=render_bundle(ctx.spec, data), walltime=ctx.spec.walltime)
+            job = Job(id=job_id, head=ctx.parts[0], payload=data, tail=ctx.parts[1],
+                      walltime=ctx.spec.walltime, config=ctx.values, description=ctx.what,
+                      calls=len(chunk))
             chunk_futures = [futures[i] for i in chunk]
             record = _JobRecord(self._shared, job, chunk_futures, marker, ctx.module,
                                 ctx.spec.walltime, ctx.what)

@@ -23,11 +23,11 @@ ENTRY_POINT_GROUP = "hog_executor.backends"
 #: Backends that ship with hog-executor, found without reading entry points.
 BUILTIN: dict[str, str] = {
     "local": "hog_executor.backends.local:LocalBackend",
+    "slurm": "hog_executor.backends.slurm:SlurmBackend",
 }
 #: Backends that are planned but not part of this release: named in error messages.
 _HINTS: dict[str, str] = {
     "globus": "the Globus Compute backend is not part of this release yet",
-    "slurm": "the Slurm backend is not part of this release yet",
     "dask": "the Dask backend is not part of this release yet",
 }
 
@@ -53,20 +53,44 @@ class Output:
 
 @dataclass(eq=False)
 class Job:
-    """One bundle to run.
+    """One bundle to run: one call, or one chunk of a ``map``.
+
+    The bundle text is ``head + payload_line(payload) + tail``; ``head`` and ``tail`` are the
+    same for every call of one function through one executor view, so a backend that can
+    keep them remotely (a registered Globus function) needs to send only the payload.
 
     Attributes:
         id: a unique task id (shown on futures).
-        bundle: the bash text.
+        head: the bundle up to the payload line.
+        payload: the serialized call(s).
+        tail: the bundle after the payload line.
         walltime: the call's walltime in seconds, for backends whose scheduler wants one.
+        config: the resolved endpoint values for this call (``options()`` overrides applied).
+        description: what runs, for humans (``script.py:function``).
+        calls: how many calls the payload carries.
         on_start: called by the backend once when the bundle starts running.
+        future: resolved by the backend with an `Output`, or with an exception: a
+            `BackendError` when the bundle could not be run, or another `HogError` (such as
+            `RemoteProcessError`) that the backend determined itself.
     """
 
     id: str
-    bundle: str
+    head: str
+    payload: bytes
+    tail: str
     walltime: float | None = None
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    description: str = ""
+    calls: int = 1
     on_start: Callable[[], None] = field(default=lambda: None, repr=False)
     future: Future[Output] = field(default_factory=Future, repr=False)
+
+    @property
+    def bundle(self) -> str:
+        """The complete bash text (rendered on each access)."""
+        from ..bundle import payload_line
+
+        return self.head + payload_line(self.payload) + self.tail
 
 
 class Backend(abc.ABC):
