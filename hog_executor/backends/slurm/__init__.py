@@ -1,0 +1,12 @@
+"""The ``slurm`` backend: bundles run as Slurm batch jobs, a ``map`` as one job array.
+
+See ``docs/backends/slurm.md``. :mod:`.sbatch` renders the job script (pure functions),
+:mod:`.watcher` follows every job of the process with one thread, :mod:`.backend` ties them
+to the :class:`~hog_executor.backends.Backend` interface.
+"""
+
+from __future__ import annotations
+
+from .backend import SlurmBackend, default_shared_dir
+
+__all__ = ["SlurmBackend", "default_shared_dir"]

@@ -1,0 +1,291 @@
+"""One thread per process that watches every Slurm job of every slurm backend.
+
+Each round asks the controller about all watched jobs at once (one ``squeue`` for any number
+of jobs and array tasks), then reports what changed to the tasks: :meth:`Watched.started`
+once a task runs, :meth:`Watched.settle` while it is finished or missing from the queue. The
+delay between rounds starts at the smallest ``poll_interval`` of the watched tasks and grows
+while nothing changes (up to ``BACKOFF_SPAN`` times that, at most ``MAX_INTERVAL``), so long
+jobs cost the controller little; a new submission brings it back down.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "STARTED_STATES",
+    "TERMINAL_STATES",
+    "SlurmQueryError",
+    "Watched",
+    "Watcher",
+    "parse_squeue",
+    "query_states",
+    "watcher",
+]
+
+#: States in which a job has ended for good (a job submitted with --no-requeue).
+TERMINAL_STATES = frozenset({
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+    "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT",
+})
+#: States in which a job's script has started.
+STARTED_STATES = frozenset({
+    "COMPLETING", "RESIZING", "RUNNING", "SIGNALING", "STAGE_OUT", "STOPPED", "SUSPENDED",
+})
+
+#: Growth of the delay between rounds while nothing changes.
+BACKOFF = 1.5
+#: The delay grows to at most this many times the poll interval ...
+BACKOFF_SPAN = 10.0
+#: ... and never beyond this many seconds (unless the poll interval itself is larger).
+MAX_INTERVAL = 30.0
+#: After the controller has not answered for this long, the watched jobs fail.
+CONTROLLER_GRACE = 600.0
+#: Seconds one squeue may take.
+QUERY_TIMEOUT = 60.0
+#: Jobs named per squeue command line.
+QUERY_BATCH = 500
+
+
+class SlurmQueryError(RuntimeError):
+    """squeue failed (the controller did not answer, or the command is missing)."""
+
+
+class Watched(Protocol):
+    """A task (one plain job or one array task) the watcher follows."""
+
+    @property
+    def slurm_id(self) -> str:
+        """``"123"`` for a plain job, ``"123_4"`` for task 4 of array job 123."""
+
+    @property
+    def array_id(self) -> str:
+        """The job id given to squeue (``"123"`` for both forms above)."""
+
+    @property
+    def poll_interval(self) -> float:
+        """The shortest delay between rounds this task's backend wants."""
+
+    def started(self) -> None:
+        """Called once, when the task is first seen running."""
+
+    def settle(self, state: str | None, missing_for: float, settling_for: float) -> bool:
+        """The task has ended (``state``) or is missing from squeue (``state`` None).
+
+        Args:
+            state: the final state, or None when squeue no longer lists the task.
+            missing_for: seconds the task has been missing from squeue (0 when listed).
+            settling_for: seconds since settle was first called for this task.
+
+        Returns:
+            True when the task is finished with; False to be asked again next round.
+        """
+
+    def abandon(self, message: str) -> None:
+        """The watcher gives up on the task (the controller has not answered for long)."""
+
+
+@dataclass(eq=False)
+class _Entry:
+    task: Watched
+    state: str | None = None
+    started: bool = False
+    missing_since: float | None = None
+    settling_since: float | None = None
+
+
+def parse_squeue(text: str) -> dict[str, tuple[str, str]]:
+    """Parse ``squeue -h -r -o '%i|%T|%r'``: job or array-task id -> (state, reason)."""
+    states: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|", 2)
+        if len(parts) < 2 or not parts[0]:
+            continue
+        states[parts[0]] = (parts[1].strip().upper(), parts[2].strip() if len(parts) > 2 else "")
+    return states
+
+
+def query_states(job_ids: Iterable[str], run: Callable[..., subprocess.CompletedProcess[str]]
+                 = subprocess.run) -> dict[str, tuple[str, str]]:
+    """The state of every listed job and of each task of listed arrays (one squeue per batch).
+
+    Jobs the controller no longer knows are simply absent.
+
+    Raises:
+        SlurmQueryError: squeue failed.
+    """
+    ids = sorted(set(job_ids))
+    states: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(ids), QUERY_BATCH):
+        batch = ids[start:start + QUERY_BATCH]
+        if len(batch) == 1:
+            batch = batch * 2  # squeue fails on one unknown id, not on a list of them
+        try:
+            proc = run(
+                ["squeue", "--noheader", "--array", "--states=all", "--jobs=" + ",".join(batch),
+                 "--format=%i|%T|%r"],
+                capture_output=True, text=True, timeout=QUERY_TIMEOUT, stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SlurmQueryError(f"squeue could not run: {exc}") from None
+        if proc.returncode != 0:
+            message = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+            raise SlurmQueryError(f"squeue failed: {message}")
+        states.update(parse_squeue(proc.stdout))
+    return states
+
+
+class Watcher:
+    """Follows tasks until they settle; one instance per process (see :func:`watcher`)."""
+
+    def __init__(self, query: Callable[[Iterable[str]], dict[str, tuple[str, str]]]
+                 = query_states) -> None:
+        self._query = query
+        self._cond = threading.Condition()
+        self._entries: dict[str, _Entry] = {}
+        self._kicked = False
+        self._thread: threading.Thread | None = None
+
+    def track(self, tasks: Sequence[Watched]) -> None:
+        """Start following ``tasks`` (the delay between rounds drops to its minimum)."""
+        with self._cond:
+            for task in tasks:
+                self._entries[task.slurm_id] = _Entry(task)
+            self._kicked = True
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="hog-slurm-watcher",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def kick(self) -> None:
+        """Bring the delay between rounds back to its minimum (something is expected soon)."""
+        with self._cond:
+            self._kicked = True
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until ``predicate()`` holds (checked after every round); return whether it does."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def watching(self) -> int:
+        """How many tasks are followed."""
+        with self._cond:
+            return len(self._entries)
+
+    def _wait_round(self, last: float, interval: float) -> tuple[list[_Entry], float, float]:
+        """Wait for the next round; return the entries, the base interval and the interval."""
+        with self._cond:
+            while True:
+                while not self._entries:
+                    self._cond.wait()
+                    last = 0.0
+                base = min(e.task.poll_interval for e in self._entries.values())
+                if self._kicked:
+                    self._kicked = False
+                    interval = base
+                remaining = last + interval - time.monotonic()
+                if remaining <= 0:
+                    return list(self._entries.values()), base, max(interval, base)
+                self._cond.wait(remaining)
+
+    def _loop(self) -> None:
+        last = 0.0
+        interval = 0.0
+        failing_since: float | None = None
+        while True:
+            entries, base, interval = self._wait_round(last, interval)
+            cap = max(base, min(MAX_INTERVAL, base * BACKOFF_SPAN))
+            try:
+                changed = self._round(entries)
+                failing_since = None
+            except SlurmQueryError as exc:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= CONTROLLER_GRACE:
+                    self._give_up(entries, f"{exc} (for {now - failing_since:.0f} s)")
+                    failing_since = None
+                changed = False
+            except Exception as exc:  # a bug: never let the thread die silently
+                print(f"hog-executor: the Slurm watcher failed: {exc!r}", file=sys.stderr)
+                self._give_up(entries, f"the Slurm watcher failed: {exc!r}")
+                changed = True
+            interval = base if changed else min(interval * BACKOFF, cap)
+            last = time.monotonic()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _round(self, entries: list[_Entry]) -> bool:
+        states = self._query({e.task.array_id for e in entries})
+        now = time.monotonic()
+        changed = False
+        for entry in entries:
+            listed = states.get(entry.task.slurm_id)
+            state = listed[0] if listed else None
+            if state != entry.state:
+                changed = True
+                entry.state = state
+            if listed is not None:
+                entry.missing_since = None
+                if state in STARTED_STATES and not entry.started:
+                    entry.started = True
+                    try:
+                        entry.task.started()
+                    except Exception as exc:
+                        print(f"hog-executor: start callback of Slurm job "
+                              f"{entry.task.slurm_id} failed: {exc!r}", file=sys.stderr)
+                if state not in TERMINAL_STATES:
+                    continue
+            elif entry.missing_since is None:
+                entry.missing_since = now
+            if entry.settling_since is None:
+                entry.settling_since = now
+            missing_for = 0.0 if entry.missing_since is None else now - entry.missing_since
+            try:
+                settled = entry.task.settle(state, missing_for, now - entry.settling_since)
+            except Exception as exc:  # a bug: fail this task, keep watching the others
+                print(f"hog-executor: settling Slurm job {entry.task.slurm_id} failed: {exc!r}",
+                      file=sys.stderr)
+                self._give_up([entry], f"settling Slurm job {entry.task.slurm_id} failed: "
+                                       f"{exc!r}")
+                settled = False
+                changed = True
+            if settled:
+                self._forget(entry)
+                changed = True
+        return changed
+
+    def _give_up(self, entries: list[_Entry], message: str) -> None:
+        for entry in entries:
+            self._forget(entry)
+            try:
+                entry.task.abandon(message)
+            except Exception as exc:
+                print(f"hog-executor: abandoning Slurm job {entry.task.slurm_id} failed: {exc}",
+                      file=sys.stderr)
+
+    def _forget(self, entry: _Entry) -> None:
+        with self._cond:
+            if self._entries.get(entry.task.slurm_id) is entry:
+                del self._entries[entry.task.slurm_id]
+            self._cond.notify_all()
+
+
+_watcher: Watcher | None = None
+_watcher_lock = threading.Lock()
+
+
+def watcher() -> Watcher:
+    """The process's watcher."""
+    global _watcher
+    with _watcher_lock:
+        if _watcher is None:
+            _watcher = Watcher()
+        return _watcher

@@ -1,0 +1,275 @@
+"""The slurm backend's pure parts: the sbatch script, its HMAC, flags and keys (no cluster)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from hog_executor import HogExecutor
+from hog_executor.backends import backend_class, backend_keys, backend_names
+from hog_executor.backends.slurm import SlurmBackend, default_shared_dir
+from hog_executor.backends.slurm.sbatch import (
+    EXIT_WRAPPER_FAILED,
+    SbatchSpec,
+    check_flags,
+    directive_quote,
+    render_sbatch,
+    result_digest,
+    sbatch_options,
+    time_limit_minutes,
+)
+from hog_executor.backends.slurm.watcher import SlurmQueryError, Watcher, parse_squeue
+from hog_executor.config import resolve_endpoint
+from hog_executor.errors import ConfigError
+
+
+def _spec(**kw) -> SbatchSpec:
+    base = dict(job_dir="/shared/hog-x/s1", key_file="/shared/hog-x/key", submission="s1")
+    return SbatchSpec(**{**base, **kw})
+
+
+def _directives(script: str) -> list[str]:
+    return [line.removeprefix("#SBATCH ") for line in script.splitlines()
+            if line.startswith("#SBATCH ")]
+
+
+def test_single_job_script():
+    script = render_sbatch(_spec(options=(("--partition", "debug"),), time_minutes=7))
+    assert script.startswith("#!/bin/bash\n")
+    assert _directives(script) == [
+        '--job-name="hog-s1"',
+        '--output="/shared/hog-x/s1/slurm-0.log"',
+        "--no-requeue",
+        "--time=7",
+        '--partition="debug"',
+    ]
+    assert "hog_dir=/shared/hog-x/s1\n" in script
+    assert "hog_i=${SLURM_ARRAY_TASK_ID:-0}" in script
+
+
+def test_array_script_and_flag_order():
+    script = render_sbatch(_spec(count=12, max_parallel=3, extra_flags=("--time=30",
+                                                                        "--comment=a b")))
+    directives = _directives(script)
+    assert "--array=0-11%3" in directives
+    assert '--output="/shared/hog-x/s1/slurm-%a.log"' in directives
+    assert directives[-2:] == ['"--time=30"', '"--comment=a b"']  # the user's flags win
+    assert "--array=0-4" in _directives(render_sbatch(_spec(count=5)))
+
+
+def test_values_reach_the_script_only_quoted():
+    nasty = '/tmp/a b/$(touch pwned)/"q"/100%'
+    script = render_sbatch(_spec(job_dir=nasty, options=(("--comment", 'x"y\\z #c'),),
+                                 uv="/opt/uv bin/uv"))
+    assert '--output="/tmp/a b/$(touch pwned)/\\"q\\"/100%%/slurm-0.log"' in _directives(script)
+    assert '--comment="x\\"y\\\\z #c"' in _directives(script)
+    assert f"hog_dir={shlex.quote(nasty)}\n" in script
+    assert "export HOG_UV='/opt/uv bin/uv'" in script
+    with pytest.raises(ValueError, match="control"):
+        directive_quote("a\nb")
+    with pytest.raises(ValueError, match="control"):
+        render_sbatch(_spec(options=(("--comment", "a\n#SBATCH --uid=0"),)))
+    with pytest.raises(ValueError):
+        render_sbatch(_spec(count=0))
+
+
+def test_time_limit_rounds_up_with_a_margin():
+    assert time_limit_minutes(None) is None
+    assert time_limit_minutes(1) == 6
+    assert time_limit_minutes(60) == 6
+    assert time_limit_minutes(61) == 7
+    assert time_limit_minutes(3600, margin=0) == 60
+
+
+def test_sbatch_options_from_keys():
+    values = {"partition": "gpu", "account": "proj", "cpus_per_task": 4, "mem": "8G",
+              "gpus": "a100:2", "nodes": 1, "constraint": "ib&cpu", "walltime": 60}
+    assert sbatch_options(values) == (
+        ("--partition", "gpu"), ("--account", "proj"), ("--nodes", "1"),
+        ("--cpus-per-task", "4"), ("--mem", "8G"), ("--gpus", "a100:2"),
+        ("--constraint", "ib&cpu"),
+    )
+
+
+@pytest.mark.parametrize("flags", [["--exclusive"], ["--comment=a b", "-N2", "--time=30"],
+                                   ["--wait-all-nodes=1", "--export=ALL,X=1"]])
+def test_good_sbatch_flags(flags):
+    assert check_flags(flags) == tuple(flags)
+
+
+@pytest.mark.parametrize("flag,reason", [
+    ("--array=0-3", "sets this itself"),
+    ("--out=x", "sets this itself"),  # getopt accepts unambiguous prefixes
+    ("-o/tmp/x", "sets this itself"),
+    ("--wait", "sets this itself"),
+    ("--requeue", "sets this itself"),
+    ("debug", "not an option"),
+    ("-p debug", "right after the flag"),
+    ("--comment=a\nb", "control character"),
+])
+def test_bad_sbatch_flags(flag, reason):
+    with pytest.raises(ValueError, match=reason):
+        check_flags([flag])
+
+
+def test_job_script_runs_and_authenticates_its_result(tmp_path: Path):
+    """Run the rendered script with bash, as slurmd would, and check its result files."""
+    key = os.urandom(32)
+    (tmp_path / "key").write_text(key.hex())
+    job = tmp_path / "s9"
+    job.mkdir()
+    (job / "task-1.sh").write_text(
+        "printf 'out\\0 %s\\n' \"$HOG_UV\"; echo oops >&2; exit 3\n")
+    script = render_sbatch(SbatchSpec(job_dir=str(job), key_file=str(tmp_path / "key"),
+                                      submission="s9", count=2, uv="/x/uv"))
+    env = {k: v for k, v in os.environ.items() if k != "HOG_UV"}
+    proc = subprocess.run(["bash", "-c", script], env={**env, "SLURM_ARRAY_TASK_ID": "1"},
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr  # the call failed, the job recorded it
+    out, err = (job / "task-1.out").read_bytes(), (job / "task-1.err").read_bytes()
+    assert out == b"out\0 /x/uv\n" and err == b"oops\n"
+    assert (job / "task-1.rc").read_text() == "3\n"
+    digest = (job / "task-1.hmac").read_text().strip()
+    assert digest == result_digest(key, "s9", 1, 3, out, err)
+    assert digest != result_digest(key, "s9", 0, 3, out, err)  # bound to its task
+    assert digest != result_digest(os.urandom(32), "s9", 1, 3, out, err)
+    for path in job.glob("task-1.*"):
+        if path.suffix != ".sh":  # written by this test
+            assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_job_script_without_its_bundle_fails_clearly(tmp_path: Path):
+    (tmp_path / "key").write_text("00" * 32)
+    script = render_sbatch(SbatchSpec(job_dir=str(tmp_path / "gone"),
+                                      key_file=str(tmp_path / "key"), submission="s1"))
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items()
+                               if k != "SLURM_ARRAY_TASK_ID"})
+    assert proc.returncode == EXIT_WRAPPER_FAILED
+    assert "task-0.sh" in proc.stderr and "shared_dir" in proc.stderr
+
+
+def test_parse_squeue():
+    text = "12_0|COMPLETED|None\n12_1|PENDING|JobArrayTaskLimit\n13|running|\n\nbad\n"
+    assert parse_squeue(text) == {
+        "12_0": ("COMPLETED", "None"),
+        "12_1": ("PENDING", "JobArrayTaskLimit"),
+        "13": ("RUNNING", ""),
+    }
+
+
+def test_slurm_is_a_builtin_backend_with_validated_keys(tmp_path):
+    assert "slurm" in backend_names()
+    assert backend_class("slurm") is SlurmBackend
+    ex = HogExecutor("slurm", partition="debug", max_parallel=8, mem=4096,
+                     sbatch_flags=["--exclusive"], shared_dir=str(tmp_path / "jobs"))
+    assert ex.backend.workers == 8
+    assert ex.endpoint.values["mem"] == "4096"
+    assert not (tmp_path / "jobs").exists()  # nothing is created before the first submit
+    ex.shutdown()
+    for bad in [dict(mem="lots"), dict(partition="a b"), dict(gpus=0), dict(nodes="x"),
+                dict(sbatch_flags="--exclusive"), dict(sbatch_flags=["--array=1"]),
+                dict(poll_interval=0), dict(shared_dir='/tmp/"x"'), dict(max_parallel=0),
+                dict(account="a;b"), dict(nope=1)]:
+        with pytest.raises(ConfigError):
+            HogExecutor("slurm", **bad)
+    ex = HogExecutor("slurm")
+    with pytest.raises(ConfigError, match="cannot change per call"):
+        ex.options(partition="other")
+    ex.options(walltime=60)  # walltime travels with each job
+    ex.shutdown()
+
+
+def test_script_table_selects_the_slurm_backend():
+    tables = {"cluster": {"backend": "slurm", "partition": "debug", "walltime": "1:00",
+                          "gpu": {"gpus": 1, "partition": "gpu"}}}
+    endpoint = resolve_endpoint("cluster", script_tables=tables, backend_keys=backend_keys,
+                                builtin_backends=backend_names)
+    assert endpoint.backend == "slurm"
+    assert endpoint.values["partition"] == "debug" and endpoint.values["walltime"] == 60.0
+    variant = resolve_endpoint("cluster.gpu", script_tables=tables, backend_keys=backend_keys,
+                               builtin_backends=backend_names)
+    assert variant.values["partition"] == "gpu" and variant.values["gpus"] == "1"
+
+
+def test_default_shared_dir(monkeypatch):
+    monkeypatch.setenv("SCRATCH", "/scratch/me")
+    assert default_shared_dir() == "/scratch/me/.hog-executor/slurm"
+    monkeypatch.delenv("SCRATCH")
+    assert default_shared_dir() == os.path.expanduser("~/.hog-executor/slurm")
+
+
+# -- the watcher, with a scripted squeue ----------------------------------------------------
+
+class _FakeTask:
+    def __init__(self, slurm_id: str, settle_after: int = 0) -> None:
+        self.slurm_id = slurm_id
+        self.array_id = slurm_id.split("_")[0]
+        self.poll_interval = 0.01
+        self.starts = 0
+        self.settles: list[tuple[str | None, float]] = []
+        self.settle_after = settle_after
+        self.abandoned: str | None = None
+        self.done = threading.Event()
+
+    def started(self) -> None:
+        self.starts += 1
+
+    def settle(self, state, missing_for, settling_for) -> bool:
+        self.settles.append((state, missing_for))
+        if len(self.settles) > self.settle_after:
+            self.done.set()
+            return True
+        return False
+
+    def abandon(self, message: str) -> None:
+        self.abandoned = message
+        self.done.set()
+
+
+def test_watcher_reports_start_once_and_settles_terminal_or_missing_tasks():
+    rounds = iter([
+        {"5_0": ("PENDING", ""), "5_1": ("PENDING", ""), "6": ("RUNNING", "")},
+        {"5_0": ("RUNNING", ""), "5_1": ("RUNNING", ""), "6": ("RUNNING", "")},
+        {"5_0": ("RUNNING", ""), "5_1": ("COMPLETED", ""), "6": ("RUNNING", "")},
+    ])
+    asked: list[set[str]] = []
+
+    def query(ids):
+        asked.append(set(ids))
+        return next(rounds, {"5_0": ("TIMEOUT", "")})
+
+    w = Watcher(query)
+    tasks = [_FakeTask("5_0"), _FakeTask("5_1"), _FakeTask("6", settle_after=2)]
+    w.track(tasks)
+    for t in tasks:
+        assert t.done.wait(10)
+    assert asked[0] == {"5", "6"}  # one query for every job and array
+    assert [t.starts for t in tasks] == [1, 1, 1]
+    assert tasks[0].settles == [("TIMEOUT", 0.0)]
+    assert tasks[1].settles == [("COMPLETED", 0.0)]
+    states = [s for s, _ in tasks[2].settles]
+    missing = [m for _, m in tasks[2].settles]
+    assert states == [None, None, None] and missing[0] == 0 < missing[-1]
+    assert w.wait_for(lambda: w.watching() == 0, 5)
+
+
+def test_watcher_gives_up_when_the_controller_stays_silent(monkeypatch):
+    from hog_executor.backends.slurm import watcher as watcher_module
+
+    monkeypatch.setattr(watcher_module, "CONTROLLER_GRACE", 0.2)
+
+    def query(ids):
+        raise SlurmQueryError("squeue failed: Unable to contact slurm controller")
+
+    w = Watcher(query)
+    task = _FakeTask("7")
+    w.track([task])
+    assert task.done.wait(10)
+    assert task.abandoned and "Unable to contact slurm controller" in task.abandoned
+    assert task.settles == []

@@ -1,0 +1,300 @@
+"""The slurm backend against a real Slurm cluster (``bash ci/slurm-start.sh`` starts one).
+
+Without a cluster answering ``sinfo`` these tests are skipped with the reason; in CI
+(``CI=true``) they fail instead, so a missing cluster can never pass unnoticed. The partition
+is ``$HOG_TEST_SLURM_PARTITION``, else the cluster's default partition.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import hogtest_basic as basic
+import pytest
+
+from hog_executor import BackendError, HogExecutor, RemoteProcessError, WalltimeExceeded
+from hog_executor.backends.slurm import SlurmBackend
+from hog_executor.backends.slurm import backend as slurm_backend
+from hog_executor.backends.slurm.watcher import watcher
+from hog_executor.errors import RemoteTraceback
+
+ACTIVE = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED"
+
+
+def _partition() -> tuple[str | None, str]:
+    """The partition to use, or None and why the cluster cannot be used."""
+    if shutil.which("sinfo") is None:
+        return None, "no Slurm client here (sinfo not found); start one: bash ci/slurm-start.sh"
+    try:
+        proc = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True,
+                              text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return None, "sinfo did not answer within 15 s"
+    if proc.returncode != 0:
+        return None, f"no Slurm cluster answers sinfo ({proc.stderr.strip()}); start one: " \
+                     "bash ci/slurm-start.sh"
+    partitions = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+    wanted = os.environ.get("HOG_TEST_SLURM_PARTITION")
+    for name, avail in partitions:
+        if (wanted and name.rstrip("*") == wanted) or (not wanted and name.endswith("*")):
+            if avail != "up":
+                return None, f"partition {name.rstrip('*')} is {avail}"
+            return name.rstrip("*"), ""
+    return None, f"partition {wanted or '(default)'} not found in sinfo: {proc.stdout.strip()!r}"
+
+
+PARTITION, WHY_NOT = _partition()
+
+
+@pytest.fixture(autouse=True)
+def _need_cluster() -> None:
+    if PARTITION is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs a Slurm cluster for the slurm tests: {WHY_NOT}")
+        pytest.skip(WHY_NOT)
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Path:
+    return tmp_path / "shared"
+
+
+@pytest.fixture
+def ex(shared: Path, cache_dir: str):
+    executor = HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared),
+                           cache_dir=cache_dir, poll_interval=0.2)
+    yield executor
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _backend(executor: HogExecutor) -> SlurmBackend:
+    backend = executor.backend
+    assert isinstance(backend, SlurmBackend)
+    return backend
+
+
+def _wait_running(*futures: cf.Future[object], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(f.running() or f.done() for f in futures):
+        assert time.monotonic() < deadline, "the jobs did not start"
+        time.sleep(0.1)
+    for f in futures:
+        assert not f.done(), f.exception()
+
+
+def _squeue(*ids: str, states: str = "all") -> list[str]:
+    arrays = {i.split("_")[0] for i in ids}
+    jobs = ",".join(sorted(arrays) * (2 if len(arrays) == 1 else 1))
+    proc = subprocess.run(["squeue", "--noheader", "--array", f"--states={states}",
+                           f"--jobs={jobs}", "--format=%i %T"],
+                          capture_output=True, text=True, check=True, timeout=30)
+    return proc.stdout.split("\n")[:-1]
+
+
+def test_submit_returns_value_and_output(ex, shared):
+    f = ex.submit(basic.echo, 7)
+    assert f.result(timeout=300) == 7
+    assert f.stdout.strip() == "echo 7"
+    assert "err 7" in f.stderr
+    assert ex.submit(basic.add, 1, 2, c=3).result(timeout=120) == 6
+    p = ex.submit(basic.make_point, 3, 4).result(timeout=120)
+    assert type(p) is basic.Point
+    ex.shutdown()
+    assert list(shared.iterdir()) == []  # nothing left of successful calls, not even the key
+
+
+def test_map_is_one_job_array(shared, cache_dir, tmp_path, monkeypatch):
+    real = shutil.which("sbatch")
+    log = tmp_path / "sbatch.log"
+    shim = tmp_path / "bin" / "sbatch"
+    shim.parent.mkdir()
+    shim.write_text(
+        "#!/bin/bash\n"
+        f'grep -h "^#SBATCH --array" "${{@: -1}}" >> {log}\n'
+        f"out=$({real} \"$@\"); rc=$?\n"
+        f'echo "job $out" >> {log}\n'
+        'echo "$out"; exit $rc\n'
+    )
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    with HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
+                     poll_interval=0.2, max_parallel=4) as ex:
+        assert list(ex.map(basic.square, range(12), chunksize=1)) == [x * x for x in range(12)]
+        lines = log.read_text().splitlines()
+        assert lines[0] == "#SBATCH --array=0-11%4"
+        assert len(lines) == 2 and lines[1].startswith("job ")
+        job_id = lines[1].split()[1]
+        tasks = _squeue(job_id)
+        assert sorted(tasks) == sorted(f"{job_id}_{i} COMPLETED" for i in range(12))
+        # A chunked map: fewer tasks, still one array.
+        assert list(ex.map(basic.add, range(10), range(10), chunksize=3)) == \
+            [2 * x for x in range(10)]
+        lines = log.read_text().splitlines()
+        assert lines[2] == "#SBATCH --array=0-3%4" and len(lines) == 4
+        # More tasks than one array may hold: as few arrays as the limit allows.
+        monkeypatch.setattr(slurm_backend, "ARRAY_LIMIT", 4)
+        assert list(ex.map(basic.identity, range(6), chunksize=1)) == list(range(6))
+        lines = log.read_text().splitlines()[4:]
+        assert [ln for ln in lines if ln.startswith("#SBATCH")] == \
+            ["#SBATCH --array=0-3%4", "#SBATCH --array=0-1%4"]
+
+
+def test_exceptions_keep_type_and_process_errors_carry_logs(ex):
+    with pytest.raises(basic.CustomError, match="bad input") as info:
+        ex.submit(basic.fail_custom, "bad input").result(timeout=120)
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "raise CustomError(msg)" in info.value.__cause__.tb
+    with pytest.raises(ValueError, match="plain"):
+        ex.submit(basic.fail_value, "plain").result(timeout=120)
+    with pytest.raises(RemoteProcessError) as exit_info:
+        ex.submit(basic.exit_with, 3).result(timeout=120)
+    err = exit_info.value
+    assert err.returncode == 3 and err.state == "COMPLETED"
+    assert "exited with status 3" in str(err) and "logs: " in str(err)
+    out_log = str(err).split("logs: ", 1)[1].split(",")[0]
+    assert os.path.isfile(out_log)  # the files of failed calls are kept for inspection
+
+
+def test_walltime_bundle_and_slurm_time_limit(ex):
+    # Slurm's TIMEOUT: Slurm checks time limits every ~30 s, so start that one first.
+    slow = ex.options(walltime=300).submit(basic.sleep, 120)
+    _wait_running(slow)
+    slurm_id = _backend(ex).slurm_id(slow.task_id)
+    assert slurm_id is not None
+    subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "TimeLimit=0"], check=True,
+                   timeout=30)
+    # The bundle's own walltime (the common case): exit 124, the job itself completed.
+    with pytest.raises(WalltimeExceeded) as info:
+        ex.options(walltime=2).submit(basic.sleep, 60).result(timeout=120)
+    assert info.value.returncode == 124 and info.value.walltime == 2
+    with pytest.raises(WalltimeExceeded) as info:
+        slow.result(timeout=120)
+    assert info.value.state == "TIMEOUT"
+    assert info.value.returncode == 124
+    assert "DUE TO TIME LIMIT" in info.value.stderr
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_external_scancel_is_a_clear_error(ex):
+    f = ex.submit(basic.sleep, 60)
+    _wait_running(f)
+    backend = _backend(ex)
+    slurm_id = backend.slurm_id(f.task_id)
+    assert slurm_id is not None
+    # Job files are private to the user.
+    directory = Path(backend.directory or "")
+    job_dir = next(p for p in directory.iterdir() if p.is_dir())
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / "key").stat().st_mode) == 0o600
+    for path in [*job_dir.glob("task-0.*"), job_dir / "slurm-0.log"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    subprocess.run(["scancel", slurm_id], check=True, timeout=30)
+    with pytest.raises(RemoteProcessError) as info:
+        f.result(timeout=120)
+    err = info.value
+    assert not isinstance(err, WalltimeExceeded)
+    assert err.state == "CANCELLED"
+    assert "ended in state CANCELLED" in str(err)
+    assert "cancelled outside hog-executor" in str(err)
+    assert str(job_dir / "slurm-0.log") in str(err)
+
+
+def test_job_failing_before_the_bundle_runs(shared, cache_dir):
+    ex = HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
+                     poll_interval=0.2, sbatch_flags=["--hold"])
+    try:
+        f = ex.submit(basic.square, 2)
+        backend = _backend(ex)
+        slurm_id = backend.slurm_id(f.task_id)
+        assert slurm_id is not None and backend.directory is not None
+        job_dir = next(Path(backend.directory).glob("s*"))
+        (job_dir / "task-0.sh").unlink()  # as on a compute node that does not see shared_dir
+        subprocess.run(["scontrol", "release", slurm_id], check=True, timeout=30)
+        with pytest.raises(RemoteProcessError) as info:
+            f.result(timeout=120)
+        err = info.value
+        assert err.state == "FAILED" and err.returncode == 97
+        assert "ended in state FAILED" in str(err)
+        assert "do compute nodes see shared_dir?" in str(err)  # the Slurm log's tail
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_shutdown_with_cancel_leaves_no_job(shared, cache_dir):
+    ex = HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
+                     poll_interval=0.2, max_parallel=2)
+    single = ex.submit(basic.sleep, 120)
+    results = ex.map(basic.sleep, [120] * 4, chunksize=1)  # 2 running, 2 pending
+    _wait_running(single)
+    ids = _backend(ex).slurm_ids()
+    assert len(ids) == 5
+    assert any(line.endswith(" PENDING") for line in _squeue(*ids))
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert single.cancelled()
+    with pytest.raises(cf.CancelledError):
+        next(results)
+    assert _squeue(*ids, states=ACTIVE) == []
+    assert list(shared.iterdir()) == []
+
+
+def test_tampered_result_file_is_rejected(ex, monkeypatch):
+    original = SlurmBackend._read_result
+
+    def tamper_then_read(self, task):  # someone rewrites the output before the client reads
+        if os.path.exists(task.hmac):
+            Path(task.out).write_bytes(Path(task.out).read_bytes().replace(b"echo", b"ECHO"))
+        return original(self, task)
+
+    monkeypatch.setattr(SlurmBackend, "_read_result", tamper_then_read)
+    with pytest.raises(BackendError, match="failed authentication"):
+        ex.submit(basic.echo, 1).result(timeout=120)
+
+
+def test_forged_result_with_another_key_is_rejected(ex, monkeypatch):
+    from hog_executor.backends.slurm.sbatch import result_digest
+
+    original = SlurmBackend._read_result
+
+    def forge_then_read(self, task):  # a result written by someone without the key
+        if os.path.exists(task.hmac):
+            out, err = b"forged", b""
+            Path(task.out).write_bytes(out)
+            Path(task.err).write_bytes(err)
+            Path(task.rc).write_text("0\n")
+            Path(task.hmac).write_text(
+                result_digest(os.urandom(32), task.submission.id, task.index, 0, out, err))
+        return original(self, task)
+
+    monkeypatch.setattr(SlurmBackend, "_read_result", forge_then_read)
+    with pytest.raises(BackendError, match="failed authentication"):
+        ex.submit(basic.square, 3).result(timeout=120)
+
+
+def test_vanished_job_fails_within_a_bounded_time(ex, monkeypatch):
+    monkeypatch.setattr(slurm_backend, "VANISH_GRACE", 1.0)
+    f = ex.submit(basic.sleep, 3)
+    slurm_id = _backend(ex).slurm_id(f.task_id)
+    assert slurm_id is not None
+    # The controller forgets the job (as after MinJobAge, or a controller reset).
+    monkeypatch.setattr(watcher(), "_query", lambda ids: {})
+    try:
+        with pytest.raises(BackendError, match="disappeared from the Slurm queue"):
+            f.result(timeout=60)
+    finally:
+        subprocess.run(["scancel", slurm_id], timeout=30)
+
+
+def test_bad_partition_is_a_backend_error_at_submit(shared, cache_dir):
+    ex = HogExecutor("slurm", partition="no_such_partition", shared_dir=str(shared),
+                     cache_dir=cache_dir)
+    with pytest.raises(BackendError, match=r"(?i)invalid partition"):
+        ex.submit(basic.square, 2)
+    ex.shutdown()
+    assert list(shared.iterdir()) == []  # nothing is left of a refused submission
