@@ -298,3 +298,20 @@ def test_bad_partition_is_a_backend_error_at_submit(shared, cache_dir):
         ex.submit(basic.square, 2)
     ex.shutdown()
     assert list(shared.iterdir()) == []  # nothing is left of a refused submission
+
+
+def test_scheduler_keys_change_per_call(ex):
+    """``options()`` reaches sbatch: a bad partition for one view, the right one for the rest."""
+    with pytest.raises(BackendError, match=r"(?i)invalid partition"):
+        ex.options(partition="no_such_partition").submit(basic.square, 2)
+    view = ex.options(cpus_per_task=1, sbatch_flags=["--comment=per-call"])
+    fut = view.submit(basic.square, 3)
+    slurm_id = _backend(ex).slurm_id(fut.task_id)
+    assert fut.result(timeout=120) == 9
+    assert slurm_id
+    shown = subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True,
+                           text=True, timeout=30).stdout
+    assert "Comment=per-call" in shown
+    assert ex.submit(basic.square, 4).result(timeout=120) == 16
+    with pytest.raises(Exception, match="max_parallel"):
+        ex.options(max_parallel=2)

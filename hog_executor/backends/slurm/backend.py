@@ -129,9 +129,25 @@ def _interval(value: Any) -> float:
     return float(value)
 
 
-def _key(name: str, doc: str, check: Any) -> Key:
-    # A Job carries only its bundle and walltime, so backend keys cannot change per call.
-    return Key(name, doc, check, per_call=False)
+def _key(name: str, doc: str, check: Any, per_call: bool = False) -> Key:
+    return Key(name, doc, check, per_call=per_call)
+
+
+def _job_key(name: str, doc: str, check: Any) -> Key:
+    """A key read from each submission's config, so ``ex.options(...)`` may change it."""
+    return _key(name, doc, check, per_call=True)
+
+
+def _same_config(jobs: Sequence[Job]) -> list[list[Job]]:
+    """``jobs`` in runs that share their config (one sbatch cannot mix partitions)."""
+    groups: list[list[Job]] = []
+    for job in jobs:
+        if groups and (groups[-1][0].config is job.config
+                       or groups[-1][0].config == job.config):
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
 
 
 def default_shared_dir() -> str:
@@ -251,19 +267,19 @@ class SlurmBackend(Backend):
 
     keys: ClassVar[Mapping[str, Key]] = {
         k.name: k for k in [
-            _key("partition", "Slurm partition(s) (--partition)",
+            _job_key("partition", "Slurm partition(s) (--partition)",
                  _name("a partition name", _LIST)),
-            _key("account", "account charged for the jobs (--account)", _name("an account")),
-            _key("qos", "quality of service (--qos)", _name("a QOS name")),
-            _key("cpus_per_task", "CPUs per bundle (--cpus-per-task)", positive_int),
-            _key("mem", "memory per node: megabytes or \"4G\" (--mem)", _mem),
-            _key("gpus", "GPUs per job: a count or \"type:count\" (--gpus)", _gpus),
-            _key("nodes", "nodes per job: a count or \"min-max\" (--nodes)", _nodes),
-            _key("constraint", "node features required (--constraint)",
+            _job_key("account", "account charged for the jobs (--account)", _name("an account")),
+            _job_key("qos", "quality of service (--qos)", _name("a QOS name")),
+            _job_key("cpus_per_task", "CPUs per bundle (--cpus-per-task)", positive_int),
+            _job_key("mem", "memory per node: megabytes or \"4G\" (--mem)", _mem),
+            _job_key("gpus", "GPUs per job: a count or \"type:count\" (--gpus)", _gpus),
+            _job_key("nodes", "nodes per job: a count or \"min-max\" (--nodes)", _nodes),
+            _job_key("constraint", "node features required (--constraint)",
                  _name("a feature expression", _CONSTRAINT)),
             _key("max_parallel", "array tasks running at once (the %N of --array); also "
                  "sizes map chunks", positive_int),
-            _key("sbatch_flags", "extra sbatch options, each \"--flag=value\"", _flags),
+            _job_key("sbatch_flags", "extra sbatch options, each \"--flag=value\"", _flags),
             _key("shared_dir", "directory for job files, visible from the compute nodes "
                  "(default: $SCRATCH or ~, /.hog-executor/slurm)", _shared_dir),
             _key("poll_interval", "seconds between status queries at first (default 2; "
@@ -277,8 +293,6 @@ class SlurmBackend(Backend):
         self._shared_dir: str = values.get("shared_dir") or _shared_dir(default_shared_dir())
         self.poll_interval: float = values.get("poll_interval", DEFAULT_POLL_INTERVAL)
         self._max_parallel: int | None = values.get("max_parallel")
-        self._options = sbatch_options(values)
-        self._flags: tuple[str, ...] = tuple(values.get("sbatch_flags", ()))
         self._key = secrets.token_bytes(32)
         self._dir: str | None = None
         self._lock = threading.RLock()
@@ -319,8 +333,9 @@ class SlurmBackend(Backend):
             directory = self._ensure_dir()
             submitted: list[_Task] = []
             try:
-                for start in range(0, len(jobs), ARRAY_LIMIT):
-                    submitted += self._sbatch(directory, jobs[start:start + ARRAY_LIMIT])
+                for group in _same_config(jobs):
+                    for start in range(0, len(group), ARRAY_LIMIT):
+                        submitted += self._sbatch(directory, group[start:start + ARRAY_LIMIT])
             except BaseException:
                 if submitted:
                     self._scancel([t.slurm_id for t in submitted])
@@ -388,15 +403,16 @@ class SlurmBackend(Backend):
         submission = _Submission(self, sub_id, job_dir, len(jobs))
         tasks = [_Task(submission, i, job, "") for i, job in enumerate(jobs)]
         walltimes = [j.walltime for j in jobs if j.walltime is not None]
+        config = jobs[0].config or self.endpoint.values  # shared by all (see _same_config)
         spec = SbatchSpec(
             job_dir=job_dir,
             key_file=os.path.join(directory, "key"),
             submission=sub_id,
             count=len(jobs),
             max_parallel=self._max_parallel,
-            options=self._options,
+            options=sbatch_options(config),
             time_minutes=time_limit_minutes(max(walltimes)) if walltimes else None,
-            extra_flags=self._flags,
+            extra_flags=tuple(config.get("sbatch_flags", ())),
             uv=self._uv,
         )
         script = os.path.join(job_dir, "job.sbatch")
