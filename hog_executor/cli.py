@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,12 +208,15 @@ def call_harness(fn: Callable[..., Any], argv: Sequence[str], prog: str) -> Any:
 
 # -- hog run ----------------------------------------------------------------------------------
 
-def _configure_output(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _run_output(args: argparse.Namespace) -> Iterator[None]:
+    """Status lines and progress on stderr while a harness runs (restored afterwards)."""
     import logging
 
     from . import progress
 
     logger = logging.getLogger("hog_executor")
+    saved = (logger.level, logger.propagate, list(logger.handlers), progress._default_progress)
     if not logger.handlers:
         handler = progress.ConsoleHandler()
         handler.setFormatter(logging.Formatter("hog: %(message)s"))
@@ -221,6 +225,13 @@ def _configure_output(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logger.setLevel(level)
     progress.set_default(args.progress if args.progress is not None else sys.stderr.isatty())
+    try:
+        yield
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers[:] = saved[2]
+        progress.set_default(saved[3])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -231,9 +242,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         before, harness_argv = rest[:cut], rest[cut + 1:]
     else:
         before, harness_argv = rest[:1], rest[1:]
-    _configure_output(args)
     from .decorators import harnesses
 
+    with _run_output(args):
+        return _run_harness(args, rest, before, harness_argv, harnesses)
+
+
+def _run_harness(args: argparse.Namespace, rest: list[str], before: list[str],
+                 harness_argv: list[str], harnesses: Callable[[Any], dict[str, Any]]) -> int:
     module = import_script(args.script, harness_argv)
     found = harnesses(module)
     name: str | None = None

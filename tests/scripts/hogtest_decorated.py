@@ -63,6 +63,12 @@ def calls_plain(x):
     return square(x) + 1
 
 
+@hog.function("5aafb4c1-27b2-40d8-a038-a0277611868f", walltime=30)
+def on_globus(x):
+    """Meant for a Globus Compute endpoint; .local() checks it on this machine."""
+    return os.environ.get("HOG_IN_REMOTE_CALL"), x + 1
+
+
 @hog.harness()
 def main(n: int, scale: float = 1.0, label: str = "sum", verbose: bool = False):
     """Sum of squares of range(n), computed remotely, times scale."""
