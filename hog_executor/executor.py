@@ -420,10 +420,6 @@ class HogExecutor(Executor):
             (item, {}) for item in zip(*iterables, strict=False)
         ]
         futures = self._submit_calls(fn, calls, chunksize=chunksize)
-        if progress is not False:
-            from .progress import track_map
-
-            track_map(list(futures), progress, fn)
 
         def results() -> Iterator[T]:
             pending = list(reversed(futures))
@@ -440,6 +436,10 @@ class HogExecutor(Executor):
                 for f in pending:
                     f.cancel()
 
+        if progress is not False:
+            from .progress import track_map
+
+            return track_map(list(futures), progress, fn, results())
         return results()
 
     def _chunk_size(self, n: int) -> int:

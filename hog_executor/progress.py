@@ -15,11 +15,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 __all__ = [
     "ConsoleHandler",
@@ -33,6 +33,8 @@ __all__ = [
     "track",
     "wait_with_status",
 ]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("hog_executor")
 output_logger = logging.getLogger("hog_executor.output")
@@ -276,13 +278,25 @@ def track(futures: list[Future[Any]], label: str, interval: float | None = None)
     return Tracker(futures, label, interval).begin()
 
 
-def track_map(futures: list[Future[Any]], progress: bool | None, fn: Any) -> None:
-    """The ``HogExecutor.map`` hook: track when ``progress`` (None: the default) says so."""
+def track_map(futures: list[Future[Any]], progress: bool | None, fn: Any,
+              results: Iterator[T]) -> Iterator[T]:
+    """The ``HogExecutor.map`` hook: track ``futures`` when ``progress`` (None: the default)
+    says so, and return ``results``, which then ends only after the final progress line."""
     if progress is None:
         progress = _default_progress
-    if progress and futures:
-        label = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-        track(futures, f"map {label}")
+    if not progress or not futures:
+        return results
+    label = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    tracker = track(futures, f"map {label}")
+
+    def follow() -> Iterator[T]:
+        try:
+            yield from results
+        finally:
+            results.close()  # type: ignore[attr-defined]
+            tracker.join(timeout=5)
+
+    return follow()
 
 
 def _state(future: Future[Any]) -> str:
