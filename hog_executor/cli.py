@@ -381,12 +381,21 @@ def _uv() -> str:
 
 
 def _toml_value(text: str) -> Any:
+    """``text`` as a TOML value (``600``, ``true``, ``["a"]``, ``"x"``), else as text.
+
+    Dates and times stay text: ``walltime=01:00:00`` means the string.
+    """
+    import datetime
+
     import tomlkit
 
     try:
-        return tomlkit.parse(f"v = {text}")["v"]
+        value = tomlkit.parse(f"v = {text}")["v"]
     except Exception:
         return text
+    if isinstance(value, (datetime.date, datetime.time)):
+        return text
+    return value
 
 
 def set_endpoint_table(source: str, name: str, values: dict[str, Any],
