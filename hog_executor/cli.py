@@ -38,13 +38,16 @@ class CliError(Exception):
 
 # -- scripts ----------------------------------------------------------------------------------
 
-def import_script(path: str | os.PathLike[str], argv: Sequence[str] = ()) -> types.ModuleType:
+def import_script(path: str | os.PathLike[str], argv: Sequence[str] = (), *,
+                  as_main: bool = False) -> types.ModuleType:
     """Import the script at ``path`` as a module (its ``__main__`` guard does not run).
 
     The module is named after the file when that name is free, and registered in
     ``sys.modules`` so that its functions and classes pickle by reference. The script's
     directory goes first on ``sys.path`` and ``sys.argv`` becomes ``[path, *argv]``, as for
-    ``python script.py``.
+    ``python script.py``. With ``as_main``, the module also stands in ``sys.modules`` as
+    ``__main__`` (so that a ``HogExecutor`` made without ``script=`` finds the script's
+    endpoint tables, as it does under ``python script.py``); the caller restores it.
 
     Raises:
         CliError: the file does not exist or is not a Python file.
@@ -62,6 +65,8 @@ def import_script(path: str | os.PathLike[str], argv: Sequence[str] = ()) -> typ
     if str(p.parent) not in sys.path:
         sys.path.insert(0, str(p.parent))
     sys.argv = [str(p), *argv]
+    if as_main:
+        sys.modules["__main__"] = module
     spec.loader.exec_module(module)
     return module
 
@@ -244,13 +249,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         before, harness_argv = rest[:1], rest[1:]
     from .decorators import harnesses
 
+    main_module = sys.modules.get("__main__")
     with _run_output(args):
-        return _run_harness(args, rest, before, harness_argv, harnesses)
+        try:
+            return _run_harness(args, rest, before, harness_argv, harnesses)
+        finally:
+            if main_module is not None:
+                sys.modules["__main__"] = main_module
 
 
 def _run_harness(args: argparse.Namespace, rest: list[str], before: list[str],
                  harness_argv: list[str], harnesses: Callable[[Any], dict[str, Any]]) -> int:
-    module = import_script(args.script, harness_argv)
+    module = import_script(args.script, harness_argv, as_main=True)
     found = harnesses(module)
     name: str | None = None
     if before and before[0] in found:
@@ -272,6 +282,7 @@ def _run_harness(args: argparse.Namespace, rest: list[str], before: list[str],
             raise CliError(f"{args.script} has several harnesses ({', '.join(found)}): name "
                            f"one, e.g. hog run {args.script} {next(iter(found))}")
     prog = f"hog run {args.script} {name} --"
+    sys.argv = [sys.argv[0], *harness_argv]
     value = call_harness(found[name], harness_argv, prog)
     if value is not None:
         if isinstance(value, str):
@@ -970,6 +981,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except (CliError, HogError) as exc:
         print(f"hog: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if args.command == "run":  # raised by the harness: keep its traceback
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"hog: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("hog: interrupted", file=sys.stderr)

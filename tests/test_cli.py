@@ -59,10 +59,22 @@ def test_run_a_named_harness_without_separator(capsys):
     assert capsys.readouterr().out == "49\n"
 
 
+def test_run_sees_the_script_as_main_for_plain_executors(capsys):
+    main_module = sys.modules["__main__"]
+    assert cli.main(["run", DECORATED, "direct", "--", "3"]) == 0
+    assert capsys.readouterr().out == "27\n"
+    assert sys.modules["__main__"] is main_module  # restored
+
+
+def test_init_into_a_missing_directory_is_one_line(tmp_path, capsys):
+    assert cli.main(["init", str(tmp_path / "no" / "s.py")]) == 1
+    assert capsys.readouterr().err.startswith("hog: error: ")
+
+
 def test_run_unknown_harness_says_which_exist(capsys):
     assert cli.main(["run", DECORATED, "nope", "--"]) == 1
     err = capsys.readouterr().err
-    assert "has no harness 'nope'; its harnesses: main, one" in err
+    assert "has no harness 'nope'; its harnesses: main, one, direct" in err
 
 
 def test_run_script_without_harness(tmp_path, capsys):
@@ -109,6 +121,7 @@ def test_no_command_prints_help(capsys):
 def test_bundle_run_by_hand_gives_the_same_result(tmp_path, cache_dir):
     import hogtest_decorated as mod
 
+    expected = mod.square.remote(6)  # through the executor (also warms the environment)
     out = tmp_path / "bundle.sh"
     assert cli.main(["bundle", f"{DECORATED}:square", "6", "-o", str(out)]) == 0
     assert oct(out.stat().st_mode & 0o777) == "0o600"
@@ -122,7 +135,7 @@ def test_bundle_run_by_hand_gives_the_same_result(tmp_path, cache_dir):
     proc = subprocess.run(["bash", str(out)], capture_output=True, text=True, env=env,
                           timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == repr(mod.square.remote(6)) == "36"
+    assert proc.stdout.splitlines()[-1] == repr(expected) == "36"
     assert sorted(os.listdir(tmp_path)) == ["bundle.sh"]
 
 

@@ -110,7 +110,7 @@ def test_decorator_misuse_is_a_type_error():
 
 
 def test_harness_marks_entry_points(mod):
-    assert list(decorators.harnesses(mod)) == ["main", "one"]
+    assert list(decorators.harnesses(mod)) == ["main", "one", "direct"]
 
 
 def test_remote_from_a_script_run_with_python(cache_dir):

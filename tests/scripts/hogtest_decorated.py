@@ -83,6 +83,17 @@ def one(x: int):
     return square.remote(x)
 
 
+def cube(x):
+    return x**3
+
+
+@hog.harness()
+def direct(x: int):
+    """Uses HogExecutor without script=: the script's tables apply under hog run too."""
+    with hog.HogExecutor("site") as ex:
+        return ex.submit(cube, x).result()
+
+
 if __name__ == "__main__":
     # Run as `python hogtest_decorated.py X`: remote call from a plain script.
     print(f"remote={square.remote(int(sys.argv[1]))}")
