@@ -216,19 +216,29 @@ def _live() -> bool:
 
 
 class Tracker:
-    """Follows a list of futures and logs their progress until all are over.
+    """Follows a group of calls and logs their progress until all are over.
 
     Progress records go to the ``hog_executor`` logger at INFO: transient ones (redrawn in
     place) every `LIVE_INTERVAL` seconds when a terminal shows them, plain lines every
     ``interval`` seconds otherwise, and a final summary line.
+
+    Args:
+        futures: the calls to follow.
+        label: what the lines are about (``map simulate``).
+        interval: seconds between plain lines (default `PLAIN_INTERVAL`).
+        source: instead of futures, a function returning the counts for the seconds
+            elapsed (the caller then calls `wake` on changes and `stop` at the end).
     """
 
     def __init__(self, futures: list[Future[Any]], label: str,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None,
+                 source: Callable[[float], Counts] | None = None) -> None:
         self.futures = futures
         self.label = label
         self.interval = interval
         self.start = time.monotonic()
+        self._source = source
+        self._stopped = False
         self._changed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hog-progress", daemon=True)
         for f in futures:
@@ -236,7 +246,19 @@ class Tracker:
 
     def counts(self) -> Counts:
         """The current snapshot."""
-        return count(self.futures, time.monotonic() - self.start)
+        elapsed = time.monotonic() - self.start
+        if self._source is not None:
+            return self._source(elapsed)
+        return count(self.futures, elapsed)
+
+    def wake(self) -> None:
+        """Something changed: look again now."""
+        self._changed.set()
+
+    def stop(self) -> None:
+        """End following: the final line is written with the current counts."""
+        self._stopped = True
+        self._changed.set()
 
     def begin(self) -> Tracker:
         """Start following (in a daemon thread); return self."""
@@ -253,7 +275,7 @@ class Tracker:
         last_plain = time.monotonic()
         while True:
             c = self.counts()
-            if c.finished >= c.total:
+            if self._stopped or (self._source is None and c.finished >= c.total):
                 break
             if live:
                 self._log(c, transient=True)

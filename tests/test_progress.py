@@ -174,3 +174,40 @@ def test_remote_status_on_a_terminal_is_redrawn(console, cache_dir, monkeypatch)
     assert "square @ site [task " in out
     assert out.endswith("\n")
     assert " done in " in out.rsplit("\r\x1b[K", 1)[-1].splitlines()[0]
+
+
+def test_dask_compute_progress_plain_and_on_a_terminal(console):
+    dask = pytest.importorskip("dask")
+    from hog_executor.dask_progress import DaskProgress
+
+    def slow_inc(x):
+        threading.Event().wait(0.01)
+        return x + 1
+
+    values = [dask.delayed(slow_inc)(i) for i in range(20)]
+    stream = console(terminal=False)
+    with DaskProgress("sim", interval=0.01):
+        assert dask.compute(*values, scheduler="threads") == tuple(range(1, 21))
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].startswith("hog: sim: 20/20 done, 0 running, 0 queued, 0 failed")
+
+    stream = console(terminal=True)
+    with DaskProgress("sim"):
+        dask.compute(*values, scheduler="sync")
+    assert stream.getvalue().endswith("\n")
+    assert "hog: sim: 20/20 done" in stream.getvalue()
+
+
+def test_dask_progress_counts_failures(console):
+    dask = pytest.importorskip("dask")
+    from hog_executor.dask_progress import DaskProgress
+
+    def boom(x):
+        raise ValueError(x)
+
+    stream = console(terminal=False)
+    with DaskProgress("bad"), pytest.raises(ValueError):
+        dask.compute(dask.delayed(boom)(1), scheduler="sync")
+    last = stream.getvalue().splitlines()[-1]
+    assert last.startswith("hog: bad: 0/") and " 0 running, 0 queued, " in last
+    assert "0 failed" not in last
