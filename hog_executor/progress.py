@@ -329,13 +329,12 @@ def _state(future: Future[Any]) -> str:
     return "queued"
 
 
-def wait_with_status(future: Future[Any], label: str,
-                     on_output: Callable[[str, str], None] | None = None) -> Any:
+def wait_with_status(future: Future[Any], label: str) -> Any:
     """Wait for one call, showing its state; return its value or raise its exception.
 
     Logs one status line (function, task id, outcome, total and running time) and replays
     what the call printed, each line prefixed by its source, on the ``hog_executor.output``
-    logger. A KeyboardInterrupt cancels the call.
+    logger. A KeyboardInterrupt stops the call, also when it is already running.
     """
     ensure_console()
     start = time.monotonic()
@@ -346,7 +345,7 @@ def wait_with_status(future: Future[Any], label: str,
     try:
         while True:
             try:
-                future.exception(timeout=LIVE_INTERVAL if live else 1.0)
+                future.exception(timeout=LIVE_INTERVAL if live else 0.1)
                 break
             except FutureTimeout:
                 pass
@@ -357,7 +356,7 @@ def wait_with_status(future: Future[Any], label: str,
                 logger.info("%s %s %s", where, _state(future), _duration(elapsed),
                             extra={"hog_transient": True})
     except KeyboardInterrupt:
-        future.cancel()
+        _stop(future)
         raise
     except BaseException:  # cancelled
         pass
@@ -372,6 +371,16 @@ def wait_with_status(future: Future[Any], label: str,
                 extra={"hog_final": True})
     _replay(future, label)
     return future.result()
+
+
+def _stop(future: Future[Any]) -> None:
+    """Cancel a call; stop its task when it is running and carries only this call."""
+    if future.cancel():
+        return
+    record = getattr(future, "_job", None)  # a HogFuture's task
+    if record is not None and len(record.futures) == 1 and not future.done():
+        record.cancel_requested = True
+        record.shared.backend.cancel(record.job)
 
 
 def _replay(future: Future[Any], label: str) -> None:

@@ -74,7 +74,7 @@ def test_init_into_a_missing_directory_is_one_line(tmp_path, capsys):
 def test_run_unknown_harness_says_which_exist(capsys):
     assert cli.main(["run", DECORATED, "nope", "--"]) == 1
     err = capsys.readouterr().err
-    assert "has no harness 'nope'; its harnesses: main, one, direct" in err
+    assert "has no harness 'nope'; its harnesses: main, one, sleepy, direct" in err
 
 
 def test_run_script_without_harness(tmp_path, capsys):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SCRIPTS
+from conftest import ROOT, SCRIPTS, session_processes
 
 import hog_executor as hog
 from hog_executor import HogFuture, decorators
@@ -20,6 +20,12 @@ def shared_cache(cache_dir, monkeypatch):
     monkeypatch.setenv("HOG_CACHE_DIR", cache_dir)
     yield
     decorators.shutdown_executors(wait=True, cancel_futures=True)
+
+
+@hog.function("local", walltime=120)
+def doubled(x):
+    """Defined in a module without a PEP 723 block: travels by value."""
+    return 2 * x
 
 
 @pytest.fixture
@@ -110,7 +116,7 @@ def test_decorator_misuse_is_a_type_error():
 
 
 def test_harness_marks_entry_points(mod):
-    assert list(decorators.harnesses(mod)) == ["main", "one", "direct"]
+    assert list(decorators.harnesses(mod)) == ["main", "one", "sleepy", "direct"]
 
 
 def test_remote_from_a_script_run_with_python(cache_dir):
@@ -122,3 +128,41 @@ def test_remote_from_a_script_run_with_python(cache_dir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["remote=36", "pair=2"]
     assert "square @ site [task " in proc.stderr  # the status line (logging, stderr)
+
+
+def test_function_outside_any_script_travels_by_value():
+    assert doubled.remote(21) == 42
+    assert list(doubled.map([1, 2])) == [2, 4]
+
+
+def test_interrupting_remote_stops_the_running_call(cache_dir):
+    """Ctrl-C during .remote() ends the call's processes too, and hog exits at once."""
+    import signal
+    import time
+    import uuid
+
+    marker = f"hog-nap-{uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOG_CACHE_DIR": cache_dir}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hog_executor", "run", str(SCRIPTS / "hogtest_decorated.py"),
+         "sleepy", "--", "120", marker],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout.readline() == "started\n"
+        deadline = time.monotonic() + 120
+        while not session_processes(marker):
+            assert time.monotonic() < deadline, "the remote call never started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "hog: interrupted" in err
+    deadline = time.monotonic() + 30
+    while session_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert session_processes(marker) == []

@@ -83,6 +83,21 @@ def one(x: int):
     return square.remote(x)
 
 
+@hog.function("site")
+def nap(seconds, marker):
+    """Sleep in a child process whose command line carries ``marker``."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", "import time, sys; time.sleep(float(sys.argv[1]))",
+                    str(seconds), marker], check=True)
+
+
+@hog.harness()
+def sleepy(seconds: float, marker: str):
+    print("started", flush=True)
+    return nap.remote(seconds, marker)
+
+
 def cube(x):
     return x**3
 
