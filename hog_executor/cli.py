@@ -56,7 +56,8 @@ def import_script(path: str | os.PathLike[str], argv: Sequence[str] = (), *,
     if not p.is_file():
         raise CliError(f"no such script: {path}")
     stem = p.stem
-    name = stem if stem.isidentifier() and stem not in sys.modules else "__hog_run__"
+    free = stem not in sys.modules and stem not in getattr(sys, "stdlib_module_names", ())
+    name = stem if stem.isidentifier() and free else "__hog_run__"
     spec = importlib.util.spec_from_file_location(name, p)
     if spec is None or spec.loader is None:
         raise CliError(f"cannot import {path}: not a Python file (name it *.py)")
@@ -321,7 +322,10 @@ if __name__ == "__main__":
 
 
 def _block_text(python: str, name: str, uuid: str | None) -> str:
-    lines = ["# /// script", f'# requires-python = "{python}"', "# dependencies = []", "#"]
+    import json
+
+    lines = ["# /// script", f"# requires-python = {json.dumps(python)}", "# dependencies = []",
+             "#"]
     if uuid:
         lines += [f"# [tool.hog.{name}]", f'# endpoint = "{uuid}"  # a Globus Compute endpoint']
     else:
@@ -356,11 +360,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .script import load_script
+    from .script import load_script, parse_metadata
 
     path = Path(args.script)
     name, uuid = _parse_endpoint_arg(args.endpoint) if args.endpoint else ("local", None)
     block = _block_text(args.python, name, uuid)
+    parse_metadata(block, path)  # raises MetadataError on a bad --python
     if path.exists() and not args.force:
         meta = load_script(path)
         if meta.has_block:
