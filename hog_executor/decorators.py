@@ -16,9 +16,9 @@ whenever the script is imported there.
 
 from __future__ import annotations
 
+import _thread  # a lock without importing threading: this module is imported remotely too
 import os
 import sys
-import threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing at runtime would slow down every remote import
@@ -55,7 +55,7 @@ _SCRIPT_MODULE = "__hog_script__"
 LOCAL_KEYS = ("requires_python", "dependencies", "env", "walltime", "payload_limit")
 
 _HARNESS_ATTR = "__hog_harness__"
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _executors: dict[tuple[Any, ...], HogExecutor] = {}
 _exit_hook = False
 
