@@ -312,3 +312,49 @@ def test_help_is_available_for_every_command():
             cli.main([command, "--help"])
         assert info.value.code == 0
     assert shutil.which("bash")
+
+
+def test_run_in_a_terminal_shows_progress_by_default(cache_dir):
+    """stderr on a pseudo-terminal: map draws a bar; the result still goes to stdout."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the other side closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hog_executor", "run", DECORATED, "--", "30"],
+            stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, text=True,
+            env=_env(cache_dir), timeout=300,
+        )
+    finally:
+        os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    err = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, err
+    assert proc.stdout == "sum=8555\n"
+    assert "map square" in err and "30/30 done" in err
+    assert "\x1b[K" in err  # redrawn in place
+
+
+def test_run_not_in_a_terminal_shows_no_progress_unless_asked(cache_dir):
+    quiet = hog("run", DECORATED, "--", "5", cache_dir=cache_dir)
+    assert quiet.returncode == 0 and "map square" not in quiet.stderr
+    asked = hog("run", "--progress", DECORATED, "--", "5", cache_dir=cache_dir)
+    assert asked.returncode == 0, asked.stderr
+    assert "hog: map square: 5/5 done, 0 running, 0 queued, 0 failed" in asked.stderr
+    assert "\r" not in asked.stderr
