@@ -70,6 +70,10 @@ def _freeze(value: Any) -> Any:
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return (type(value).__qualname__, repr(value))
     return value
 
 
