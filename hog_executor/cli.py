@@ -588,9 +588,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     call_args, call_kwargs = _call_args(fn, args.args)
     text = render_bundle_for(fn, call_args, call_kwargs, endpoint=endpoint,
                              script=str(Path(script).resolve()), config=config)
-    if not args.raw:
-        first = text.split("\n", 3)  # shebang, title, "Runs by hand", the rest
-        text = "\n".join(first[:3]) + "\n" + _PRINT_LINE + first[3]
+    if not args.raw:  # after the leading comment lines (shebang, title, how to run it)
+        lines = text.splitlines(keepends=True)
+        cut = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+        text = "".join(lines[:cut]) + _PRINT_LINE + "".join(lines[cut:])
     if args.output == "-":
         sys.stdout.write(text)
     else:
