@@ -358,3 +358,19 @@ def test_run_not_in_a_terminal_shows_no_progress_unless_asked(cache_dir):
     assert asked.returncode == 0, asked.stderr
     assert "hog: map square: 5/5 done, 0 running, 0 queued, 0 failed" in asked.stderr
     assert "\r" not in asked.stderr
+
+
+def test_raw_bundle_is_what_the_executor_sends(cache_dir):
+    """Apart from the payload line (its marker is random), the text equals the executor's."""
+    import hogtest_decorated as mod
+
+    from hog_executor import HogExecutor
+
+    raw = hog("bundle", f"{DECORATED}:square", "2", "--raw", "-o", "-", cache_dir=cache_dir)
+    assert raw.returncode == 0, raw.stderr
+    payload = [ln for ln in raw.stdout.splitlines(keepends=True)
+               if ln.startswith("hog_put .hog_payload ")]
+    assert len(payload) == 1
+    with HogExecutor("site", script=DECORATED) as ex:
+        head, tail = ex._context(mod.square).parts
+    assert raw.stdout == head + payload[0] + tail
