@@ -15,6 +15,8 @@ from conftest import ROOT, SCRIPTS
 
 from hog_executor import cli, decorators
 from hog_executor.backends.local import same_machine_hints
+from hog_executor.cli.envcache import cache_root
+from hog_executor.cli.harness import call_harness
 from hog_executor.script import load_script
 
 UUID = "5aafb4c1-27b2-40d8-a038-a0277611868f"
@@ -91,10 +93,10 @@ def test_harness_arguments_follow_type_hints(capsys):
           ratio: float | None = None, dry_run: bool = False):
         seen.update(name=name, counts=counts, mode=mode, ratio=ratio, dry_run=dry_run)
 
-    cli.call_harness(h, ["x", "1", "2", "--mode", "b", "--ratio", "0.5", "--dry-run"], "h")
+    call_harness(h, ["x", "1", "2", "--mode", "b", "--ratio", "0.5", "--dry-run"], "h")
     assert seen == {"name": "x", "counts": [1, 2], "mode": "b", "ratio": 0.5, "dry_run": True}
     with pytest.raises(SystemExit):
-        cli.call_harness(h, ["x", "1", "--mode", "c"], "h")
+        call_harness(h, ["x", "1", "--mode", "c"], "h")
     assert "invalid choice: 'c'" in capsys.readouterr().err
 
 
@@ -284,7 +286,7 @@ def test_cache_list_shows_real_environments(cache_dir, capsys):
     assert mod.square.remote(2) == 4
     assert cli.main(["cache", "list"]) == 0  # HOG_CACHE_DIR is the session cache
     out = capsys.readouterr().out
-    assert f"environment cache: {cli.cache_root()}/envs" in out
+    assert f"environment cache: {cache_root()}/envs" in out
     assert "used 0 min ago" in out and "cloudpickle" in out
 
 
@@ -374,3 +376,34 @@ def test_raw_bundle_is_what_the_executor_sends(cache_dir):
     with HogExecutor("site", script=DECORATED) as ex:
         head, tail = ex._context(mod.square).parts
     assert raw.stdout == head + payload[0] + tail
+
+
+def test_choose_harness_rules():
+    from hog_executor.cli.common import CliError
+    from hog_executor.cli.harness import choose_harness
+
+    found = {"main": 1, "other": 2}
+    assert choose_harness(found, "s.py", ["other", "x"], True) == ("other", ["x"])
+    assert choose_harness(found, "s.py", ["3", "4"], False) == ("main", ["3", "4"])
+    assert choose_harness({"only": 1}, "s.py", [], False) == ("only", [])
+    with pytest.raises(CliError, match="several harnesses"):
+        choose_harness({"a": 1, "b": 2}, "s.py", [], False)
+    with pytest.raises(CliError, match="no harness 'x'"):
+        choose_harness(found, "s.py", ["x"], True)
+
+
+def test_prune_skips_an_environment_being_built(tmp_path):
+    import fcntl
+
+    from hog_executor.cli.envcache import cached_envs, prune
+
+    root = tmp_path / "hog-me"
+    env = _fake_env(root / "envs", "c" * 20, days_ago=400)
+    lock = root / "envs" / f".{'c' * 20}.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert [(e.key, what) for e, what in prune(root, None)] == [
+            ("c" * 20, "skipped: being built")]
+    assert env.exists()
+    assert [(e.key, what) for e, what in prune(root, None)] == [("c" * 20, "removed")]
+    assert cached_envs(root) == []
