@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing at runtime would double the package's import time
     from typing import Any
 
+    from .decorators import function, harness
     from .errors import (
         BackendError,
         ConfigError,
@@ -41,11 +42,15 @@ __all__ = [
     "SerializationError",
     "WalltimeExceeded",
     "__version__",
+    "function",
+    "harness",
 ]
 
 _LAZY = {
     "HogExecutor": "executor",
     "HogFuture": "executor",
+    "function": "decorators",
+    "harness": "decorators",
     **{
         name: "errors"
         for name in (

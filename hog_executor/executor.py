@@ -401,13 +401,14 @@ class HogExecutor(Executor):
         return self._submit_calls(fn, [(args, kwargs)], chunksize=1)[0]
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | None = None) -> Iterator[T]:
+            chunksize: int | None = None, progress: bool | None = None) -> Iterator[T]:
         """Like ``concurrent.futures.Executor.map``; calls are packed into chunks.
 
         Each chunk runs in one remote process. With ``chunksize=None`` the chunk size keeps
         every worker busy (about two chunks per worker) while amortizing start-up. Results
         come in order; the first failing call raises when its result is reached; ``timeout``
-        counts from this call and raises ``TimeoutError``.
+        counts from this call and raises ``TimeoutError``. ``progress=True`` shows a live
+        progress bar (plain log lines when not on a terminal); None shows it under ``hog run``.
 
         Raises:
             SerializationError, PayloadTooLargeError: before anything runs.
@@ -435,6 +436,10 @@ class HogExecutor(Executor):
                 for f in pending:
                     f.cancel()
 
+        if progress is not False:
+            from .progress import track_map
+
+            return track_map(list(futures), progress, fn, results())
         return results()
 
     def _chunk_size(self, n: int) -> int:

@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # annotations only: the runner must start fast
 
 SCRIPT_MODULE = "__hog_script__"
 PROTOCOL = 5
+#: Set for the user's code: a remote call is running (see hog_executor.decorators).
+REMOTE_CALL_ENV = "HOG_IN_REMOTE_CALL"
+#: When set, results are also printed readably after the frame (``hog bundle`` sets it).
+PRINT_RESULT_ENV = "HOG_PRINT_RESULT"
 
 
 def _dumps(obj: object) -> bytes:
@@ -108,8 +112,25 @@ def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, .
     return outcomes
 
 
+def _show(outcomes: list[tuple[object, ...]]) -> int:
+    """Print each result (repr) or remote traceback readably, for bundles run by hand."""
+    failed = 0
+    for outcome in outcomes:
+        if outcome[0] == 0:
+            try:
+                print(repr(pickle.loads(outcome[1])))  # type: ignore[arg-type]
+            except Exception as exc:
+                print(f"<result not printable: {exc}>")
+        else:
+            failed += 1
+            print(outcome[4], end="", file=sys.stderr)
+    sys.stdout.flush()
+    return 1 if failed else 0
+
+
 def main(argv: list[str]) -> int:
     out = os.fdopen(os.dup(1), "wb")  # the frame goes here even if the user redirects fd 1
+    os.environ[REMOTE_CALL_ENV] = "1"  # decorated functions refuse nested remote calls
     with open(argv[1], "rb") as f:
         data = f.read()
     line, _, body = data.partition(b"\n")
@@ -124,6 +145,8 @@ def main(argv: list[str]) -> int:
         pass
     out.write(b"\n@@HOG-RESULT " + marker + b"@@\n" + frame + b"\n@@HOG-END " + marker + b"@@\n")
     out.flush()
+    if os.environ.get(PRINT_RESULT_ENV):
+        return _show(outcomes)
     return 0
 
 
