@@ -180,7 +180,10 @@ def test_slurm_is_a_builtin_backend_with_validated_keys(tmp_path):
             HogExecutor("slurm", **bad)
     ex = HogExecutor("slurm")
     with pytest.raises(ConfigError, match="cannot change per call"):
-        ex.options(partition="other")
+        ex.options(max_parallel=2)
+    assert ex.options(partition="other").endpoint.values["partition"] == "other"
+    with pytest.raises(ConfigError):
+        ex.options(partition="a b")  # per-call values are validated too
     ex.options(walltime=60)  # walltime travels with each job
     ex.shutdown()
 
