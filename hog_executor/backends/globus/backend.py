@@ -13,6 +13,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from .shell import (
     encode_payload,
     output_from_result,
     payload_budget,
+    shared_head,
 )
 
 __all__ = ["GlobusBackend"]
@@ -45,6 +47,8 @@ REQUEST_LIMIT = 10_000_000
 REQUEST_BUDGET = 9_000_000
 #: The service's limit for one task result.
 RESULT_LIMIT = 10 * 1024 * 1024
+#: Seconds queued calls wait for more before they are handed to the SDK together.
+LINGER = 0.02
 #: Lines of stdout/stderr the endpoint keeps: the result frame is always the last lines.
 SNIPPET_LINES = 1000
 #: Seconds the ShellFunction's own walltime allows beyond the bundle's, which is enforced
@@ -128,7 +132,9 @@ class GlobusBackend(Backend):
         self._workers: int = values.get("max_workers", DEFAULT_WORKERS)
         self._amqp_port: int | None = values.get("amqp_port")
         self._given: Any = values.get("globus_executor")
-        self._lock = threading.RLock()
+        self._lock = threading.Condition(threading.RLock())
+        self._pending: list[_Task] = []
+        self._sender: threading.Thread | None = None
         self._client: Any = None
         self._executors: dict[tuple[str, str, int], Any] = {}
         self._functions: dict[tuple[str, str, float | None], Any] = {}
@@ -167,7 +173,35 @@ class GlobusBackend(Backend):
             for task in tasks:
                 self._function_id(self._executor(task.group), self._function(task.job))
             for task in tasks:
-                self._send(task)
+                self._tasks[task.job.id] = task
+            self._pending.extend(tasks)
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_pending, daemon=True,
+                                                name="hog-globus-sender")
+                self._sender.start()
+            self._lock.notify_all()
+
+    def _send_pending(self) -> None:
+        """Hand queued calls to the SDK together, so that a burst becomes few requests."""
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._lock.wait()
+                if not self._pending:
+                    return
+                deadline = time.monotonic() + LINGER
+                while len(self._pending) < self._batch_size and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
+                tasks, self._pending = self._pending, []
+                for task in tasks:
+                    try:
+                        self._send(task)
+                    except Exception as exc:
+                        self._tasks.pop(task.job.id, None)
+                        _fail(task.job, exc)
 
     def _check_size(self, job: Job) -> None:
         size = command_size(job.head, job.tail, len(job.payload))
@@ -199,12 +233,12 @@ class GlobusBackend(Backend):
 
     def _function(self, job: Job) -> Any:
         walltime = None if job.walltime is None else job.walltime + WALLTIME_BACKSTOP
-        key = (job.head, job.tail, walltime)
+        key = (shared_head(job.head), job.tail, walltime)
         fn = self._functions.get(key)
         if fn is None:
             from globus_compute_sdk import ShellFunction
 
-            fn = ShellFunction(command_template(job.head, job.tail), walltime=walltime,
+            fn = ShellFunction(command_template(key[0], job.tail), walltime=walltime,
                                snippet_lines=SNIPPET_LINES, name="hog_bundle")
             if len(self._functions) > 256:
                 self._functions.clear()
@@ -363,6 +397,10 @@ class GlobusBackend(Backend):
             if task is None:
                 return job.future.cancel()
             task.cancel_requested = True
+            if task.future is None:  # not handed to the SDK yet: it is never sent
+                self._pending.remove(task)
+                del self._tasks[job.id]
+                return job.future.cancel()
         if task.future.cancel():
             return True
         return job.future.cancelled()
@@ -370,12 +408,23 @@ class GlobusBackend(Backend):
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         with self._lock:
             self._closed = True
+            if cancel:
+                for task in self._pending:
+                    del self._tasks[task.job.id]
+                    task.job.future.cancel()
+                self._pending = []
+            self._lock.notify_all()
+            sender = self._sender
+        if wait and sender is not None and sender is not threading.current_thread():
+            sender.join()
+        with self._lock:
             tasks = list(self._tasks.values())
             executors = [e for e in self._executors.values() if e is not self._given]
         if cancel:
             for task in tasks:
                 task.cancel_requested = True
-                task.future.cancel()
+                if task.future is not None:
+                    task.future.cancel()
         if wait:
             from concurrent.futures import wait as wait_all
 

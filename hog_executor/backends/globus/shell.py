@@ -22,6 +22,7 @@ __all__ = [
     "encode_payload",
     "output_from_result",
     "payload_budget",
+    "shared_head",
     "strip_sandbox_warning",
 ]
 
@@ -40,6 +41,18 @@ _LINE_START = f"hog_put {PAYLOAD_NAME} "
 
 def _escape(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
+
+
+def shared_head(head: str) -> str:
+    """``head`` without the function named in its title comment.
+
+    All functions of one script and configuration then share one registered function.
+    """
+    first, sep, rest = head.partition("\n")
+    second, sep2, rest2 = rest.partition("\n")
+    if second.startswith("# hog-executor ") and ": " in second:
+        return first + sep + second.split(": ", 1)[0] + sep2 + rest2
+    return head
 
 
 def command_template(head: str, tail: str) -> str:
