@@ -138,6 +138,8 @@ class GlobusBackend(Backend):
         self._client: Any = None
         self._executors: dict[tuple[str, str, int], Any] = {}
         self._functions: dict[tuple[str, str, float | None], Any] = {}
+        self._shapes: dict[tuple[str, str], tuple[str, int]] = {}
+        self._configs: dict[int, tuple[Any, str, str]] = {}
         self._function_ids: dict[int, str] = {}
         self._tasks: dict[str, _Task] = {}
         self._closed = False
@@ -174,12 +176,14 @@ class GlobusBackend(Backend):
                 self._function_id(self._executor(task.group), self._function(task.job))
             for task in tasks:
                 self._tasks[task.job.id] = task
+            was_empty = not self._pending
             self._pending.extend(tasks)
             if self._sender is None:
                 self._sender = threading.Thread(target=self._send_pending, daemon=True,
                                                 name="hog-globus-sender")
                 self._sender.start()
-            self._lock.notify_all()
+            if was_empty or len(self._pending) >= self._batch_size:
+                self._lock.notify_all()  # the sender waits for the first call or a full batch
 
     def _send_pending(self) -> None:
         """Hand queued calls to the SDK together, so that a burst becomes few requests."""
@@ -203,8 +207,18 @@ class GlobusBackend(Backend):
                         self._tasks.pop(task.job.id, None)
                         _fail(task.job, exc)
 
+    def _shape(self, job: Job) -> tuple[str, int]:
+        """The head shared by all functions of a script, and the command size without payload."""
+        key = (job.head, job.tail)
+        shape = self._shapes.get(key)
+        if shape is None:
+            if len(self._shapes) > 256:
+                self._shapes.clear()
+            shape = self._shapes[key] = (shared_head(job.head), command_size(job.head, job.tail, 0))
+        return shape
+
     def _check_size(self, job: Job) -> None:
-        size = command_size(job.head, job.tail, len(job.payload))
+        size = self._shape(job)[1] + 4 * ((len(job.payload) + 2) // 3)
         limit = ARG_LIMIT - ARG_MARGIN
         if size > limit:
             raise PayloadTooLargeError(
@@ -226,14 +240,19 @@ class GlobusBackend(Backend):
 
     def _group(self, job: Job) -> tuple[str, str, int]:
         values = job.config or self.endpoint.values
-        uep = user_endpoint_config(values)
-        spec = values.get("resource_specification") or None
+        cached = self._configs.get(id(values))
+        if cached is None or cached[0] is not values:
+            if len(self._configs) > 256:
+                self._configs.clear()
+            uep = user_endpoint_config(values)
+            spec = values.get("resource_specification") or None
+            cached = self._configs[id(values)] = (values, _dumps(uep), _dumps(spec))
         large = int(task_request_size(len(job.payload)) * self._batch_size > REQUEST_BUDGET)
-        return _dumps(uep), _dumps(spec), large
+        return cached[1], cached[2], large
 
     def _function(self, job: Job) -> Any:
         walltime = None if job.walltime is None else job.walltime + WALLTIME_BACKSTOP
-        key = (shared_head(job.head), job.tail, walltime)
+        key = (self._shape(job)[0], job.tail, walltime)
         fn = self._functions.get(key)
         if fn is None:
             from globus_compute_sdk import ShellFunction
