@@ -7,6 +7,7 @@ globus-compute-endpoint runs the registered ``ShellFunction`` on real bundles.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import subprocess
 import sys
@@ -161,11 +162,11 @@ def test_ten_thousand_printed_lines_before_the_result(make):
 
 def test_many_submits_travel_in_few_batches(make, client):
     ex = make()
-    futures = [ex.submit(basic.identity, i) for i in range(200)]
-    assert [f.result(timeout=240) for f in futures] == list(range(200))
+    futures = [ex.submit(basic.identity, i) for i in range(80)]
+    assert [f.result(timeout=240) for f in futures] == list(range(80))
     runs = client.batch_runs
-    assert sum(r[2] for r in runs) == 200
-    assert len(runs) <= 10
+    assert sum(r[2] for r in runs) == 80
+    assert len(runs) <= 8
     assert all(r[1] < REQUEST_LIMIT for r in runs)
 
 
@@ -180,6 +181,19 @@ def test_failed_batch_fails_only_its_futures_and_the_executor_recovers(make, cli
     assert list(ex.map(basic.square, range(6))) == [0, 1, 4, 9, 16, 25]
     assert ex.submit(basic.identity, 2).result(timeout=60) == 2
     assert ex.backend.executors_created == 2
+
+
+def test_failed_batch_resends_the_calls_queued_behind_it(make, client):
+    ex = make(batch_size=2)
+    client.fail_next_batch = RuntimeError("request timed out")
+    futures = [ex.submit(basic.identity, i) for i in range(8)]
+    cf.wait(futures, timeout=240)
+    failed = [f for f in futures if f.exception() is not None]
+    assert all(isinstance(f.exception(), BackendError) for f in failed)
+    assert len(failed) == client.batch_runs[0][2]  # exactly the calls of the failed request
+    assert [f.result() for f in futures if f not in failed] == [
+        i for i, f in enumerate(futures) if f not in failed]
+    assert len(failed) <= 2
 
 
 def test_too_large_payload_is_refused_before_anything_is_sent(make, client):

@@ -328,16 +328,19 @@ class GlobusBackend(Backend):
 
     def _send(self, task: _Task) -> None:
         job = task.job
-        executor = self._executor(task.group)
-        fn_id = self._function_id(executor, self._function(job))
-        try:
-            future = executor.submit_to_registered_function(
-                fn_id, kwargs={PAYLOAD_FIELD: encode_payload(job.payload)}
-            )
-        except Exception as exc:
-            raise BackendError(
-                f"Globus Compute did not accept task {job.id}: {type(exc).__name__}: {exc}"
-            ) from exc
+        kwargs = {PAYLOAD_FIELD: encode_payload(job.payload)}
+        for attempt in (1, 2):
+            executor = self._executor(task.group)  # replaces one that shut itself down
+            fn_id = self._function_id(executor, self._function(job))
+            try:
+                future = executor.submit_to_registered_function(fn_id, kwargs=kwargs)
+                break
+            except Exception as exc:
+                if attempt == 1 and getattr(executor, "_stopped", False):
+                    continue  # a failed batch stopped it in the meantime
+                raise BackendError(
+                    f"Globus Compute did not accept task {job.id}: {type(exc).__name__}: {exc}"
+                ) from exc
         future.__dict__["_hog_on_task_id"] = lambda task_id: self._assigned(task, task_id)
         future.__class__ = _tracking_class()
         if future.task_id:
