@@ -90,7 +90,7 @@ def test_shell_command_formats_back_to_the_bundle():
     assert cmd == head + payload_line(payload) + tail
 
 
-def test_uuid_endpoint_resolves_to_globus_and_keys_are_checked(client):
+def test_uuid_endpoint_resolves_to_globus_and_keys_are_checked(client, tmp_path):
     sdk = globus_sdk.Executor(client=client)
     try:
         ex = HogExecutor(ENDPOINT, globus_executor=sdk, account="abc",
@@ -103,6 +103,10 @@ def test_uuid_endpoint_resolves_to_globus_and_keys_are_checked(client):
             HogExecutor(ENDPOINT, globus_executor="not an executor")
         with pytest.raises(ConfigError, match="5671"):
             HogExecutor(ENDPOINT, amqp_port=1234)
+        script = tmp_path / "noendpoint.py"
+        script.write_text('# /// script\n# [tool.hog.x]\n# backend = "globus"\n# ///\n')
+        with pytest.raises(ConfigError, match="names no endpoint"):
+            HogExecutor("x", script=script)
         with pytest.raises(ConfigError, match="endpoint"):
             HogExecutor(str(uuid.uuid4()), globus_executor=globus_sdk.Executor(
                 endpoint_id=str(uuid.uuid4()), client=client))
@@ -224,7 +228,7 @@ def test_result_over_the_service_limit_names_the_way_out(make):
 
 def test_cancel_before_the_result(make):
     ex = make()
-    f = ex.submit(basic.sleep, 30)
+    f = ex.submit(basic.sleep, 5)
     assert f.cancel()
     assert f.cancelled()
     assert ex.submit(basic.identity, 5).result(timeout=120) == 5
