@@ -45,6 +45,8 @@ DEFAULT_BATCH_SIZE = 128
 REQUEST_LIMIT = 10_000_000
 #: What a batch of tasks may add up to: the rest is room for the request's other fields.
 REQUEST_BUDGET = 9_000_000
+#: Bytes `payload_limit` keeps back for the executor's estimate of how a chunk is framed.
+CHUNK_SLACK = 512
 #: The service's limit for one task result.
 RESULT_LIMIT = 10 * 1024 * 1024
 #: Seconds queued calls wait for more before they are handed to the SDK together.
@@ -55,7 +57,10 @@ SNIPPET_LINES = 1000
 #: by the bundle itself (and kills the whole process group).
 WALLTIME_BACKSTOP = 60.0
 
-_RESULT_SIZE = re.compile(r"Task result of (\d+)B exceeded current limit of (\d+)B")
+_RESULT_SIZE = re.compile(
+    r"Task result of (\d+)B exceeded current limit of (\d+)B"
+    r"|MaxResultSizeExceeded\((\d+), (\d+)\)"
+)
 
 
 def task_request_size(payload_size: int) -> int:
@@ -159,8 +164,11 @@ class GlobusBackend(Backend):
         return self._workers
 
     def payload_limit(self, head: str, tail: str) -> int | None:
-        """A ShellFunction command reaches bash as one argument: at most `ARG_LIMIT` bytes."""
-        return payload_budget(head, tail)
+        """A ShellFunction command reaches bash as one argument: at most `ARG_LIMIT` bytes.
+
+        A little is kept back for the executor's estimate of a chunk's framing.
+        """
+        return max(0, payload_budget(head, tail) - CHUNK_SLACK)
 
     # -- submission -------------------------------------------------------------------------
 
@@ -396,8 +404,9 @@ class GlobusBackend(Backend):
         if type(exc).__name__ == "TaskExecutionFailed":
             match = _RESULT_SIZE.search(text)
             if match or "MaxResultSizeExceeded" in text:
-                size = int(match.group(1)) if match else RESULT_LIMIT + 1
-                limit = int(match.group(2)) if match else RESULT_LIMIT
+                found = [g for g in match.groups() if g] if match else []
+                size = int(found[0]) if found else RESULT_LIMIT + 1
+                limit = int(found[1]) if found else RESULT_LIMIT
                 return PayloadTooLargeError(
                     f"{where}: the result is {size:,} bytes, over Globus Compute's limit of "
                     f"{limit:,} bytes per result. Return less data, write it to a file the "
