@@ -8,6 +8,7 @@ globus-compute-endpoint runs the registered ``ShellFunction`` on real bundles.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -38,11 +39,15 @@ from hog_executor.bundle import payload_line
 
 pytestmark = pytest.mark.timeout(300)
 
-globus_sdk = pytest.importorskip("globus_compute_sdk", reason="globus-compute-sdk is not installed")
-engines = pytest.importorskip("globus_compute_endpoint.engines",
-                              reason="globus-compute-endpoint is not installed")
-
-from globus_loopback import LoopbackClient  # noqa: E402
+try:
+    import globus_compute_sdk as globus_sdk
+    from globus_compute_endpoint import engines
+    from globus_loopback import LoopbackClient
+except ImportError as exc:  # pragma: no cover - the test extra installs both
+    if os.environ.get("CI") == "true":
+        raise  # CI must run these tests
+    pytest.skip(f"needs globus-compute-sdk and globus-compute-endpoint (pip install -e "
+                f"'.[test]'): {exc}", allow_module_level=True)
 
 ENDPOINT = str(uuid.uuid4())
 SCRIPT = basic.__file__
@@ -53,7 +58,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory):
     # The endpoint machine has uv and a Python: the same hints the local backend gives.
     saved = dict(os.environ)
     os.environ.update(same_machine_hints())
-    eng = engines.ProcessPoolEngine(max_workers=2)
+    # Workers are spawned, not forked from this multi-threaded process.
+    eng = engines.ProcessPoolEngine(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
     eng.start(endpoint_id=uuid.UUID(ENDPOINT), run_dir=str(tmp_path_factory.mktemp("endpoint")))
     yield eng
     eng.shutdown(block=True)
