@@ -91,6 +91,7 @@ class LoopbackClient:
         requests: one entry per request a real client would send: ``("register", bytes)``
             or ``("batch_run", bytes, task_count)`` with the JSON body size.
         fail_next_batch: when set, the next ``batch_run`` raises this exception.
+        batch_configs: ``(user_endpoint_config, resource_specification)`` of every batch.
     """
 
     def __init__(self, engine: Any, endpoint_id: str) -> None:
@@ -102,6 +103,7 @@ class LoopbackClient:
         self.functions: dict[str, str] = {}
         self.requests: list[tuple[Any, ...]] = []
         self.fail_next_batch: BaseException | None = None
+        self.batch_configs: list[tuple[Any, Any]] = []
         self._lock = threading.Lock()
 
     @property
@@ -129,6 +131,8 @@ class LoopbackClient:
         body = json.dumps(batch.prepare())
         with self._lock:
             self.requests.append(("batch_run", len(body), len(batch)))
+            self.batch_configs.append((batch.user_endpoint_config,
+                                       batch.resource_specification))
             failure, self.fail_next_batch = self.fail_next_batch, None
         if failure is not None:
             raise failure

@@ -245,9 +245,17 @@ def test_user_endpoint_config_groups_calls(make, client):
     ex = make(account="proj-a")
     assert ex.submit(basic.identity, 1).result(timeout=120) == 1
     assert ex.options(account="proj-b").submit(basic.identity, 2).result(timeout=60) == 2
-    configs = {tuple(sorted((e.user_endpoint_config or {}).items()))
-               for e in ex.backend._executors.values()}
-    assert configs == {(("account", "proj-a"),), (("account", "proj-b"),)}
+    assert [uep for uep, _ in client.batch_configs] == [{"account": "proj-a"},
+                                                         {"account": "proj-b"}]
+
+
+def test_resource_specification_reaches_the_engine(make, client):
+    ex = make()
+    f = ex.options(resource_specification={"num_nodes": 2}).submit(basic.identity, 1)
+    # The process-pool engine has no MPI: it refuses the task, naming the specification.
+    with pytest.raises(BackendError, match="resource_specification"):
+        f.result(timeout=120)
+    assert client.batch_configs[-1] == (None, {"num_nodes": 2})
 
 
 def test_no_credentials_without_a_terminal_is_an_error_not_a_prompt(tmp_path, cache_dir):
