@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -247,6 +248,15 @@ def test_user_endpoint_config_groups_calls(make, client):
     assert ex.options(account="proj-b").submit(basic.identity, 2).result(timeout=60) == 2
     assert [uep for uep, _ in client.batch_configs] == [{"account": "proj-a"},
                                                          {"account": "proj-b"}]
+    given = ex.endpoint.values["globus_executor"]
+    created = list(ex.backend._executors.values())
+    assert len(created) == 2 and given not in created  # its config is not proj-a's
+    ex.shutdown(wait=True)
+    # The executors it created are shut down; the one it was handed is left to its owner.
+    assert all(e._stopped for e in created)
+    assert not given._stopped
+    assert not any(t.name == "hog-globus-sender" and t.is_alive()
+                   for t in threading.enumerate())
 
 
 def test_resource_specification_reaches_the_engine(make, client):

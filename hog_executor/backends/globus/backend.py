@@ -148,6 +148,7 @@ class GlobusBackend(Backend):
         self._function_ids: dict[int, str] = {}
         self._tasks: dict[str, _Task] = {}
         self._closed = False
+        self._cancelled = False
         #: SDK executors created so far (a failed batch retires one; a new one takes over).
         self.executors_created = 0
         if self._given is not None:
@@ -200,7 +201,7 @@ class GlobusBackend(Backend):
                 while not self._pending and not self._closed:
                     self._lock.wait()
                 if not self._pending:
-                    return
+                    break
                 deadline = time.monotonic() + LINGER
                 while len(self._pending) < self._batch_size and not self._closed:
                     left = deadline - time.monotonic()
@@ -214,6 +215,18 @@ class GlobusBackend(Backend):
                     except Exception as exc:
                         self._tasks.pop(task.job.id, None)
                         _fail(task.job, exc)
+        self._close_executors()
+
+    def _close_executors(self) -> None:
+        """Shut down the SDK executors this backend created (once nothing is left to send)."""
+        with self._lock:
+            executors = [e for e in self._executors.values() if e is not self._given]
+            cancel = self._cancelled
+        for executor in executors:
+            try:
+                executor.shutdown(wait=False, cancel_futures=cancel)
+            except Exception:
+                pass
 
     def _shape(self, job: Job) -> tuple[str, int]:
         """The head shared by all functions of a script, and the command size without payload."""
@@ -439,6 +452,7 @@ class GlobusBackend(Backend):
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         with self._lock:
             self._closed = True
+            self._cancelled = self._cancelled or cancel
             if cancel:
                 for task in self._pending:
                     del self._tasks[task.job.id]
@@ -446,25 +460,22 @@ class GlobusBackend(Backend):
                 self._pending = []
             self._lock.notify_all()
             sender = self._sender
-        if wait and sender is not None and sender is not threading.current_thread():
-            sender.join()
-        with self._lock:
-            tasks = list(self._tasks.values())
-            executors = [e for e in self._executors.values() if e is not self._given]
         if cancel:
-            for task in tasks:
+            with self._lock:
+                sent = [task for task in self._tasks.values() if task.future is not None]
+            for task in sent:
                 task.cancel_requested = True
-                if task.future is not None:
-                    task.future.cancel()
+                task.future.cancel()
+        if sender is None:
+            self._close_executors()
+        elif wait and sender is not threading.current_thread():
+            sender.join()  # the sender shuts the SDK executors down once everything is sent
         if wait:
             from concurrent.futures import wait as wait_all
 
+            with self._lock:
+                tasks = list(self._tasks.values())
             wait_all([task.job.future for task in tasks])
-        for executor in executors:
-            try:
-                executor.shutdown(wait=False, cancel_futures=cancel)
-            except Exception:
-                pass
 
 
 def _fail(job: Job, error: BaseException) -> None:
