@@ -284,3 +284,24 @@ def test_no_credentials_without_a_terminal_is_an_error_not_a_prompt(tmp_path, ca
                           cwd=Path(__file__).parent.parent)
     assert "ERROR no Globus credentials" in proc.stdout, proc.stderr[-2000:]
     assert "GLOBUS_COMPUTE_CLIENT_ID" in proc.stdout
+
+
+def test_example_endpoint_tables_resolve(client):
+    from hog_executor.backends.globus.keys import user_endpoint_config
+
+    example = Path(__file__).parent.parent / "examples" / "globus_endpoint.py"
+    sdk = globus_sdk.Executor(client=client)
+    try:
+        ex = HogExecutor("anvil.mpi", script=example, globus_executor=sdk)
+        values = ex.endpoint.values
+        assert values["endpoint"] == "5aafb4c1-27b2-40d8-a038-a0277611868f"
+        assert values["walltime"] == 600.0  # inherited from anvil
+        assert values["resource_specification"] == {"num_nodes": 2, "ranks_per_node": 4}
+        assert user_endpoint_config(values) == {
+            "walltime": "01:00:00", "cores_per_node": 8, "account": "cis230000",
+            "partition": "wholenode",
+        }
+        debug = HogExecutor("anvil.debug", script=example, globus_executor=sdk)
+        assert debug.endpoint.values["walltime"] == 60.0
+    finally:
+        sdk.shutdown(wait=False)
