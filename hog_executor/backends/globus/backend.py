@@ -427,7 +427,10 @@ class GlobusBackend(Backend):
                     "(HogExecutor(..., store=...)).",
                     size=size, limit=limit,
                 )
-            return BackendError(f"{where} failed on the endpoint before the bundle ran:\n{text}")
+            return BackendError(
+                f"{where} failed on the endpoint (it could not run the bundle or read its "
+                f"output):\n{text}"
+            )
         return BackendError(
             f"{where}: Globus Compute did not accept the submission: "
             f"{type(exc).__name__}: {text}"
