@@ -34,6 +34,7 @@ from hog_executor.backends.globus.shell import (
     SANDBOX_WARNING,
     command_template,
     encode_payload,
+    wrap,
 )
 from hog_executor.backends.local import same_machine_hints
 from hog_executor.bundle import payload_line
@@ -94,7 +95,8 @@ def test_shell_command_formats_back_to_the_bundle():
     head, tail = "a {b} }{ ${x}\n", "c {{d}} ${y[@]}\n"
     payload = b"\x00{payload}\xff"
     cmd = command_template(head, tail).format(payload=encode_payload(payload))
-    assert cmd == head + payload_line(payload) + tail
+    assert cmd == wrap(head + payload_line(payload) + tail)
+    assert head + payload_line(payload) + tail in cmd
 
 
 def test_uuid_endpoint_resolves_to_globus_and_keys_are_checked(client, tmp_path):
@@ -162,6 +164,14 @@ def test_hard_exits_are_remote_process_errors_without_the_sandbox_warning(make, 
     assert info.value.returncode == returncode
     assert SANDBOX_WARNING not in info.value.stderr
     assert SANDBOX_WARNING not in (f.stderr or "")
+
+
+def test_any_bytes_printed_before_the_result(make):
+    ex = make()
+    f = ex.submit(exec, "import sys; sys.stdout.buffer.write(b'a\\xffb\\n\\xc2\\xb5\\n'); "
+                        "sys.stderr.buffer.write(b'\\xfe\\n')")
+    assert f.result(timeout=120) is None
+    assert f.stdout.startswith("ab\nµ\n")
 
 
 def test_ten_thousand_printed_lines_before_the_result(make):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from ...bundle import PAYLOAD_NAME
+from ...bundle import EXIT_SETUP_FAILED, PAYLOAD_NAME
 from .. import Output
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "payload_budget",
     "shared_head",
     "strip_sandbox_warning",
+    "wrap",
 ]
 
 #: The format field the payload fills in.
@@ -37,6 +38,28 @@ ARG_MARGIN = 1024
 SANDBOX_WARNING = "WARNING: Task sandboxing will not work"
 
 _LINE_START = f"hog_put {PAYLOAD_NAME} "
+
+# The endpoint reads the command's output as text: the bundle runs in a subshell whose stdout
+# and stderr go to private files, which are then printed with invalid UTF-8 dropped, so that
+# no byte a call prints can make the endpoint fail to read its result.
+_WRAP_HEAD = f"""hog_o=$(mktemp) && hog_e=$(mktemp) || exit {EXIT_SETUP_FAILED}
+trap 'rm -f "$hog_o" "$hog_e"' EXIT
+(
+"""
+_WRAP_TAIL = """) > "$hog_o" 2> "$hog_e"
+hog_s=$?
+hog_text() {
+  if command -v iconv >/dev/null 2>&1; then iconv -c -f UTF-8 -t UTF-8 "$1"; else cat "$1"; fi
+}
+hog_text "$hog_o"
+hog_text "$hog_e" >&2
+exit "$hog_s"
+"""
+
+
+def wrap(bundle: str) -> str:
+    """The command the endpoint runs for ``bundle`` (see `command_template`)."""
+    return _WRAP_HEAD + bundle + _WRAP_TAIL
 
 
 def _escape(text: str) -> str:
@@ -58,10 +81,11 @@ def shared_head(head: str) -> str:
 def command_template(head: str, tail: str) -> str:
     """The ShellFunction command: ``head``, the payload line as ``{payload}``, ``tail``.
 
-    Every brace of ``head`` and ``tail`` is doubled, so ``str.format(payload=...)`` gives back
-    exactly the bundle.
+    Every other brace is doubled, so ``str.format(payload=...)`` gives exactly
+    ``wrap(head + payload_line(payload) + tail)``.
     """
-    return _escape(head) + _LINE_START + "{" + PAYLOAD_FIELD + "}\n" + _escape(tail)
+    return (_escape(_WRAP_HEAD + head) + _LINE_START + "{" + PAYLOAD_FIELD + "}\n"
+            + _escape(tail + _WRAP_TAIL))
 
 
 def encode_payload(payload: bytes) -> str:
@@ -72,8 +96,8 @@ def encode_payload(payload: bytes) -> str:
 def command_size(head: str, tail: str, payload_size: int) -> int:
     """Bytes of the formatted command for a payload of ``payload_size`` bytes."""
     encoded = 4 * ((payload_size + 2) // 3)
-    return (len(head.encode("utf-8", "surrogateescape")) + len(_LINE_START) + encoded + 1
-            + len(tail.encode("utf-8", "surrogateescape")))
+    return (len(_WRAP_HEAD) + len(head.encode("utf-8", "surrogateescape")) + len(_LINE_START)
+            + encoded + 1 + len(tail.encode("utf-8", "surrogateescape")) + len(_WRAP_TAIL))
 
 
 def payload_budget(head: str, tail: str) -> int:
