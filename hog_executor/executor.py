@@ -108,6 +108,10 @@ class _JobRecord:
                 except RuntimeError:
                     pass
 
+    def task_id_assigned(self, task_id: str) -> None:
+        for f in self.futures:
+            f.task_id = task_id
+
     def call_cancelled(self) -> None:
         if all(f.cancelled() for f in self.futures):
             self.cancel_requested = True
@@ -231,6 +235,7 @@ class _Context:
     limit: int
     what: str
     values: dict[str, Any]
+    chunk_limit: int
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -358,9 +363,11 @@ class HogExecutor(Executor):
             cache_dir=values.get("cache_dir"),
             description=what,
         )
+        parts = bundle_parts(spec)
+        limit = values.get("payload_limit", DEFAULT_PAYLOAD_LIMIT)
+        own = self._shared.backend.payload_limit(*parts)
         ctx = _Context(script, meta, module, _payload.dumps_function(fn, module), spec,
-                       bundle_parts(spec), values.get("payload_limit", DEFAULT_PAYLOAD_LIMIT),
-                       what, values)
+                       parts, limit, what, values, limit if own is None else min(limit, own))
         if key is not None:
             if len(self._contexts) > 256:
                 self._contexts.clear()
@@ -463,7 +470,8 @@ class HogExecutor(Executor):
         current: list[int] = []
         current_bytes = header_size
         for i, item in enumerate(items):
-            if current and (len(current) >= size or current_bytes + len(item) + 16 > ctx.limit):
+            if current and (len(current) >= size
+                            or current_bytes + len(item) + 16 > ctx.chunk_limit):
                 chunks.append(current)
                 current, current_bytes = [], header_size
             current.append(i)
@@ -484,6 +492,7 @@ class HogExecutor(Executor):
             record = _JobRecord(self._shared, job, chunk_futures, marker, ctx.module,
                                 ctx.spec.walltime, ctx.what)
             job.on_start = record.started
+            job.on_task_id = record.task_id_assigned
             for f in chunk_futures:
                 f.task_id = job_id
                 f._job = record

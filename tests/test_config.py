@@ -103,9 +103,10 @@ def test_table_without_backend_is_explained():
         resolve("x", script_tables={"x": {"walltime": 3}})
 
 
-def test_uuid_means_globus_which_is_not_installed_yet():
-    with pytest.raises(ConfigError, match="no backend named 'globus'"):
-        resolve("5aafb4c1-27b2-40d8-a038-a0277611868f")
+def test_uuid_means_globus():
+    ep = resolve("5aafb4c1-27b2-40d8-a038-a0277611868f")
+    assert ep.backend == "globus"
+    assert ep.values["endpoint"] == "5aafb4c1-27b2-40d8-a038-a0277611868f"
 
 
 def test_per_call_override_of_backend_level_key_is_refused():

@@ -24,10 +24,10 @@ ENTRY_POINT_GROUP = "hog_executor.backends"
 BUILTIN: dict[str, str] = {
     "local": "hog_executor.backends.local:LocalBackend",
     "slurm": "hog_executor.backends.slurm:SlurmBackend",
+    "globus": "hog_executor.backends.globus:GlobusBackend",
 }
 #: Backends that are planned but not part of this release: named in error messages.
 _HINTS: dict[str, str] = {
-    "globus": "the Globus Compute backend is not part of this release yet",
     "dask": "the Dask backend is not part of this release yet",
 }
 
@@ -69,6 +69,7 @@ class Job:
         description: what runs, for humans (``script.py:function``).
         calls: how many calls the payload carries.
         on_start: called by the backend once when the bundle starts running.
+        on_task_id: called by the backend with the id its service assigned to the task.
         future: resolved by the backend with an `Output`, or with an exception: a
             `BackendError` when the bundle could not be run, or another `HogError` (such as
             `RemoteProcessError`) that the backend determined itself.
@@ -83,6 +84,7 @@ class Job:
     description: str = ""
     calls: int = 1
     on_start: Callable[[], None] = field(default=lambda: None, repr=False)
+    on_task_id: Callable[[str], None] = field(default=lambda task_id: None, repr=False)
     future: Future[Output] = field(default_factory=Future, repr=False)
 
     @property
@@ -106,6 +108,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def workers(self) -> int:
         """How many bundles can run at once (used to size ``map`` chunks)."""
+
+    def payload_limit(self, head: str, tail: str) -> int | None:
+        """The largest payload this backend carries with ``head`` and ``tail`` (None: any).
+
+        ``map`` packs its chunks under this limit.
+        """
+        return None
 
     @abc.abstractmethod
     def submit(self, jobs: Sequence[Job]) -> None:
