@@ -204,6 +204,16 @@ def test_failed_batch_fails_only_its_futures_and_the_executor_recovers(make, cli
     assert ex.backend.executors_created == 2
 
 
+def test_retries_send_the_calls_of_a_failed_request_again(make, client):
+    ex = make(retries=1)
+    client.fail_next_batch = RuntimeError("service unavailable (503)")
+    futures = [ex.submit(basic.identity, i) for i in range(3)]
+    assert [f.result(timeout=120) for f in futures] == [0, 1, 2]
+    assert ex.backend.executors_created == 2  # the failed request retired the first one
+    with pytest.raises(ConfigError, match="retries"):
+        make(retries=-1)
+
+
 def test_failed_batch_resends_the_calls_queued_behind_it(make, client):
     ex = make(batch_size=2)
     client.fail_next_batch = RuntimeError("request timed out")

@@ -87,6 +87,7 @@ class _Task:
     future: Any = None
     cancel_requested: bool = False
     resends: int = 0
+    retries: int = 0
     notified: set[str] = field(default_factory=set)
 
 
@@ -134,6 +135,7 @@ class GlobusBackend(Backend):
             )
         self._endpoint_id: str = values["endpoint"]
         self._batch_size: int = values.get("batch_size", DEFAULT_BATCH_SIZE)
+        self._retries: int = values.get("retries", 0)
         self._workers: int = values.get("max_workers", DEFAULT_WORKERS)
         self._amqp_port: int | None = values.get("amqp_port")
         self._given: Any = values.get("globus_executor")
@@ -408,6 +410,16 @@ class GlobusBackend(Backend):
                 except Exception:  # cancelled concurrently
                     pass
             return
+        if type(exc).__name__ != "TaskExecutionFailed":  # the request failed, nothing ran
+            with self._lock:
+                if task.retries < self._retries and not task.cancel_requested \
+                        and not self._closed:
+                    task.retries += 1
+                    try:
+                        self._send(task)
+                    except Exception as send_error:
+                        _fail(job, send_error)
+                    return
         _fail(job, self._task_error(task, exc))
 
     def _task_error(self, task: _Task, exc: BaseException) -> BaseException:

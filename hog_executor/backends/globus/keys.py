@@ -66,6 +66,12 @@ def _sdk_executor(value: Any) -> Any:
     return value
 
 
+def _retries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
+        raise ValueError(f"expected a whole number from 0 to 10, got {value!r}")
+    return value
+
+
 def _key(name: str, doc: str, check: Any, per_call: bool = False) -> Key:
     return Key(name, doc, check, per_call=per_call)
 
@@ -86,6 +92,8 @@ GLOBUS_KEYS: dict[str, Key] = {
              "MPI resources for each call (num_nodes, ranks_per_node, ...)",
              _resource_specification, per_call=True),
         _key("amqp_port", "port for results (443, 5671 or 5672)", _amqp_port),
+        _key("retries", "times a call is sent again when the service refused its request "
+             "(default 0; a call that ran and failed is never repeated)", _retries),
         _key("batch_size", "most calls sent in one request (default 128)", positive_int),
         _key("max_workers", "calls the endpoint runs at once (sizes map chunks; default 16)",
              positive_int),
