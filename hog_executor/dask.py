@@ -45,7 +45,41 @@ def run_node(node: Any, data: dict[Any, Any]) -> Any:
     from .store import StoredRef, fetch
 
     values = {k: fetch(v) if isinstance(v, StoredRef) else v for k, v in data.items()}
-    return node(values)
+    return _resolve_embedded(node)(values)
+
+
+def _resolve_embedded(node: Any) -> Any:
+    """``node`` with handles embedded in it (persisted chunks inside fused tasks) resolved."""
+    import copy
+
+    spec = _dask("dask._task_spec")
+    from .store import StoredRef, fetch
+
+    def resolve(value: Any) -> tuple[Any, bool]:
+        if isinstance(value, StoredRef):
+            return fetch(value), True
+        if isinstance(value, spec.DataNode):
+            if isinstance(value.value, StoredRef):
+                return spec.DataNode(value.key, fetch(value.value)), True
+            return value, False
+        if isinstance(value, spec.Task):
+            args = [resolve(a) for a in value.args]
+            kwargs = {k: resolve(v) for k, v in value.kwargs.items()}
+            if not any(c for _, c in args) and not any(c for _, c in kwargs.values()):
+                return value, False
+            new = copy.copy(value)
+            new.args = tuple(a for a, _ in args)
+            new.kwargs = {k: v for k, (v, _) in kwargs.items()}
+            new._token = None
+            return new, True
+        if type(value) is dict:  # a fused subgraph
+            items = {k: resolve(v) for k, v in value.items()}
+            if not any(c for _, c in items.values()):
+                return value, False
+            return {k: v for k, (v, _) in items.items()}, True
+        return value, False
+
+    return resolve(node)[0]
 
 
 _CLIENT_FUNCTIONS: frozenset[Any] = frozenset(
@@ -57,7 +91,11 @@ def _trivial(node: Any) -> bool:
     """Whether evaluating ``node`` only moves existing values around (no real computation)."""
     from dask._task_spec import Alias, DataNode, GraphNode, NestedContainer, Task, TaskRef
 
-    if isinstance(node, (Alias, DataNode, TaskRef)):
+    from .store import StoredRef
+
+    if isinstance(node, DataNode):
+        return not isinstance(node.value, StoredRef)
+    if isinstance(node, (Alias, TaskRef)):
         return True
     if isinstance(node, NestedContainer):
         parts: Iterable[Any] = (*node.args, *node.kwargs.values())
