@@ -8,7 +8,9 @@ call); then tasks run as they become ready:
 - trivial bookkeeping tasks (an ``Alias``, literal data, ``getitem`` and container building on
   values already on the client) run on the client: a remote call would cost a process start;
 - every other ready task is submitted through the executor, and tasks that are ready at the
-  same time are grouped into chunks exactly like ``map`` (one process runs a chunk);
+  same time are grouped into chunks like ``map`` (one process runs a chunk), one chunk per free
+  worker: starting a call (Python, Dask, the script's imports) costs more than most tasks.
+  While every worker is busy, newly ready tasks wait and then share a call;
 - a result whose pickle is over ``proxy_threshold`` is put into the executor's store by the
   remote process and only a `StoredRef` handle comes back; downstream tasks receive the
   handle and resolve it remotely. Only the requested keys are fetched to the client.
@@ -150,7 +152,8 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
         dsk: a graph (dict, ``HighLevelGraph``) or anything with ``__dask_graph__()``.
         keys: a key or a (nested) list of keys; lists come back as tuples, as in Dask.
         callbacks: Dask callbacks (besides the globally active ones).
-        chunksize: tasks per remote call when many are ready at once (default: as ``map``).
+        chunksize: tasks per remote call when many are ready at once (default: the ready
+            tasks spread evenly over the free workers, one call each).
         keep_remote: leave requested results over ``proxy_threshold`` in the store and
             return their `StoredRef` handles (what `persist` uses).
         **kwargs: other scheduler options Dask passes (ignored).
@@ -253,9 +256,12 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
                 ready.extend(reversed(held))
                 if not remote:
                     return
+                # One call per free worker: a call's start-up (Python, Dask, the script's
+                # imports) is the dominant cost of small tasks.
+                size = chunksize or -(-len(remote) // max(1, workers - busy))
                 futures = executor._submit_calls(
                     run_node, [((node, data), {}) for _, node, data in remote],
-                    chunksize=chunksize, keep_stored=True, packages=packages,
+                    chunksize=size, keep_stored=True, packages=packages,
                 )
                 for (key, _, _), fut in zip(remote, futures, strict=True):
                     inflight[key] = fut

@@ -99,7 +99,10 @@ class _ResultStore:
             return (0, data)
         if self.store is None:
             try:
-                from proxystore.store import get_or_create_store
+                import importlib
+
+                get_or_create_store = importlib.import_module(
+                    "proxystore.store").get_or_create_store
             except ImportError:
                 if self.optional:
                     return (0, data)

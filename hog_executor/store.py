@@ -17,6 +17,7 @@ library at import time: it is imported remotely to resolve arguments.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import shutil
@@ -29,6 +30,11 @@ __all__ = ["ClientStore", "StoredRef", "check_store", "fetch", "load_proxied", "
 
 #: Default ``proxy_threshold``: objects whose pickle is larger travel through the store.
 DEFAULT_PROXY_THRESHOLD = 1_000_000
+
+
+def _ps(module: str) -> Any:
+    """Import a part of proxystore (lazily: only code paths that use a store need it)."""
+    return importlib.import_module(module)
 
 
 class StoredRef:
@@ -108,21 +114,18 @@ def open_store(value: str | Any) -> Any:
     Raises:
         ImportError: proxystore (or redis, for a Redis URL) is not installed.
     """
-    from proxystore.store import Store
+    Store = _ps("proxystore.store").Store
 
     if isinstance(value, Store):
         return value
     name = f"hog-{uuid.uuid4().hex[:12]}"
     if value.startswith("redis://"):
-        from proxystore.connectors.redis import RedisConnector
-
         host, port = _redis_address(value)
-        connector: Any = RedisConnector(host, port)
+        connector: Any = _ps("proxystore.connectors.redis").RedisConnector(host, port)
     else:
-        from proxystore.connectors.file import FileConnector
-
         path = value[len("file://"):] if value.startswith("file://") else value
-        connector = FileConnector(os.path.abspath(os.path.expanduser(path)), clear=False)
+        connector = _ps("proxystore.connectors.file").FileConnector(
+            os.path.abspath(os.path.expanduser(path)), clear=False)
     # cache_size=0: a fetched 200 MB result must not stay alive in the store's cache.
     return Store(name, connector, cache_size=0, register=True)
 
@@ -233,9 +236,7 @@ class ClientStore:
                 pass
         if self.owned_dir is not None:
             try:
-                from proxystore.store import unregister_store
-
-                unregister_store(self.store.name)
+                _ps("proxystore.store").unregister_store(self.store.name)
             except Exception:
                 pass
             shutil.rmtree(self.owned_dir, ignore_errors=True)
@@ -252,16 +253,12 @@ def private_file_store() -> ClientStore:
 
 def load_proxied(proxy: Any) -> Any:
     """Unpickle the bytes a proxy stands for (an argument that travelled through the store)."""
-    from proxystore.proxy import extract
-
-    return pickle.loads(bytes(extract(proxy)))
+    return pickle.loads(bytes(_ps("proxystore.proxy").extract(proxy)))
 
 
 def fetch(ref: StoredRef) -> Any:
     """The value behind a handle, in any process that can reach its store."""
-    from proxystore.store import get_or_create_store
-
-    store = get_or_create_store(ref.config)
+    store = _ps("proxystore.store").get_or_create_store(ref.config)
     data = store.get(ref.key)
     if data is None:
         raise KeyError(f"{ref!r} is no longer in the store (evicted)")
