@@ -223,12 +223,23 @@ class _Shared:
         self.by_value: set[str] = set()
         self.store_setting = store
         self.default_store = default_store
+        self.no_default_store = False
         self._store: ClientStore | None = None
 
-    def client_store(self) -> ClientStore | None:
-        """The executor's store, built on first use (None: no store configured)."""
+    def client_store(self, create: bool = True) -> ClientStore | None:
+        """The executor's store (None: there is none).
+
+        A configured store is built on first use. The local endpoint's default private
+        store is built only when ``create`` is set (something is large enough to need it),
+        and only if proxystore is installed.
+
+        Raises:
+            ConfigError: a store is configured but proxystore (or redis) is not installed.
+        """
         if self._store is not None or (self.store_setting is None and not self.default_store):
             return self._store
+        if self.store_setting is None and (not create or self.no_default_store):
+            return None
         with self.lock:
             if self._store is None:
                 from . import store as _store
@@ -240,6 +251,9 @@ class _Shared:
                     else:
                         self._store = _store.private_file_store()
                 except ImportError as exc:
+                    if self.store_setting is None:  # no proxystore: no default store
+                        self.no_default_store = True
+                        return None
                     from .errors import ConfigError
 
                     raise ConfigError(
@@ -500,7 +514,10 @@ class HogExecutor(Executor):
             raise RuntimeError("cannot schedule new calls after shutdown")
         if not calls:
             return []
-        store = self._shared.client_store()
+        shared = self._shared
+        # The local endpoint's default store is created only once something needs it.
+        store = shared.client_store(create=keep_stored)
+        can_store = store is not None or (shared.default_store and not shared.no_default_store)
         threshold = self._endpoint.values.get("proxy_threshold", DEFAULT_PROXY_THRESHOLD)
         ctx = self._context(fn)
         call_refs: list[list[Any]] = []
@@ -509,11 +526,10 @@ class HogExecutor(Executor):
             for args, kwargs in calls:
                 refs: list[Any] = []
                 call_refs.append(refs)
-                offload = None
-                if store is not None:
-                    offload = _offloader(store, refs)
+                offload = _offloader(shared, refs) if can_store else None
                 items.append(_payload.dumps_call(args, kwargs, ctx.module, offload, threshold))
             proxied = any(call_refs)
+            store = shared.client_store(create=False)
             extras = packages
             if store is not None and (store.explicit or proxied or keep_stored):
                 extras = (*extras, *store.requirements)
@@ -664,15 +680,28 @@ def _payload_header(marker: str, ctx: _Context, count: int, threshold: int | boo
     return json.dumps(header).encode()
 
 
-def _offloader(store: ClientStore, refs: list[Any]) -> Callable[[bytes], Any]:
-    """Puts an argument's bytes into ``store``; remembers the handle for eviction."""
+def _offloader(shared: _Shared, refs: list[Any]) -> Callable[[bytes], Any]:
+    """Puts an argument's bytes into the store; remembers the handle for eviction."""
 
     def offload(data: bytes) -> Any:
+        store = shared.client_store()
+        if store is None:  # no proxystore for the default store: the argument stays inline
+            return _Inline(data)
         ref = store.put(data)
         refs.append(ref)
-        return store.proxy(ref)
+        return _payload.Proxied(store.proxy(ref))
 
     return offload
+
+
+class _Inline:
+    """An already pickled argument that stays in the payload."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.data,))
 
 
 def _evicter(store: ClientStore, refs: list[Any]) -> Callable[[Future[Any]], None]:

@@ -44,7 +44,8 @@ class _ScriptModule:
         return (importlib.import_module, (SCRIPT_MODULE,))
 
 
-#: Puts pickled bytes into a store and returns what stands for them inline (a proxy).
+#: Puts pickled bytes into a store and returns what stands for them inline (an object whose
+#: ``__reduce__`` rebuilds the original remotely, such as `Proxied`).
 Offload = Callable[[bytes], Any]
 
 
@@ -62,7 +63,7 @@ def _large(obj: Any, threshold: int) -> bool:
     return isinstance(size, int) and size > threshold
 
 
-class _Proxied:
+class Proxied:
     """Stands for an argument in the store: unpickles remotely as the argument itself."""
 
     def __init__(self, proxy: Any) -> None:
@@ -87,7 +88,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         if self._offload is not None and _large(obj, self._threshold):
             data = dumps(obj, self._module)
             if len(data) > self._threshold:
-                return _Proxied(self._offload(data)).__reduce__()
+                return self._offload(data).__reduce__()
             return (pickle.loads, (data,))
         if (
             self._module_name is not None
@@ -109,7 +110,7 @@ def dumps(obj: Any, module: types.ModuleType | None = None, offload: Offload | N
     """Pickle ``obj`` for the runner; ``module`` is the client's module of the script.
 
     With ``offload``, objects known to be over ``threshold`` bytes (bytes, str, arrays) are
-    pickled separately, handed to ``offload`` and replaced by what it returns (a proxy).
+    pickled separately, handed to ``offload`` and replaced by what it returns (a `Proxied`).
 
     Raises whatever pickling raises (callers turn it into `SerializationError`).
     """
@@ -171,7 +172,7 @@ def dumps_call(
         # Still large: offload each top-level argument that is over the threshold by itself.
         def small(value: Any) -> Any:
             item = dumps(value, module, offload, threshold)
-            return _Proxied(offload(item)) if len(item) > threshold else value
+            return offload(item) if len(item) > threshold else value
 
         return dumps((tuple(small(a) for a in args), {k: small(v) for k, v in kwargs.items()}),
                      module, offload, threshold)
