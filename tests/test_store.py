@@ -121,7 +121,7 @@ def test_user_built_store_instance(cache_dir: str, tmp_path: Any) -> None:
 
 def test_without_a_store_large_payloads_name_store(tmp_path: Any) -> None:
     """The Slurm endpoint has no default store: over the limit is an error naming store=."""
-    ex = HogExecutor("slurm", cache_dir=str(tmp_path))
+    ex = HogExecutor("slurm", cache_dir=str(tmp_path), shared_dir=str(tmp_path))
     try:
         assert ex.store is None
         with pytest.raises(PayloadTooLargeError, match="store=") as info:
@@ -198,3 +198,31 @@ def test_redis_store_both_directions(cache_dir: str, redis_url: str) -> None:
         ex.shutdown()
     host, port = redis_url[len("redis://"):].split(":")
     assert redis.Redis(host=host, port=int(port)).dbsize() == 0
+
+
+def make_block(n: int, seed: int) -> Any:
+    import numpy
+
+    return numpy.full(n, float(seed))
+
+
+def block_total(*blocks: Any) -> float:
+    return float(sum(b.sum() for b in blocks))
+
+
+def test_redis_store_holds_dask_intermediates(cache_dir: str, redis_url: str) -> None:
+    dask = pytest.importorskip("dask")
+    import redis
+
+    host, port = redis_url[len("redis://"):].split(":")
+    server = redis.Redis(host=host, port=int(port))
+    ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir, dependencies=["numpy"],
+                     store=redis_url, proxy_threshold="200KB")
+    try:
+        blocks = [dask.delayed(make_block)(100_000, s) for s in range(3)]  # 800 KB each
+        total = dask.delayed(block_total)(*blocks)
+        assert total.compute(scheduler=ex) == 100_000 * (0 + 1 + 2)
+        assert server.dbsize() == 0  # intermediates evicted when their dependent finished
+    finally:
+        ex.shutdown()
+    assert server.dbsize() == 0
