@@ -12,8 +12,9 @@ result frame, written to the original stdout after everything else, is::
     @@HOG-END <marker>@@
 
 Each outcome is ``(0, value_bytes)``, ``(2, store_key_bytes, size)`` (a result over the
-payload's ``threshold`` put into the ProxyStore store whose pickled config is the optional third
-body element) or ``(1, exception_bytes_or_None, type_name, message, traceback_text)``.
+payload's ``threshold`` put into the store whose pickled ProxyStore connector spec, a
+``("module:Class", config)`` pair, is the optional third body element) or
+``(1, exception_bytes_or_None, type_name, message, traceback_text)``.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def _import_script(path: str, by_value: bool) -> object:
 
 
 class _ResultStore:
-    """Puts results over the threshold into the ProxyStore store named by the payload.
+    """Puts results over the threshold into the store, through its ProxyStore connector.
 
+    The connector is rebuilt from ``("module:Class", config)`` (its ``from_config``), and
     proxystore is imported only when a result is that large. When the store was not asked
     for explicitly (``store_optional``) and proxystore is not installed, results stay inline.
     """
@@ -98,16 +100,17 @@ class _ResultStore:
         if self.config is None or len(data) <= self.threshold:
             return (0, data)
         if self.store is None:
-            try:
-                import importlib
+            import importlib
 
-                get_or_create_store = importlib.import_module(
-                    "proxystore.store").get_or_create_store
+            path, options = pickle.loads(self.config)  # ("module:Class", connector config)
+            module, _, name = path.partition(":")
+            try:
+                cls = getattr(importlib.import_module(module), name)
             except ImportError:
                 if self.optional:
                     return (0, data)
                 raise
-            self.store = get_or_create_store(pickle.loads(self.config))
+            self.store = cls.from_config(options)
         key = self.store.put(data)
         return (2, pickle.dumps(key, protocol=PROTOCOL), len(data))
 

@@ -9,10 +9,14 @@ The executor's ``store`` setting is one of:
 
 The local endpoint gets a private file store in a temporary directory when none is set.
 
-Large objects are pickled once by the client (or the runner) and the bytes go into the store;
-what travels inline is a ProxyStore proxy of them (arguments) or a `StoredRef` (results and
-graph intermediates), each well under a kilobyte. This module imports only the standard
-library at import time: it is imported remotely to resolve arguments.
+Large objects are pickled once by the client (or the runner) and the bytes go into the store
+through its ProxyStore connector; what travels inline is a ProxyStore proxy of them
+(arguments) or a `StoredRef` (results and graph intermediates), each well under a kilobyte.
+Remote processes rebuild only the connector (``Connector.from_config``), never a whole
+``Store``: that keeps pydantic, and about a second of imports, out of every call.
+
+This module imports only the standard library at import time: it is imported remotely to
+resolve arguments.
 """
 
 from __future__ import annotations
@@ -37,6 +41,31 @@ def _ps(module: str) -> Any:
     return importlib.import_module(module)
 
 
+#: How a remote process rebuilds a connector: ``("module:Class", connector.config())``.
+ConnectorSpec = tuple[str, dict[str, Any]]
+
+_connectors: dict[bytes, Any] = {}
+_connectors_lock = threading.Lock()
+
+
+def connector_spec(connector: Any) -> ConnectorSpec:
+    """What rebuilds ``connector`` elsewhere (ProxyStore's ``config()``/``from_config()``)."""
+    kind = type(connector)
+    return (f"{kind.__module__}:{kind.__qualname__}", dict(connector.config()))
+
+
+def connector_from(spec: ConnectorSpec) -> Any:
+    """The connector for ``spec``, built once per process."""
+    ident = pickle.dumps(spec)
+    with _connectors_lock:
+        connector = _connectors.get(ident)
+        if connector is None:
+            module, _, name = spec[0].partition(":")
+            cls = getattr(importlib.import_module(module), name)
+            connector = _connectors[ident] = cls.from_config(spec[1])
+    return connector
+
+
 class StoredRef:
     """An opaque handle to bytes in a store: a pickled value that stayed remote.
 
@@ -46,28 +75,36 @@ class StoredRef:
     type checks included), a handle only where the executor resolves it.
 
     Attributes:
-        config: the ProxyStore ``StoreConfig`` of the store holding the bytes.
+        connector: how to rebuild the store's connector (`ConnectorSpec`).
         key: the connector's key.
         size: the number of pickled bytes.
     """
 
-    __slots__ = ("config", "key", "size")
+    __slots__ = ("connector", "key", "size")
 
-    def __init__(self, config: Any, key: Any, size: int) -> None:
-        self.config = config
+    def __init__(self, connector: ConnectorSpec, key: Any, size: int) -> None:
+        self.connector = connector
         self.key = key
         self.size = size
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (StoredRef, (self.config, self.key, self.size))
+        return (StoredRef, (self.connector, self.key, self.size))
 
     def __repr__(self) -> str:
-        return f"<StoredRef {self.size:,} bytes in store {getattr(self.config, 'name', '?')!r}>"
+        kind = self.connector[0].rpartition(":")[2]
+        return f"<StoredRef {self.size:,} bytes in {kind}>"
+
+    def __call__(self) -> bytes:
+        """The stored bytes (what makes a handle usable as a ProxyStore proxy factory)."""
+        data = connector_from(self.connector).get(self.key)
+        if data is None:
+            raise KeyError(f"{self!r} is no longer in the store (evicted)")
+        return bytes(data)
 
     @property
     def ident(self) -> str:
         """A string naming the stored object (for bookkeeping)."""
-        return f"{getattr(self.config, 'name', '')}:{self.key!r}"
+        return repr(self.key)
 
 
 def check_store(value: Any) -> Any:
@@ -156,45 +193,36 @@ class ClientStore:
         self.owned_dir = owned_dir
         self.explicit = explicit
         self.requirements = requirements_for(store)
-        self._config: Any = None
-        self._config_bytes: bytes | None = None
+        self.spec = connector_spec(store.connector)
         self._lock = threading.Lock()
         self._live: dict[str, Any] = {}  # ident -> key: everything put and not yet evicted
         self.closed = False
 
     @property
-    def config(self) -> Any:
-        """The store's ProxyStore ``StoreConfig`` (what a remote process rebuilds it from)."""
-        if self._config is None:
-            self._config = self.store.config()
-        return self._config
-
-    @property
     def config_bytes(self) -> bytes:
-        """The pickled store config, as the runner receives it."""
-        if self._config_bytes is None:
-            self._config_bytes = pickle.dumps(self.config, protocol=5)
-        return self._config_bytes
+        """The pickled `ConnectorSpec`, as the runner receives it (to put large results)."""
+        return pickle.dumps(self.spec, protocol=5)
 
     def _ident(self, key: Any) -> str:
-        return f"{self.store.name}:{key!r}"
+        return repr(key)
 
     def put(self, data: bytes) -> StoredRef:
         """Put pickled bytes into the store; return a handle (tracked until evicted)."""
-        key = self.store.put(data)
+        key = self.store.connector.put(data)
         with self._lock:
             self._live[self._ident(key)] = key
-        return StoredRef(self.config, key, len(data))
+        return StoredRef(self.spec, key, len(data))
 
     def proxy(self, ref: StoredRef) -> Any:
-        """A ProxyStore proxy of the bytes behind ``ref`` (resolves remotely, lazily)."""
-        return self.store.proxy_from_key(ref.key)
+        """A ProxyStore proxy of the bytes behind ``ref`` (resolves lazily, wherever the
+        connector is reachable)."""
+        return _ps("proxystore.proxy").Proxy(ref)
 
     def adopt(self, key: Any, size: int) -> StoredRef:
         """Track bytes a remote process put into the store; return their handle."""
         with self._lock:
             self._live[self._ident(key)] = key
-        return StoredRef(self.config, key, size)
+        return StoredRef(self.spec, key, size)
 
     def get(self, ref: StoredRef) -> bytes:
         """The bytes behind ``ref``.
@@ -202,7 +230,7 @@ class ClientStore:
         Raises:
             KeyError: they are no longer in the store (evicted).
         """
-        data = self.store.get(ref.key)
+        data = self.store.connector.get(ref.key)
         if data is None:
             raise KeyError(f"{ref!r} is no longer in the store (evicted)")
         return bytes(data)
@@ -258,8 +286,4 @@ def load_proxied(proxy: Any) -> Any:
 
 def fetch(ref: StoredRef) -> Any:
     """The value behind a handle, in any process that can reach its store."""
-    store = _ps("proxystore.store").get_or_create_store(ref.config)
-    data = store.get(ref.key)
-    if data is None:
-        raise KeyError(f"{ref!r} is no longer in the store (evicted)")
-    return pickle.loads(bytes(data))
+    return pickle.loads(ref())
