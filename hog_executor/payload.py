@@ -54,7 +54,9 @@ def _large(obj: Any, threshold: int) -> bool:
     kind = type(obj)
     if kind in (bytes, bytearray, str):
         return len(obj) > threshold
-    if isinstance(obj, type) or getattr(kind, "nbytes", None) is None:
+    # Only the type is inspected before ``nbytes``: touching a ProxyStore proxy (even
+    # isinstance) would resolve it.
+    if issubclass(kind, type) or getattr(kind, "nbytes", None) is None:
         return False
     try:
         size = obj.nbytes
@@ -85,6 +87,10 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._threshold = threshold
 
     def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind.__name__ == "Proxy" and kind.__module__ == "proxystore.proxy":
+            # Its own reduction: any isinstance() check would resolve the proxy here.
+            return obj.__reduce_ex__(PROTOCOL)
         if self._offload is not None and _large(obj, self._threshold):
             data = dumps(obj, self._module)
             if len(data) > self._threshold:
