@@ -226,3 +226,23 @@ def test_redis_store_holds_dask_intermediates(cache_dir: str, redis_url: str) ->
     finally:
         ex.shutdown()
     assert server.dbsize() == 0
+
+
+def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any) -> None:
+    """Both directions through a file store on the (single-node) cluster's shared disk."""
+    from test_slurm import PARTITION, WHY_NOT
+
+    if PARTITION is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs a Slurm cluster for the slurm tests: {WHY_NOT}")
+        pytest.skip(WHY_NOT)
+    store_dir = tmp_path / "store"
+    ex = HogExecutor("slurm", partition=PARTITION, shared_dir=str(tmp_path / "shared"),
+                     cache_dir=cache_dir, poll_interval=0.2, dependencies=["numpy"],
+                     store=str(store_dir), proxy_threshold="100KB")
+    try:
+        a = np.arange(60_000, dtype=np.float64)  # 480 KB each way
+        np.testing.assert_array_equal(ex.submit(double, a).result(timeout=300), a * 2)
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    assert data_files(str(store_dir)) == []
