@@ -221,7 +221,7 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
                 started.append(cb)
             keyorder = order(graph)
             state = local_.start_state_from_dask(graph, cache=cache, keys=wanted,
-                                          sortkey=keyorder.get)
+                                                 sortkey=keyorder.get)
             for cb in active:
                 if cb[1]:
                     cb[1](graph, state)
@@ -231,7 +231,7 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
 
             def fire() -> None:
                 remote: list[tuple[Any, Any, dict[Any, Any]]] = []
-                busy = len({getattr(f, 'task_id', None) for f in inflight.values()})
+                busy = len({getattr(f, "task_id", None) for f in inflight.values()})
                 ready = state["ready"]
                 held: list[Any] = []
                 while ready:
@@ -314,14 +314,16 @@ def _is_hashable(obj: Any) -> bool:
 
 
 def _report(done: queue.SimpleQueue[tuple[Any, Any]], key: Any, fut: Future[Any]) -> None:
+    """Queue a remote task's outcome for the scheduling loop."""
+    worker = getattr(fut, "task_id", None)
     if fut.cancelled():
-        done.put((key, (False, RuntimeError(f"task {key!r} was cancelled"), fut.task_id)))  # type: ignore[attr-defined]
+        done.put((key, (False, RuntimeError(f"task {key!r} was cancelled"), worker)))
         return
     exc = fut.exception()
     if exc is not None:
-        done.put((key, (False, exc, fut.task_id)))  # type: ignore[attr-defined]
+        done.put((key, (False, exc, worker)))
     else:
-        done.put((key, (True, fut.result(), fut.task_id)))  # type: ignore[attr-defined]
+        done.put((key, (True, fut.result(), worker)))
 
 
 def _evict_result(store: Any, fut: Future[Any]) -> None:

@@ -16,7 +16,7 @@ pytest.importorskip("proxystore")
 
 import dask.array as da  # noqa: E402
 from dask.callbacks import Callback  # noqa: E402
-from dask.diagnostics import ProgressBar  # noqa: E402
+from dask.diagnostics import Profiler, ProgressBar  # noqa: E402
 from dask.utils_test import GetFunctionTestMixin  # noqa: E402
 
 from hog_executor import HogExecutor  # noqa: E402
@@ -200,10 +200,11 @@ def test_progress_bar_and_callbacks(dex: HogExecutor) -> None:
     a, b = delayed(inc)(1), delayed(inc)(2)
     c = delayed(add)(a, b)
     out = io.StringIO()
-    with ProgressBar(out=out, dt=0.01), Callback(start_state=start_state, pretask=pretask,
-                                                  posttask=posttask, finish=finish):
+    with ProgressBar(out=out, dt=0.01), Profiler() as prof, \
+            Callback(start_state=start_state, pretask=pretask, posttask=posttask, finish=finish):
         assert c.compute(scheduler=dex) == 5
     assert "100%" in out.getvalue()
+    assert len(prof.results) == 3 and all(r.end_time >= r.start_time for r in prof.results)
     assert events[0] == ("start_state", ["cache", "dependencies", "dependents", "finished",
                                          "ready", "released", "running", "waiting",
                                          "waiting_data"])
