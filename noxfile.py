@@ -44,6 +44,7 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run every benchmark; each prints ratios against a baseline measured in the same run."""
     session.install("-e", ".[globus]")
+    session.install("dask[array]", "numpy", "proxystore")  # bench_dask.py
     for name in sorted(os.listdir("benchmarks")):
         if name.startswith("bench_") and name.endswith(".py"):
             session.run("python", f"benchmarks/{name}", *session.posargs)

@@ -158,6 +158,12 @@ def _path(value: Any) -> str:
     return os.fspath(value)
 
 
+def _store(value: Any) -> Any:
+    from .store import check_store
+
+    return check_store(value)
+
+
 #: Keys every backend understands.
 COMMON_KEYS: dict[str, Key] = {
     k.name: k
@@ -172,6 +178,10 @@ COMMON_KEYS: dict[str, Key] = {
         Key("requires_python", "Python for calls without a script block", _requires_python),
         Key("dependencies", "extra requirements installed into the call's environment", _deps),
         Key("cache_dir", "parent of the remote environment cache (sets HOG_CACHE_DIR)", _path),
+        Key("store", "ProxyStore store for large data: a shared directory, a redis:// URL or "
+            "a proxystore Store", _store, per_call=False),
+        Key("proxy_threshold", "objects whose pickle is larger travel through the store "
+            "(bytes or \"1MB\"; default 1 MB)", _size),
     ]
 }
 

@@ -152,15 +152,28 @@ def _python_request(requires_python: str | None) -> str:
     return requires_python
 
 
+def _named(dependencies: tuple[str, ...]) -> set[str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    return {canonicalize_name(Requirement(d).name) for d in dependencies}
+
+
 def env_spec(meta: ScriptMetadata, *, requires_python: str | None = None,
-             extra_dependencies: tuple[str, ...] = ()) -> EnvSpec:
+             extra_dependencies: tuple[str, ...] = (),
+             runtime_packages: tuple[str, ...] = ()) -> EnvSpec:
     """The environment for a script (or, without one, for the executor's settings).
 
     ``requires_python`` applies when the script does not declare one; ``extra_dependencies``
-    are added to the script's.
+    are added to the script's. ``runtime_packages`` are what a call needs besides the
+    script's own dependencies (``proxystore``, ``dask`` at the client's versions): each is
+    added unless the dependencies already name that package.
     """
     rp = meta.requires_python or requires_python
     deps = tuple(dict.fromkeys((*meta.dependencies, *extra_dependencies)))
+    if runtime_packages:
+        named = _named(deps)
+        deps += tuple(r for r in runtime_packages if not _named((r,)) & named)
     metadata = render_metadata(rp, deps, meta.tool_uv)
     python = _python_request(rp)
     hog, paths = _split_editable(runtime_requirements())

@@ -13,6 +13,7 @@ import threading
 import time
 import types
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
@@ -34,6 +35,11 @@ from .config import DEFAULT_PAYLOAD_LIMIT, Endpoint, resolve_endpoint
 from .environment import env_spec
 from .errors import BackendError, HogError, RemoteProcessError, WalltimeExceeded
 from .script import ScriptMetadata, load_script
+from .store import DEFAULT_PROXY_THRESHOLD
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .store import ClientStore
 
 __all__ = ["HogExecutor", "HogFuture"]
 
@@ -90,8 +96,11 @@ class _JobRecord:
     """Ties one backend job to the futures of the calls it carries."""
 
     def __init__(self, executor: _Shared, job: Job, futures: list[HogFuture[Any]], marker: str,
-                 module: types.ModuleType | None, walltime: float | None, what: str) -> None:
+                 module: types.ModuleType | None, walltime: float | None, what: str,
+                 store: ClientStore | None = None, keep_stored: bool = False) -> None:
         self.shared = executor
+        self.store = store
+        self.keep_stored = keep_stored
         self.job = job
         self.futures = futures
         self.marker = marker
@@ -146,7 +155,7 @@ class _JobRecord:
         for f, item in zip(self.futures, raw, strict=False):
             if f.done():
                 continue
-            outcome = _payload.decode_outcome(item, self.module)
+            outcome = _payload.decode_outcome(item, self.module, self.store, self.keep_stored)
             if outcome.ok:
                 _set(f, result=outcome.value)
             else:
@@ -210,12 +219,57 @@ def _set(f: HogFuture[Any], *, result: Any = None, exception: BaseException | No
 class _Shared:
     """What an executor and all of its ``options()`` views share."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, store: Any = None, default_store: bool = False) -> None:
         self.backend = backend
         self.lock = threading.Lock()
         self.shutdown = False
         self.jobs: set[_JobRecord] = set()
         self.by_value: set[str] = set()
+        self.store_setting = store
+        self.default_store = default_store
+        self.no_default_store = False
+        self._store: ClientStore | None = None
+
+    def client_store(self, create: bool = True) -> ClientStore | None:
+        """The executor's store (None: there is none).
+
+        A configured store is built on first use. The local endpoint's default private
+        store is built only when ``create`` is set (something is large enough to need it),
+        and only if proxystore is installed.
+
+        Raises:
+            ConfigError: a store is configured but proxystore (or redis) is not installed.
+        """
+        if self._store is not None or (self.store_setting is None and not self.default_store):
+            return self._store
+        if self.store_setting is None and (not create or self.no_default_store):
+            return None
+        with self.lock:
+            if self._store is None:
+                from . import store as _store
+
+                try:
+                    if self.store_setting is not None:
+                        self._store = _store.ClientStore(_store.open_store(self.store_setting),
+                                                         explicit=True)
+                    else:
+                        self._store = _store.private_file_store()
+                except ImportError as exc:
+                    if self.store_setting is None:  # no proxystore: no default store
+                        self.no_default_store = True
+                        return None
+                    from .errors import ConfigError
+
+                    raise ConfigError(
+                        f"store= needs proxystore on the client ({exc}); install "
+                        "hog-executor[proxystore]"
+                    ) from exc
+                weakref.finalize(self, self._store.close)
+        return self._store
+
+    def close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
     def forget(self, record: _JobRecord) -> None:
         with self.lock:
@@ -279,7 +333,8 @@ class HogExecutor(Executor):
             builtin_backends=backend_names,
         )
         backend = backend_class(self._endpoint.backend)(self._endpoint)
-        self._shared = _Shared(backend)
+        self._shared = _Shared(backend, store=self._endpoint.values.get("store"),
+                               default_store=self._endpoint.backend == "local")
         self._contexts: dict[tuple[Any, ...], _Context] = {}
 
     # -- configuration ----------------------------------------------------------------------
@@ -332,12 +387,12 @@ class HogExecutor(Executor):
         meta = self._endpoint_script()
         return str(meta.path) if meta is not None and meta.path else None
 
-    def _context(self, fn: Any) -> _Context:
+    def _context(self, fn: Any, extras: tuple[str, ...] = ()) -> _Context:
         script = self._script_for(fn)
         meta = load_script(script) if script else ScriptMetadata()
         values = self._endpoint.values
         try:
-            key: tuple[Any, ...] | None = (fn, script)
+            key: tuple[Any, ...] | None = (fn, script, extras)
             ctx = self._contexts.get(key)  # type: ignore[arg-type]
         except TypeError:  # an unhashable callable
             key, ctx = None, None
@@ -346,7 +401,8 @@ class HogExecutor(Executor):
         module = _payload.client_module_for(script, fn)
         self._pickle_by_value_if_local(fn, module)
         env = env_spec(meta, requires_python=values.get("requires_python"),
-                       extra_dependencies=values.get("dependencies", ()))
+                       extra_dependencies=values.get("dependencies", ()),
+                       runtime_packages=extras)
         name = _SAFE_NAME.sub("_", os.path.basename(script)) if script else None
         if name is not None and (name.startswith(".") or not name.endswith(".py")):
             name = f"script_{name.lstrip('.')}.py"
@@ -380,7 +436,8 @@ class HogExecutor(Executor):
         name = getattr(fn_module, "__name__", None)
         path = getattr(fn_module, "__file__", None)
         if (fn_module is None or fn_module is module or name in ("__main__", None) or not path
-                or name in self._shared.by_value):
+                or name in self._shared.by_value or name == "hog_executor"
+                or name.startswith("hog_executor.")):
             return
         real = os.path.realpath(path)
         if any(real.startswith(root + os.sep) for root in _installed_roots):
@@ -455,15 +512,53 @@ class HogExecutor(Executor):
 
     def _submit_calls(self, fn: Callable[..., Any],
                       calls: Sequence[tuple[Sequence[Any], dict[str, Any]]],
-                      chunksize: int | None) -> list[HogFuture[Any]]:
+                      chunksize: int | None, *, keep_stored: bool = False,
+                      packages: tuple[str, ...] = ()) -> list[HogFuture[Any]]:
+        """Serialize, chunk and submit calls of ``fn``.
+
+        ``keep_stored``: results the runner put into the store resolve to `StoredRef` handles
+        instead of values (graph intermediates). ``packages``: requirements the remote
+        environment needs for these calls (dask for graph tasks).
+        """
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         if self._shared.shutdown:
             raise RuntimeError("cannot schedule new calls after shutdown")
         if not calls:
             return []
+        shared = self._shared
+        # The local endpoint's default store is created only once something needs it.
+        store = shared.client_store(create=keep_stored)
+        can_store = store is not None or (shared.default_store and not shared.no_default_store)
+        threshold = self._endpoint.values.get("proxy_threshold", DEFAULT_PROXY_THRESHOLD)
         ctx = self._context(fn)
-        items = [_payload.dumps_call(args, kwargs, ctx.module) for args, kwargs in calls]
+        call_refs: list[list[Any]] = []
+        items = []
+        try:
+            for args, kwargs in calls:
+                refs: list[Any] = []
+                call_refs.append(refs)
+                offload = _offloader(shared, refs) if can_store else None
+                items.append(_payload.dumps_call(args, kwargs, ctx.module, offload, threshold))
+            proxied = any(call_refs)
+            store = shared.client_store(create=False)
+            extras = packages
+            if store is not None and (store.explicit or proxied or keep_stored):
+                extras = (*extras, *store.requirements)
+            if extras:
+                ctx = self._context(fn, tuple(dict.fromkeys(extras)))
+            return self._submit_items(ctx, items, call_refs, chunksize, store, threshold,
+                                      keep_stored, optional=not extras)
+        except BaseException:
+            if store is not None:
+                for refs in call_refs:
+                    for ref in refs:
+                        store.evict(ref)
+            raise
+
+    def _submit_items(self, ctx: _Context, items: list[bytes], call_refs: list[list[Any]],
+                      chunksize: int | None, store: ClientStore | None, threshold: int,
+                      keep_stored: bool, optional: bool) -> list[HogFuture[Any]]:
         size = chunksize or self._chunk_size(len(items))
         header_size = 200 + len(ctx.fn_bytes)
         chunks: list[list[int]] = []
@@ -479,18 +574,20 @@ class HogExecutor(Executor):
         chunks.append(current)
         futures: list[HogFuture[Any]] = [HogFuture() for _ in items]
         records = []
+        store_config = store.config_bytes if store is not None else None
         for chunk in chunks:
             marker = secrets.token_hex(16)
-            header = _payload_header(marker, ctx, len(chunk))
+            header = _payload_header(marker, ctx, len(chunk), store is not None and threshold,
+                                     optional)
             data = _payload.pack_payload(header, ctx.fn_bytes, [items[i] for i in chunk],
-                                         ctx.limit)
+                                         ctx.limit, store_config, store is not None)
             job_id = uuid.uuid4().hex
             job = Job(id=job_id, head=ctx.parts[0], payload=data, tail=ctx.parts[1],
                       walltime=ctx.spec.walltime, config=ctx.values, description=ctx.what,
                       calls=len(chunk))
             chunk_futures = [futures[i] for i in chunk]
             record = _JobRecord(self._shared, job, chunk_futures, marker, ctx.module,
-                                ctx.spec.walltime, ctx.what)
+                                ctx.spec.walltime, ctx.what, store, keep_stored)
             job.on_start = record.started
             job.on_task_id = record.task_id_assigned
             for f in chunk_futures:
@@ -506,9 +603,48 @@ class HogExecutor(Executor):
             except Exception:
                 self._shared.jobs.difference_update(records)
                 raise
+        if store is not None:
+            for f, refs in zip(futures, call_refs, strict=True):
+                if refs:
+                    f.add_done_callback(_evicter(store, refs))
         for record in records:
             record.job.future.add_done_callback(record.finished)
         return futures
+
+    # -- dask -------------------------------------------------------------------------------
+
+    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """Run a Dask graph: this executor is a Dask scheduler (``scheduler=ex``).
+
+        See `hog_executor.dask.get`: chains are fused into one call, ready tasks are grouped
+        into chunks, intermediates over ``proxy_threshold`` stay in the store.
+        """
+        from .dask import get
+
+        return get(self, dsk, keys, **kwargs)
+
+    def persist(self, *collections: Any, **kwargs: Any) -> Any:
+        """``dask.persist`` whose chunks over ``proxy_threshold`` stay in the store.
+
+        Returns the persisted collections (a tuple, or one collection when given one). Their
+        chunks are handles that this executor resolves when it computes them later; they are
+        evicted at shutdown.
+        """
+        from .dask import persist
+
+        return persist(self, *collections, **kwargs)
+
+    @property
+    def store(self) -> Any:
+        """The ProxyStore ``Store`` used for large data (None when there is none)."""
+        store = self._shared.client_store()
+        return store.store if store is not None else None
+
+    def _register_functions(self, functions: Iterable[Any]) -> None:
+        """Make functions from user modules the remote side cannot import travel by value."""
+        module = _payload.client_module_for(self._script_for(self.__call__), self.__call__)
+        for fn in functions:
+            self._pickle_by_value_if_local(fn, module)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -534,19 +670,60 @@ class HogExecutor(Executor):
                         f.exception()
                     except BaseException:
                         pass
+        if wait or cancel_futures:
+            self._shared.close_store()
 
     def __repr__(self) -> str:
         state = "shut down" if self._shared.shutdown else "running"
         return f"<HogExecutor {self._endpoint.name!r} ({self._endpoint.backend}, {state})>"
 
 
-def _payload_header(marker: str, ctx: _Context, count: int) -> bytes:
+def _payload_header(marker: str, ctx: _Context, count: int, threshold: int | bool,
+                    optional: bool) -> bytes:
     import json
 
-    return json.dumps({
+    header: dict[str, Any] = {
         "marker": marker,
         "script": ctx.spec.script_name,
         "by_value": ctx.script is not None and ctx.module is None,
         "count": count,
-    }).encode()
+    }
+    if threshold:
+        header["threshold"] = int(threshold)
+        header["store_optional"] = optional
+    return json.dumps(header).encode()
+
+
+def _offloader(shared: _Shared, refs: list[Any]) -> Callable[[bytes], Any]:
+    """Puts an argument's bytes into the store; remembers the handle for eviction."""
+
+    def offload(data: bytes) -> Any:
+        store = shared.client_store()
+        if store is None:  # no proxystore for the default store: the argument stays inline
+            return _Inline(data)
+        ref = store.put(data)
+        refs.append(ref)
+        return _payload.Proxied(store.proxy(ref))
+
+    return offload
+
+
+class _Inline:
+    """An already pickled argument that stays in the payload."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.data,))
+
+
+def _evicter(store: ClientStore, refs: list[Any]) -> Callable[[Future[Any]], None]:
+    """Evicts a call's proxied arguments once its future is done."""
+
+    def evict(_: Future[Any]) -> None:
+        for ref in refs:
+            store.evict(ref)
+
+    return evict
 

@@ -14,7 +14,7 @@ import operator
 import pickle
 import sys
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,13 +44,58 @@ class _ScriptModule:
         return (importlib.import_module, (SCRIPT_MODULE,))
 
 
+#: Puts pickled bytes into a store and returns what stands for them inline (an object whose
+#: ``__reduce__`` rebuilds the original remotely, such as `Proxied`).
+Offload = Callable[[bytes], Any]
+
+
+def _large(obj: Any, threshold: int) -> bool:
+    """Whether ``obj`` is cheaply known to be larger than ``threshold`` bytes."""
+    kind = type(obj)
+    if kind in (bytes, bytearray, str):
+        return len(obj) > threshold
+    # Only the type is inspected before ``nbytes``: touching a ProxyStore proxy (even
+    # isinstance) would resolve it.
+    if issubclass(kind, type) or getattr(kind, "nbytes", None) is None:
+        return False
+    try:
+        size = obj.nbytes
+    except Exception:
+        return False
+    return isinstance(size, int) and size > threshold
+
+
+class Proxied:
+    """Stands for an argument in the store: unpickles remotely as the argument itself."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from .store import load_proxied
+
+        return (load_proxied, (self.proxy,))
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    def __init__(self, file: io.BytesIO, module: types.ModuleType | None) -> None:
+    def __init__(self, file: io.BytesIO, module: types.ModuleType | None,
+                 offload: Offload | None = None, threshold: int = 0) -> None:
         super().__init__(file, protocol=PROTOCOL)
         self._module = module
         self._module_name = module.__name__ if module is not None else None
+        self._offload = offload
+        self._threshold = threshold
 
     def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind.__name__ == "Proxy" and kind.__module__ == "proxystore.proxy":
+            # Its own reduction: any isinstance() check would resolve the proxy here.
+            return obj.__reduce_ex__(PROTOCOL)
+        if self._offload is not None and _large(obj, self._threshold):
+            data = dumps(obj, self._module)
+            if len(data) > self._threshold:
+                return self._offload(data).__reduce__()
+            return (pickle.loads, (data,))
         if (
             self._module_name is not None
             and isinstance(obj, (type, types.FunctionType))
@@ -66,13 +111,17 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         return super().reducer_override(obj)
 
 
-def dumps(obj: Any, module: types.ModuleType | None = None) -> bytes:
+def dumps(obj: Any, module: types.ModuleType | None = None, offload: Offload | None = None,
+          threshold: int = 0) -> bytes:
     """Pickle ``obj`` for the runner; ``module`` is the client's module of the script.
+
+    With ``offload``, objects known to be over ``threshold`` bytes (bytes, str, arrays) are
+    pickled separately, handed to ``offload`` and replaced by what it returns (a `Proxied`).
 
     Raises whatever pickling raises (callers turn it into `SerializationError`).
     """
     buf = io.BytesIO()
-    _Pickler(buf, module).dump(obj)
+    _Pickler(buf, module, offload, threshold).dump(obj)
     return buf.getvalue()
 
 
@@ -111,15 +160,28 @@ def _describe(obj: Any) -> str:
 
 
 def dumps_call(
-    args: Sequence[Any], kwargs: dict[str, Any], module: types.ModuleType | None
+    args: Sequence[Any], kwargs: dict[str, Any], module: types.ModuleType | None,
+    offload: Offload | None = None, threshold: int = 0,
 ) -> bytes:
     """Pickle one call's arguments.
+
+    With ``offload``, arguments whose pickle is over ``threshold`` bytes go to the store
+    through it and travel as proxies (see `dumps`).
 
     Raises:
         SerializationError: an argument cannot be pickled; the message names it.
     """
     try:
-        return dumps((tuple(args), kwargs), module)
+        data = dumps((tuple(args), kwargs), module, offload, threshold)
+        if offload is None or len(data) <= threshold:
+            return data
+        # Still large: offload each top-level argument that is over the threshold by itself.
+        def small(value: Any) -> Any:
+            item = dumps(value, module, offload, threshold)
+            return offload(item) if len(item) > threshold else value
+
+        return dumps((tuple(small(a) for a in args), {k: small(v) for k, v in kwargs.items()}),
+                     module, offload, threshold)
     except Exception as exc:
         named: Iterable[tuple[str, Any]] = [
             *((f"argument {i}", a) for i, a in enumerate(args)),
@@ -152,19 +214,33 @@ def dumps_function(fn: Any, module: types.ModuleType | None) -> bytes:
         ) from exc
 
 
-def pack_payload(header: bytes, fn_bytes: bytes, items: Sequence[bytes], limit: int) -> bytes:
+def pack_payload(header: bytes, fn_bytes: bytes, items: Sequence[bytes], limit: int,
+                 store_config: bytes | None = None, has_store: bool = False) -> bytes:
     """Assemble the runner's payload file; check it against ``limit``.
+
+    ``store_config`` (a pickled ProxyStore ``StoreConfig``) lets the runner put large
+    results into the store.
 
     Raises:
         PayloadTooLargeError: the payload is over ``limit`` bytes.
     """
-    body = pickle.dumps((fn_bytes, list(items)), protocol=PROTOCOL)
+    parts: tuple[Any, ...] = (fn_bytes, list(items))
+    if store_config is not None:
+        parts = (*parts, store_config)
+    body = pickle.dumps(parts, protocol=PROTOCOL)
     size = len(header) + 1 + len(body)
     if size > limit:
+        if has_store:
+            fix = ("Large arguments already travel through the store: lower proxy_threshold, "
+                   "pass fewer arguments per call, or raise payload_limit.")
+        else:
+            fix = ("Set store= (a shared directory, a redis://host:port URL or a "
+                   "proxystore.store.Store) so arguments over proxy_threshold travel through "
+                   "ProxyStore, pass a path the function reads remotely instead of the data, or "
+                   "raise payload_limit if the endpoint accepts more.")
         raise PayloadTooLargeError(
-            f"the serialized call is {size:,} bytes, over the payload limit of {limit:,} bytes. "
-            "Pass a path or URL the function reads remotely instead of the data, or raise "
-            "payload_limit if the endpoint accepts more.",
+            f"the serialized call is {size:,} bytes, over the payload limit of {limit:,} "
+            f"bytes. {fix}",
             size=size,
             limit=limit,
         )
@@ -180,12 +256,29 @@ class Outcome:
     error: BaseException | None = None
 
 
-def decode_outcome(raw: tuple[Any, ...], module: types.ModuleType | None) -> Outcome:
+def decode_outcome(raw: tuple[Any, ...], module: types.ModuleType | None, store: Any = None,
+                   keep_stored: bool = False) -> Outcome:
     """Turn one runner outcome into a value or the exception to raise on the client.
 
     A remote exception is re-created as its original type with the remote traceback attached
-    as ``__cause__``; when that is impossible it becomes `RemoteError`.
+    as ``__cause__``; when that is impossible it becomes `RemoteError`. A result the runner put
+    into ``store`` (a `ClientStore`) is fetched and evicted, or with ``keep_stored`` left there
+    and returned as a `StoredRef`.
     """
+    if raw[0] == 2:
+        try:
+            ref = store.adopt(pickle.loads(raw[1]), raw[2])
+            if keep_stored:
+                return Outcome(True, ref)
+            try:
+                data = store.get(ref)
+            finally:
+                store.evict(ref)
+            return Outcome(True, loads(data, module))
+        except Exception as exc:
+            err = SerializationError(f"the result could not be fetched from the store: {exc}")
+            err.__cause__ = exc
+            return Outcome(False, error=err)
     if raw[0] == 0:
         try:
             return Outcome(True, loads(raw[1], module))

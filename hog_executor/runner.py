@@ -11,8 +11,10 @@ result frame, written to the original stdout after everything else, is::
     <base64 of a pickled list of outcomes>
     @@HOG-END <marker>@@
 
-Each outcome is ``(0, value_bytes)`` or ``(1, exception_bytes_or_None, type_name, message,
-traceback_text)``.
+Each outcome is ``(0, value_bytes)``, ``(2, store_key_bytes, size)`` (a result over the
+payload's ``threshold`` put into the store whose pickled ProxyStore connector spec, a
+``("module:Class", config)`` pair, is the optional third body element) or
+``(1, exception_bytes_or_None, type_name, message, traceback_text)``.
 """
 
 from __future__ import annotations
@@ -84,16 +86,51 @@ def _import_script(path: str, by_value: bool) -> object:
     return module
 
 
+class _ResultStore:
+    """Puts results over the threshold into the store, through its ProxyStore connector.
+
+    The connector is rebuilt from ``("module:Class", config)`` (its ``from_config``), and
+    proxystore is imported only when a result is that large. When the store was not asked
+    for explicitly (``store_optional``) and proxystore is not installed, results stay inline.
+    """
+
+    def __init__(self, config: bytes | None, threshold: int, optional: bool) -> None:
+        self.config = config
+        self.threshold = threshold
+        self.optional = optional
+        self.store: Any = None
+
+    def outcome(self, data: bytes) -> tuple[object, ...]:
+        if self.config is None or len(data) <= self.threshold:
+            return (0, data)
+        if self.store is None:
+            import importlib
+
+            path, options = pickle.loads(self.config)  # ("module:Class", connector config)
+            module, _, name = path.partition(":")
+            try:
+                cls = getattr(importlib.import_module(module), name)
+            except ImportError:
+                if self.optional:
+                    return (0, data)
+                raise
+            self.store = cls.from_config(options)
+        key = self.store.put(data)
+        return (2, pickle.dumps(key, protocol=PROTOCOL), len(data))
+
+
 def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, ...]]:
     """Run every call of the chunk; return the list of outcomes."""
     try:
         if header.get("script"):
             _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
-        fn_bytes, items = pickle.loads(body)
+        fn_bytes, items, *extra = pickle.loads(body)
         fn = pickle.loads(fn_bytes)
     except Exception as exc:
         failure = _error(exc)
         return [failure] * header["count"]
+    results = _ResultStore(extra[0] if extra else None, header.get("threshold") or 0,
+                           header.get("store_optional", False))
     outcomes = []
     for item in items:
         try:
@@ -103,12 +140,18 @@ def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, .
             outcomes.append(_error(exc))
             continue
         try:
-            outcomes.append((0, _dumps(value)))
+            data = _dumps(value)
         except Exception as exc:
             wrapped = TypeError(
                 f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"
             )
             outcomes.append(_error(wrapped))
+            continue
+        del value
+        try:
+            outcomes.append(results.outcome(data))
+        except Exception as exc:
+            outcomes.append(_error(exc))
     return outcomes
 
 

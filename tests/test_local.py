@@ -110,7 +110,9 @@ def test_unpicklable_result_raises_remotely_typed_error(executor):
 
 
 def test_payload_over_the_limit_is_refused_before_running(cache_dir):
-    with HogExecutor("local", cache_dir=cache_dir, payload_limit="1MB") as ex:
+    # proxy_threshold over the limit: the 2 MB argument is not sent through the store
+    with HogExecutor("local", cache_dir=cache_dir, payload_limit="1MB",
+                     proxy_threshold="10MB") as ex:
         with pytest.raises(PayloadTooLargeError) as info:
             ex.submit(basic.identity, b"x" * 2_000_000)
         assert info.value.limit == 1_000_000

@@ -1,0 +1,248 @@
+"""ProxyStore for the whole executor: real file stores and a real Redis server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("proxystore")
+
+from hog_executor import ConfigError, HogExecutor, PayloadTooLargeError  # noqa: E402
+
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+)
+
+
+def double(a: Any) -> Any:
+    return a * 2
+
+
+def nbytes_of(a: Any) -> int:
+    return int(a.nbytes)
+
+
+def data_files(path: str) -> list[str]:
+    return [n for n in os.listdir(path) if not n.endswith(".ready")]
+
+
+def settled(store: Any) -> bool:
+    """Wait (briefly) for eviction callbacks; True when nothing is left in the store."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if store.live == 0 and (store.owned_dir is None or not data_files(store.owned_dir)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def sex(cache_dir: str):
+    """The local endpoint with its default private file store (numpy + proxystore env)."""
+    ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir, dependencies=["numpy"])
+    yield ex
+    ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_large_argument_and_result_through_default_local_store(sex: HogExecutor) -> None:
+    a = np.arange(3_000_000, dtype=np.float64)  # 24 MB: over the 10 MB payload limit
+    store = sex._shared.client_store()
+    assert store is not None and store.owned_dir is not None
+    fut = sex.submit(double, a)
+    result = fut.result(timeout=240)
+    np.testing.assert_array_equal(result, a * 2)
+    assert sex.submit(nbytes_of, a).result(timeout=240) == a.nbytes
+    # what was proxied for a call is evicted after it; results were fetched and evicted
+    assert settled(store)
+
+
+def test_map_with_large_items(sex: HogExecutor) -> None:
+    arrays = [np.full(200_000, float(i)) for i in range(4)]  # 1.6 MB each
+    assert list(sex.map(nbytes_of, arrays, timeout=240)) == [1_600_000] * 4
+    store = sex._shared.client_store()
+    assert store is not None
+    assert settled(store)
+
+
+def test_small_calls_do_not_touch_the_store(sex: HogExecutor) -> None:
+    store = sex._shared.client_store()
+    assert store is not None and settled(store)
+    fut = sex.submit(double, 21)
+    assert fut.result(timeout=240) == 42
+    assert data_files(store.owned_dir) == []  # type: ignore[arg-type]
+
+
+def test_shutdown_removes_the_private_store(cache_dir: str) -> None:
+    ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir, dependencies=["numpy"])
+    store = ex._shared.client_store()
+    assert store is not None and store.owned_dir and os.path.isdir(store.owned_dir)
+    ex.shutdown()
+    assert not os.path.exists(store.owned_dir)
+
+
+def test_explicit_file_store_directory(cache_dir: str, tmp_path: Any) -> None:
+    path = tmp_path / "shared-store"
+    ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir, dependencies=["numpy"],
+                     store=str(path), proxy_threshold="100KB")
+    try:
+        a = np.ones(50_000)  # 400 KB: over the threshold
+        np.testing.assert_array_equal(ex.submit(double, a).result(timeout=240), a * 2)
+        assert ex.store is not None
+    finally:
+        ex.shutdown()
+    assert path.is_dir() and data_files(str(path)) == []
+
+
+def test_user_built_store_instance(cache_dir: str, tmp_path: Any) -> None:
+    from proxystore.connectors.file import FileConnector
+    from proxystore.store import Store
+
+    store = Store("hog-test-user-store", FileConnector(str(tmp_path / "s")), register=True)
+    try:
+        ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir, dependencies=["numpy"],
+                         store=store, proxy_threshold=50_000)
+        try:
+            assert ex.store is store
+            a = np.ones(20_000)
+            np.testing.assert_array_equal(ex.submit(double, a).result(timeout=240), a * 2)
+        finally:
+            ex.shutdown()
+        assert data_files(str(tmp_path / "s")) == []
+    finally:
+        store.close()
+
+
+def test_without_a_store_large_payloads_name_store(tmp_path: Any) -> None:
+    """The Slurm endpoint has no default store: over the limit is an error naming store=."""
+    ex = HogExecutor("slurm", cache_dir=str(tmp_path), shared_dir=str(tmp_path))
+    try:
+        assert ex.store is None
+        with pytest.raises(PayloadTooLargeError, match="store=") as info:
+            ex.submit(double, np.ones(2_000_000))
+        assert info.value.size > info.value.limit
+    finally:
+        ex.shutdown()
+
+
+@pytest.mark.parametrize("value", [123, "s3://bucket/x", "redis://:notaport", ""])
+def test_bad_store_setting_is_a_config_error(value: Any) -> None:
+    with pytest.raises(ConfigError, match="store"):
+        HogExecutor("local", store=value)
+
+
+# -- a real Redis server ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server on loopback, started for these tests and stopped after them."""
+    if REDIS_SERVER is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (.ci/run installs the Debian package)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    pytest.importorskip("redis")
+    import redis
+
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_redis_store_both_directions(cache_dir: str, redis_url: str) -> None:
+    import redis
+
+    ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir, dependencies=["numpy"],
+                     store=redis_url, proxy_threshold="200KB")
+    try:
+        a = np.arange(100_000, dtype=np.float64)  # 800 KB
+        np.testing.assert_array_equal(ex.submit(double, a).result(timeout=240), a * 2)
+        assert list(ex.map(nbytes_of, [a, a[:10]], timeout=240)) == [800_000, 80]
+    finally:
+        ex.shutdown()
+    host, port = redis_url[len("redis://"):].split(":")
+    assert redis.Redis(host=host, port=int(port)).dbsize() == 0
+
+
+def make_block(n: int, seed: int) -> Any:
+    import numpy
+
+    return numpy.full(n, float(seed))
+
+
+def block_total(*blocks: Any) -> float:
+    return float(sum(b.sum() for b in blocks))
+
+
+def test_redis_store_holds_dask_intermediates(cache_dir: str, redis_url: str) -> None:
+    dask = pytest.importorskip("dask")
+    import redis
+
+    host, port = redis_url[len("redis://"):].split(":")
+    server = redis.Redis(host=host, port=int(port))
+    ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir, dependencies=["numpy"],
+                     store=redis_url, proxy_threshold="200KB")
+    try:
+        blocks = [dask.delayed(make_block)(100_000, s) for s in range(3)]  # 800 KB each
+        total = dask.delayed(block_total)(*blocks)
+        assert total.compute(scheduler=ex) == 100_000 * (0 + 1 + 2)
+        assert server.dbsize() == 0  # intermediates evicted when their dependent finished
+    finally:
+        ex.shutdown()
+    assert server.dbsize() == 0
+
+
+def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any) -> None:
+    """Both directions through a file store on the (single-node) cluster's shared disk."""
+    from test_slurm import PARTITION, WHY_NOT
+
+    if PARTITION is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs a Slurm cluster for the slurm tests: {WHY_NOT}")
+        pytest.skip(WHY_NOT)
+    store_dir = tmp_path / "store"
+    ex = HogExecutor("slurm", partition=PARTITION, shared_dir=str(tmp_path / "shared"),
+                     cache_dir=cache_dir, poll_interval=0.2, dependencies=["numpy"],
+                     store=str(store_dir), proxy_threshold="100KB")
+    try:
+        a = np.arange(60_000, dtype=np.float64)  # 480 KB each way
+        np.testing.assert_array_equal(ex.submit(double, a).result(timeout=300), a * 2)
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    assert data_files(str(store_dir)) == []
