@@ -24,11 +24,11 @@ ENTRY_POINT_GROUP = "hog_executor.backends"
 BUILTIN: dict[str, str] = {
     "local": "hog_executor.backends.local:LocalBackend",
     "slurm": "hog_executor.backends.slurm:SlurmBackend",
+    "dask": "hog_executor.backends.dask:DaskBackend",
 }
 #: Backends that are planned but not part of this release: named in error messages.
 _HINTS: dict[str, str] = {
     "globus": "the Globus Compute backend is not part of this release yet",
-    "dask": "the Dask backend is not part of this release yet",
 }
 
 
