@@ -122,7 +122,9 @@ class DaskBackend(Backend):
             from distributed import Client
 
             try:
-                client = Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
+                client = Client(  # type: ignore[no-untyped-call]
+                    address, set_as_default=False, timeout=CONNECT_TIMEOUT
+                )
             except (OSError, TimeoutError) as exc:
                 raise BackendError(
                     f"cannot connect to the Dask scheduler at {address}: {exc}"

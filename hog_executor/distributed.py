@@ -1,0 +1,377 @@
+"""``client.map`` through HogExecutor: a Dask cluster whose workers run tasks as hog calls.
+
+`HogCluster` is a ``distributed.LocalCluster`` whose workers hand their tasks to a
+`HogTaskExecutor`: each task becomes one call on the endpoint (its own process, its own uv
+environment, the endpoint's machines), while the scheduler, the dashboard, ``as_completed``,
+``gather``, ``scatter``, retries and annotations stay those of ``distributed``.
+
+Importing this module imports ``distributed``; ``import hog_executor`` does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
+from typing import Any
+
+import dask
+from dask._task_spec import Alias, DataNode, GraphNode, NestedContainer, Task, TaskRef
+from distributed import LocalCluster
+
+from .executor import HogExecutor
+
+__all__ = ["HogCluster", "HogTaskExecutor"]
+
+#: The name under which workers know the executor (``dask.annotate(executor="hog")``).
+EXECUTOR_NAME = "hog"
+
+_RUN_TASK = ("distributed.worker", "_run_task_simple")
+_DASK_PACKAGES = ("dask", "distributed")
+
+
+def _is_run_task(fn: Any) -> bool:
+    return (getattr(fn, "__module__", None), getattr(fn, "__name__", None)) == _RUN_TASK
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether a literal argument holds no graph node (so it needs no dask remotely)."""
+    if isinstance(value, (GraphNode, TaskRef)):
+        return False
+    if depth > 3:
+        return True
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(v, depth + 1) for v in value.values())
+    return True
+
+
+def _is_data(node: Any) -> bool:
+    """Whether evaluating ``node`` only moves data around (runs no user function)."""
+    if isinstance(node, (TaskRef, DataNode, Alias)):
+        return True
+    if isinstance(node, NestedContainer):
+        return all(_is_data(a) for a in node.args)
+    if isinstance(node, GraphNode):
+        return False
+    return _plain(node)
+
+
+def _value(arg: Any, data: Mapping[Any, Any]) -> Any:
+    """The value of a simple argument, its dependencies taken from ``data``."""
+    if isinstance(arg, TaskRef):
+        return data[arg.key]
+    if isinstance(arg, GraphNode):
+        return arg({k: data[k] for k in arg.dependencies})
+    return arg
+
+
+def _simple_call(task: Any) -> bool:
+    """Whether ``task`` is one plain function applied to data (no dask needed remotely)."""
+    if type(task) is not Task:
+        return False
+    module = getattr(task.func, "__module__", None) or ""
+    if module.split(".", 1)[0] in _DASK_PACKAGES:
+        return False
+    return all(_is_data(a) for a in (*task.args, *task.kwargs.values()))
+
+
+def _message(start: float, delay: float, result: Any = None,
+             error: BaseException | None = None) -> dict[str, Any]:
+    """What distributed's ``_run_task_simple`` returns to the worker, for one outcome."""
+    stop = time.time()
+    msg: dict[str, Any]
+    if error is None:
+        from dask.sizeof import sizeof
+
+        msg = {
+            "op": "task-finished",
+            "status": "OK",
+            "result": result,
+            "nbytes": sizeof(result),
+            "type": type(result) if result is not None else None,
+        }
+    else:
+        from distributed.core import error_message
+
+        msg = dict(error_message(error))
+        msg["op"] = "task-erred"
+        msg["actual_exception"] = error
+    msg["start"] = start + delay
+    msg["stop"] = stop + delay
+    msg["thread"] = threading.get_ident()
+    return msg
+
+
+class _TaskFuture(Future[dict[str, Any]]):
+    """The worker's view of one task; cancelling it cancels the hog call if not started."""
+
+    def __init__(self, call: Future[Any] | None = None) -> None:
+        super().__init__()
+        self.call = call
+
+    def cancel(self) -> bool:
+        if self.call is not None:
+            self.call.cancel()
+        return super().cancel()
+
+
+def _settle(out: _TaskFuture, msg: dict[str, Any]) -> None:
+    try:
+        out.set_result(msg)
+    except Exception:  # cancelled meanwhile (the worker is closing)
+        pass
+
+
+class HogTaskExecutor(Executor):
+    """The executor a Dask worker hands its tasks to: every task becomes one hog call.
+
+    A worker calls ``submit(_run_task_simple, task, data, delay)`` for each task routed here.
+    A task that is one plain function applied to data (what ``client.submit``/``client.map``
+    make) becomes ``HogExecutor.submit(func, *args, **kwargs)``: the remote side needs neither
+    dask nor distributed. Any other task (a fused chain, nested calls) is evaluated remotely
+    with ``dask`` added to the call's environment. Tasks that only move data run in place.
+    Anything else the worker submits (its disk and memory benchmarks) runs on a local thread.
+
+    The instance pickles to its configuration, so workers in other processes build their own
+    `HogExecutor` on first use.
+
+    Args:
+        endpoint: the endpoint calls run on (as for `HogExecutor`).
+        script: the PEP 723 script whose environment and endpoint tables apply.
+        executor: an existing `HogExecutor` to use in this process (not shut down here).
+        **config: endpoint keys, as for `HogExecutor`.
+    """
+
+    def __init__(self, endpoint: str = "local", *, script: str | None = None,
+                 executor: HogExecutor | None = None, **config: Any) -> None:
+        self._spec: tuple[str, str | None, dict[str, Any]] = (endpoint, script, dict(config))
+        self._hog = executor
+        self._owns = executor is None
+        self._dask_view: HogExecutor | None = None
+        self._lock = threading.Lock()
+        self._local: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        endpoint, script, config = self._spec
+        return (_rebuild, (endpoint, script, config))
+
+    @property
+    def executor(self) -> HogExecutor:
+        """The `HogExecutor` running the calls (created on first use in this process)."""
+        with self._lock:
+            if self._hog is None:
+                endpoint, script, config = self._spec
+                self._hog = HogExecutor(endpoint, script=script, **config)
+            return self._hog
+
+    def _with_dask(self) -> HogExecutor:
+        """A view of the executor whose environments also hold this client's dask."""
+        with self._lock:
+            view = self._dask_view
+        if view is not None:
+            return view
+        ex = self.executor
+        deps = tuple(ex.endpoint.values.get("dependencies", ()))
+        if not _mentions_dask(deps, self._spec[1]):
+            deps = (*deps, f"dask=={dask.__version__}")  # type: ignore[attr-defined]
+        view = ex.options(dependencies=list(deps))
+        with self._lock:
+            self._dask_view = view
+        return view
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run a worker's task (``_run_task_simple``) as a hog call; anything else locally.
+
+        Raises:
+            RuntimeError: the executor is shut down.
+        """
+        if self._closed:
+            raise RuntimeError("cannot schedule new tasks after shutdown")
+        if _is_run_task(fn) and not kwargs and len(args) == 3:
+            return self._run_task(*args)
+        with self._lock:
+            if self._local is None:
+                self._local = ThreadPoolExecutor(1, thread_name_prefix="hog-worker-local")
+            local = self._local
+        return local.submit(fn, *args, **kwargs)
+
+    def _run_task(self, task: Any, data: Mapping[Any, Any], delay: float) -> Future[Any]:
+        start = time.time()
+        if _is_data(task):
+            out = _TaskFuture()
+            try:
+                msg = _message(start, delay, result=task(dict(data)))
+            except Exception as exc:
+                msg = _message(start, delay, error=exc)
+            out.set_result(msg)
+            return out
+        try:
+            if _simple_call(task):
+                args = [_value(a, data) for a in task.args]
+                kwargs = {k: _value(v, data) for k, v in task.kwargs.items()}
+                call: Future[Any] = self.executor.submit(task.func, *args, **kwargs)
+            else:
+                from ._dask_node import run_node
+
+                deps = {k: data[k] for k in task.dependencies}
+                call = self._with_dask().submit(run_node, task, deps)
+        except Exception as exc:  # bad input: the task fails, with this exception
+            failed = _TaskFuture()
+            failed.set_result(_message(start, delay, error=exc))
+            return failed
+        out = _TaskFuture(call)
+
+        def done(f: Future[Any]) -> None:
+            try:
+                error = f.exception()
+            except CancelledError as exc:
+                error = exc
+            if error is None:
+                msg = _message(start, delay, result=f.result())
+            else:
+                msg = _message(start, delay, error=_with_remote_traceback(error))
+            _settle(out, msg)
+
+        call.add_done_callback(done)
+        return out
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop: calls not finished are cancelled (their processes stopped).
+
+        A worker calls this when it closes. An executor handed in (``executor=``) is left
+        running for its owner.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            hog, local = self._hog, self._local
+        if local is not None:
+            local.shutdown(wait=wait)
+        if hog is not None and self._owns:
+            hog.shutdown(wait=wait, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return f"<HogTaskExecutor {self._spec[0]!r}>"
+
+
+def _with_remote_traceback(error: BaseException) -> BaseException:
+    """Keep the remote traceback in a note: ``__cause__`` does not survive pickling."""
+    from .errors import RemoteTraceback
+
+    cause = error.__cause__
+    if isinstance(cause, RemoteTraceback) and hasattr(error, "add_note"):
+        note = f"Remote traceback:\n{cause.tb.rstrip()}"
+        if note not in getattr(error, "__notes__", ()):
+            error.add_note(note)
+    return error
+
+
+def _rebuild(endpoint: str, script: str | None, config: dict[str, Any]) -> HogTaskExecutor:
+    return HogTaskExecutor(endpoint, script=script, **config)
+
+
+def _mentions_dask(deps: tuple[str, ...], script: str | None) -> bool:
+    from packaging.requirements import Requirement
+
+    from .script import load_script
+
+    names = list(deps)
+    if script is not None:
+        names.extend(load_script(script).dependencies)
+    return any(Requirement(d).name.lower() == "dask" for d in names)
+
+
+def _default_script() -> str | None:
+    """The ``__main__`` file when it has a PEP 723 block (as `HogExecutor` would pick)."""
+    from .script import load_script
+
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main and main.endswith(".py") and os.path.isfile(main) and load_script(main).has_block:
+        return str(os.path.abspath(main))
+    return None
+
+
+class HogCluster(LocalCluster):
+    """A Dask cluster whose tasks run as hog calls on an endpoint.
+
+    Use it as any cluster: ``Client(HogCluster("anvil"))``. The scheduler and workers run
+    here (threads, or processes with ``processes=True``); every task routed to the hog
+    executor runs through a `HogExecutor` on ``endpoint``, so its concurrency is the
+    endpoint's: the workers' threads together equal ``backend.workers`` of the endpoint
+    (``max_workers`` of ``local``, ``max_parallel`` of ``slurm``, ...), whatever this
+    machine's cores.
+
+    Args:
+        endpoint: where calls run (as for `HogExecutor`).
+        script: the PEP 723 script whose environment and endpoint tables apply; default: the
+            ``__main__`` file when it has a PEP 723 block.
+        default: route every task to the hog executor. With ``False``, only tasks annotated
+            with ``dask.annotate(executor="hog")`` go there; others run on the workers' threads.
+        n_workers: Dask workers to start (default 1).
+        processes: run the workers in separate processes (each builds its own executor).
+        nthreads: threads per worker (default: the endpoint's concurrency spread over the
+            workers).
+        cluster_options: other ``LocalCluster`` arguments (``dashboard_address``, ...).
+        **config: endpoint keys (``walltime``, ``cache_dir``, ``max_workers``, ...).
+
+    Raises:
+        ConfigError: the endpoint or a key is unknown or invalid (before anything starts).
+    """
+
+    def __init__(self, endpoint: str = "local", *, script: str | os.PathLike[str] | None = None,
+                 default: bool = True, n_workers: int = 1, processes: bool = False,
+                 nthreads: int | None = None, cluster_options: Mapping[str, Any] | None = None,
+                 **config: Any) -> None:
+        if n_workers < 1:
+            raise ValueError("n_workers must be >= 1")
+        script_path = os.path.abspath(script) if script is not None else _default_script()
+        hog = HogExecutor(endpoint, script=script_path, **config)  # validates the endpoint now
+        try:
+            concurrency = max(1, hog.backend.workers)
+        except BaseException:
+            hog.shutdown(wait=False, cancel_futures=True)
+            raise
+        if processes:  # each worker process builds its own from the configuration
+            hog.shutdown(wait=True)
+            self._hog: HogExecutor | None = None
+            task_executor = HogTaskExecutor(endpoint, script=script_path, **config)
+        else:  # in-process workers share this one
+            self._hog = hog
+            task_executor = HogTaskExecutor(endpoint, script=script_path, executor=hog, **config)
+        self.endpoint = hog.endpoint
+        self.concurrency = concurrency
+        executors = {EXECUTOR_NAME: task_executor}
+        if default:
+            executors["default"] = task_executor
+        per_worker = nthreads or max(1, -(-concurrency // n_workers))
+        options = dict(cluster_options or {})
+        try:
+            super().__init__(  # type: ignore[no-untyped-call]
+                n_workers=n_workers, threads_per_worker=per_worker,
+                processes=processes, executor=executors, **options)
+        except BaseException:
+            if self._hog is not None:
+                self._hog.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    async def _close(self) -> None:
+        try:
+            await super()._close()  # type: ignore[no-untyped-call]
+        finally:
+            hog, self._hog = self._hog, None
+            if hog is not None:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: hog.shutdown(wait=True, cancel_futures=True)
+                )
+
+    def __repr__(self) -> str:
+        return (f"<HogCluster endpoint={self.endpoint.name!r} workers={len(self.workers)} "
+                f"threads={self.concurrency}>")
