@@ -81,6 +81,35 @@ def _simple_call(task: Any) -> bool:
     return all(_is_data(a) for a in (*task.args, *task.kwargs.values()))
 
 
+def _user_functions(node: Any, out: list[Any], depth: int = 0) -> None:
+    """Collect the functions of a task tree that are not dask's own (depth first)."""
+    if depth > 50:
+        return
+    if isinstance(node, Task):
+        module = getattr(node.func, "__module__", None) or ""
+        if (not isinstance(node, NestedContainer) and callable(node.func)
+                and module.split(".", 1)[0] not in (*_DASK_PACKAGES, "builtins", "operator")
+                and node.func not in out):
+            out.append(node.func)
+        for a in (*node.args, *node.kwargs.values()):
+            _user_functions(a, out, depth + 1)
+    elif isinstance(node, (list, tuple, set, frozenset)):
+        for a in node:
+            _user_functions(a, out, depth + 1)
+    elif isinstance(node, dict):
+        for a in node.values():
+            _user_functions(a, out, depth + 1)
+
+
+def _make_node_runner(module: str | None) -> Callable[..., Any]:
+    def run_task_tree(node: Any, data: dict[Any, Any]) -> Any:
+        return node(data)
+
+    if module:
+        run_task_tree.__module__ = module
+    return run_task_tree
+
+
 def _message(start: float, delay: float, result: Any = None,
              error: BaseException | None = None) -> dict[str, Any]:
     """What distributed's ``_run_task_simple`` returns to the worker, for one outcome."""
@@ -154,6 +183,7 @@ class HogTaskExecutor(Executor):
         self._hog = executor
         self._owns = executor is None
         self._dask_view: HogExecutor | None = None
+        self._runners: dict[str | None, Callable[..., Any]] = {}
         self._lock = threading.Lock()
         self._local: ThreadPoolExecutor | None = None
         self._closed = False
@@ -185,6 +215,27 @@ class HogTaskExecutor(Executor):
         with self._lock:
             self._dask_view = view
         return view
+
+    def _node_runner(self, task: Any) -> Callable[..., Any]:
+        """A function evaluating ``task`` remotely, seen as part of its user module.
+
+        The executor takes the script (environment, shipped file) from the module of the
+        function it runs: the runner poses as the module of the tree's first user function.
+        Functions of other local, uninstalled modules travel by value.
+        """
+        found: list[Any] = []
+        _user_functions(task, found)
+        main = found[0] if found else None
+        module = getattr(main, "__module__", None)
+        ex = self.executor
+        for fn in found[1:]:
+            if getattr(fn, "__module__", None) != module:
+                ex._pickle_by_value_if_local(fn, None)
+        with self._lock:
+            runner = self._runners.get(module)
+            if runner is None:
+                runner = self._runners[module] = _make_node_runner(module)
+        return runner
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run a worker's task (``_run_task_simple``) as a hog call; anything else locally.
@@ -218,10 +269,8 @@ class HogTaskExecutor(Executor):
                 kwargs = {k: _value(v, data) for k, v in task.kwargs.items()}
                 call: Future[Any] = self.executor.submit(task.func, *args, **kwargs)
             else:
-                from ._dask_node import run_node
-
                 deps = {k: data[k] for k in task.dependencies}
-                call = self._with_dask().submit(run_node, task, deps)
+                call = self._with_dask().submit(self._node_runner(task), task, deps)
         except Exception as exc:  # bad input: the task fails, with this exception
             failed = _TaskFuture()
             failed.set_result(_message(start, delay, error=exc))

@@ -1,0 +1,227 @@
+"""Dask integration: client.map through HogCluster, and the dask backend on a LocalCluster.
+
+Real ``distributed.LocalCluster``s (in-process and separate-process workers), real bundles,
+real uv environments.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import hogtest_deps as deps
+import hogtest_dist as fns
+import pytest
+from conftest import alive
+
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+
+from distributed import Client, LocalCluster, as_completed, wait  # noqa: E402
+
+from hog_executor import ConfigError, HogExecutor, RemoteProcessError  # noqa: E402
+from hog_executor.distributed import HogCluster, HogTaskExecutor  # noqa: E402
+
+NO_DASHBOARD = {"dashboard_address": ":0"}  # any free port: tests may run side by side
+
+
+def _wait_for(predicate, timeout=60.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _read_int(path):
+    with open(path) as f:
+        return int(f.read())
+
+
+# -- HogCluster: client.map through HogExecutor -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hog_client(cache_dir):
+    with HogCluster("local", max_workers=2, cache_dir=cache_dir,
+                    cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
+        yield client
+
+
+def test_cluster_threads_follow_the_endpoint(cache_dir):
+    with HogCluster("local", max_workers=3, cache_dir=cache_dir,
+                    cluster_options=NO_DASHBOARD) as cluster:
+        assert cluster.concurrency == 3
+        assert sum(w.state.nthreads for w in cluster.workers.values()) == 3
+
+
+def test_bad_endpoint_config_fails_before_starting():
+    with pytest.raises(ConfigError, match="no_such_key"):
+        HogCluster("local", no_such_key=1)
+
+
+def test_map_gather_run_in_other_processes(hog_client):
+    futures = hog_client.map(fns.square, range(10))
+    assert hog_client.gather(futures) == [x * x for x in range(10)]
+    pids = set(hog_client.gather(hog_client.map(fns.pid, range(4))))
+    assert os.getpid() not in pids  # the in-process worker handed every task to a bundle
+
+
+def test_submit_scatter_and_dependencies(hog_client):
+    data = hog_client.scatter(40)
+    a = hog_client.submit(fns.add, data, 2)
+    b = hog_client.submit(fns.add, a, a)
+    assert b.result(timeout=120) == 84
+
+
+def test_as_completed_and_wait(hog_client):
+    futures = hog_client.map(fns.slow_square, range(4), seconds=0.1)
+    _, not_done = wait(futures, timeout=120)
+    assert not not_done
+    assert sorted(f.result() for f in as_completed(futures)) == [0, 1, 4, 9]
+
+
+def test_remote_exceptions_keep_their_type(hog_client):
+    with pytest.raises(fns.CustomError, match="broken") as info:
+        hog_client.submit(fns.fail, "broken").result(timeout=120)
+    if sys.version_info >= (3, 11):
+        assert any("Remote traceback" in note for note in info.value.__notes__)
+    with pytest.raises(KeyError):
+        hog_client.submit(fns.fail_key, "k").result(timeout=120)
+
+
+def test_retries_rerun_the_call(hog_client, tmp_path):
+    counter = str(tmp_path / "count")
+    assert hog_client.submit(fns.flaky, counter, retries=2).result(timeout=120) == 2
+
+
+def test_task_trees_run_with_dask_in_the_remote_environment(hog_client):
+    # A nested call is one task the remote side evaluates with dask (added automatically).
+    assert hog_client.get({"x": (fns.add, (fns.add, 1, 2), 3)}, "x") == 6
+
+
+def test_annotation_routes_tasks_to_hog(cache_dir):
+    with HogCluster("local", max_workers=2, cache_dir=cache_dir, default=False,
+                    cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
+        plain = client.submit(fns.pid, "plain").result(timeout=120)
+        with dask.annotate(executor="hog"):
+            routed = client.submit(fns.pid, "hog").result(timeout=120)
+        assert plain == os.getpid()  # ran on the in-process worker's thread
+        assert routed != os.getpid()
+
+
+def test_task_executor_pickles_to_its_configuration(cache_dir):
+    import pickle
+
+    ex = HogTaskExecutor("local", max_workers=1, cache_dir=cache_dir)
+    clone = pickle.loads(pickle.dumps(ex))
+    assert isinstance(clone, HogTaskExecutor)
+    assert clone.executor.endpoint.values["max_workers"] == 1
+    clone.shutdown()
+    ex.shutdown()
+
+
+def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir):
+    with HogCluster("local", max_workers=2, n_workers=2, processes=True, cache_dir=cache_dir,
+                    cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
+        futures = client.map(fns.slow_square, range(8), seconds=0.4)
+        assert _wait_for(lambda: any(f.done() for f in futures), timeout=120)
+        victim = next(iter(client.run(os.getpid).values()))
+        os.kill(victim, signal.SIGKILL)
+        _, not_done = wait(futures, timeout=180)
+        assert not not_done  # every future resolves
+        assert client.gather(futures) == [x * x for x in range(8)]  # lost tasks ran again
+
+
+# -- the dask backend: bundles on an existing cluster ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      **NO_DASHBOARD) as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture
+def dask_ex(dask_client, cache_dir):
+    ex = HogExecutor("dask", client=dask_client, cache_dir=cache_dir)
+    yield ex
+    ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_dask_backend_runs_calls_and_maps(dask_ex):
+    assert dask_ex.backend.workers == 2
+    f = dask_ex.submit(fns.square, 7)
+    assert f.result(timeout=120) == 49
+    assert dask_ex.submit(fns.pid).result(timeout=120) != os.getpid()
+    assert list(dask_ex.map(fns.square, range(9))) == [x * x for x in range(9)]
+    with pytest.raises(fns.CustomError, match="bad"):
+        dask_ex.submit(fns.fail, "bad").result(timeout=120)
+
+
+def test_dask_backend_builds_the_scripts_environment(dask_ex):
+    assert dask_ex.submit(deps.six_version).result(timeout=300) == "1.16.0"
+
+
+def test_dask_backend_cancels_queued_and_running_calls(dask_ex, tmp_path):
+    # No worker has this resource: the task waits on the scheduler until cancelled.
+    queued = dask_ex.options(resources={"HOG_TEST_NONE": 1}).submit(fns.square, 2)
+    assert queued.cancel()
+    assert queued.cancelled()
+    marker = str(tmp_path / "pid")
+    running = dask_ex.submit(fns.record_and_sleep, marker, 120)
+    assert _wait_for(lambda: os.path.exists(marker), timeout=120)
+    pid = _read_int(marker)
+    assert alive(pid)
+    dask_ex.shutdown(wait=True, cancel_futures=True)
+    assert running.cancelled()
+    assert _wait_for(lambda: not alive(pid), timeout=30)  # the bundle's process is stopped
+
+
+def test_dask_backend_config_errors(dask_client):
+    with pytest.raises(ConfigError, match="address"):
+        HogExecutor("dask")
+    with pytest.raises(ConfigError, match="not both"):
+        HogExecutor("dask", client=dask_client, address="tcp://127.0.0.1:1")
+    with pytest.raises(ConfigError, match="resources"):
+        HogExecutor("dask", client=dask_client, resources={"GPU": -1})
+    with pytest.raises(ConfigError, match=r"distributed\.Client"):
+        HogExecutor("dask", client="tcp://127.0.0.1:1")
+
+
+def test_dask_backend_by_address_with_worker_processes_and_worker_loss(cache_dir, tmp_path):
+    # With no allowed failures, a task whose worker dies fails instead of running again.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                               **NO_DASHBOARD)
+    with cluster:
+        ex = HogExecutor("dask", address=cluster.scheduler_address, cache_dir=cache_dir)
+        try:
+            assert ex.submit(fns.square, 5).result(timeout=120) == 25
+            markers = [str(tmp_path / f"pid{i}") for i in range(2)]
+            futures = [ex.submit(fns.record_and_sleep, m, 120) for m in markers]
+            assert _wait_for(lambda: all(os.path.exists(m) for m in markers), timeout=120)
+            pids = [_read_int(m) for m in markers]
+            victim = next(iter(ex.backend.client.run(os.getpid).values()))
+            os.kill(victim, signal.SIGKILL)
+            for f in futures:  # every future resolves, with the worker loss named
+                with pytest.raises(RemoteProcessError, match="died"):
+                    f.result(timeout=120)
+            if subprocess.run(["which", "setpriv"], capture_output=True).returncode == 0:
+                assert _wait_for(lambda: not any(alive(p) for p in pids), timeout=30)
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_importing_hog_executor_imports_no_dask():
+    code = ("import sys, hog_executor, hog_executor.backends; "
+            "hog_executor.backends.backend_class('dask'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
