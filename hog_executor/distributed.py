@@ -11,10 +11,12 @@ Importing this module imports ``distributed``; ``import hog_executor`` does not.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
 from typing import Any
@@ -150,6 +152,23 @@ class _TaskFuture(Future[dict[str, Any]]):
         return super().cancel()
 
 
+class _Pending:
+    """A task waiting for a free slot: the call to make and the worker's future of it."""
+
+    __slots__ = ("args", "delay", "fn", "kwargs", "out", "start", "view")
+
+    def __init__(self, out: _TaskFuture, start: float, delay: float, fn: Callable[..., Any],
+                 args: tuple[Any, ...], kwargs: dict[str, Any],
+                 view: HogExecutor | None) -> None:
+        self.out = out
+        self.start = start
+        self.delay = delay
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.view = view  # None: the plain executor (such calls may share a bundle)
+
+
 def _settle(out: _TaskFuture, msg: dict[str, Any]) -> None:
     try:
         out.set_result(msg)
@@ -170,27 +189,45 @@ class HogTaskExecutor(Executor):
     The instance pickles to its configuration, so workers in other processes build their own
     `HogExecutor` on first use.
 
+    At most ``slots`` calls run at once (default: the endpoint's ``backend.workers``); tasks
+    beyond that wait here. With ``batch`` > 1, waiting tasks of the same function leave
+    together, up to ``batch`` in one bundle (one process start for many short tasks); give the
+    worker ``slots * batch`` threads so that enough tasks reach the executor.
+
     Args:
         endpoint: the endpoint calls run on (as for `HogExecutor`).
         script: the PEP 723 script whose environment and endpoint tables apply.
         executor: an existing `HogExecutor` to use in this process (not shut down here).
+        slots: calls running at once (default: the endpoint's concurrency).
+        batch: most tasks one bundle may carry (default 1: one task, one call).
         **config: endpoint keys, as for `HogExecutor`.
+
+    Raises:
+        ValueError: ``batch`` is below 1.
     """
 
     def __init__(self, endpoint: str = "local", *, script: str | None = None,
-                 executor: HogExecutor | None = None, **config: Any) -> None:
+                 executor: HogExecutor | None = None, slots: int | None = None,
+                 batch: int = 1, **config: Any) -> None:
         self._spec: tuple[str, str | None, dict[str, Any]] = (endpoint, script, dict(config))
+        self._tuning = (slots, batch)
         self._hog = executor
         self._owns = executor is None
         self._dask_view: HogExecutor | None = None
         self._runners: dict[str | None, Callable[..., Any]] = {}
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        self._batch = batch
+        self._slots = slots
+        self._queue: deque[_Pending] = deque()
+        self._running = 0
         self._lock = threading.Lock()
         self._local: ThreadPoolExecutor | None = None
         self._closed = False
 
     def __reduce__(self) -> tuple[Any, ...]:
         endpoint, script, config = self._spec
-        return (_rebuild, (endpoint, script, config))
+        return (_rebuild, (endpoint, script, config, *self._tuning))
 
     @property
     def executor(self) -> HogExecutor:
@@ -255,8 +292,8 @@ class HogTaskExecutor(Executor):
 
     def _run_task(self, task: Any, data: Mapping[Any, Any], delay: float) -> Future[Any]:
         start = time.time()
+        out = _TaskFuture()
         if _is_data(task):
-            out = _TaskFuture()
             try:
                 msg = _message(start, delay, result=task(dict(data)))
             except Exception as exc:
@@ -265,31 +302,86 @@ class HogTaskExecutor(Executor):
             return out
         try:
             if _simple_call(task):
-                args = [_value(a, data) for a in task.args]
+                args = tuple(_value(a, data) for a in task.args)
                 kwargs = {k: _value(v, data) for k, v in task.kwargs.items()}
-                call: Future[Any] = self.executor.submit(task.func, *args, **kwargs)
+                entry = _Pending(out, start, delay, task.func, args, kwargs, None)
             else:
                 deps = {k: data[k] for k in task.dependencies}
-                call = self._with_dask().submit(self._node_runner(task), task, deps)
-        except Exception as exc:  # bad input: the task fails, with this exception
-            failed = _TaskFuture()
-            failed.set_result(_message(start, delay, error=exc))
-            return failed
-        out = _TaskFuture(call)
-
-        def done(f: Future[Any]) -> None:
-            try:
-                error = f.exception()
-            except CancelledError as exc:
-                error = exc
-            if error is None:
-                msg = _message(start, delay, result=f.result())
-            else:
-                msg = _message(start, delay, error=_with_remote_traceback(error))
-            _settle(out, msg)
-
-        call.add_done_callback(done)
+                entry = _Pending(out, start, delay, self._node_runner(task), (task, deps), {},
+                                 self._with_dask())
+            with self._lock:
+                if self._slots is None:
+                    self._slots = max(1, self.executor.backend.workers)
+        except Exception as exc:  # the task fails with this exception
+            out.set_result(_message(start, delay, error=exc))
+            return out
+        with self._lock:
+            self._queue.append(entry)
+        self._pump()
         return out
+
+    def _take(self) -> list[_Pending] | None:
+        """The next group of queued tasks to send as one call (None: nothing to send now)."""
+        with self._lock:
+            while self._queue and self._running < (self._slots or 1):
+                head = self._queue.popleft()
+                if head.out.cancelled():
+                    continue
+                group = [head]
+                if self._batch > 1 and head.view is None:
+                    rest: deque[_Pending] = deque()
+                    while self._queue and len(group) < self._batch:
+                        other = self._queue.popleft()
+                        if other.out.cancelled():
+                            continue
+                        if other.view is None and other.fn is head.fn:
+                            group.append(other)
+                        else:
+                            rest.append(other)
+                    self._queue.extendleft(reversed(rest))
+                self._running += 1
+                return group
+            return None
+
+    def _pump(self) -> None:
+        """Send queued tasks while fewer than ``slots`` calls are running."""
+        while (group := self._take()) is not None:
+            head = group[0]
+            ex = head.view or self.executor
+            try:
+                if len(group) == 1:
+                    calls: list[Future[Any]] = [ex.submit(head.fn, *head.args, **head.kwargs)]
+                else:  # one bundle runs the calls one after the other
+                    calls = list(ex._submit_calls(head.fn, [(e.args, e.kwargs) for e in group],
+                                                  chunksize=len(group)))
+            except Exception as exc:  # bad input (unpicklable, too large): these tasks fail
+                with self._lock:
+                    self._running -= 1
+                for e in group:
+                    _settle(e.out, _message(e.start, e.delay, error=exc))
+                continue
+            left = [len(group)]
+            for e, call in zip(group, calls, strict=True):
+                e.out.call = call
+                call.add_done_callback(functools.partial(self._call_done, e, left))
+
+    def _call_done(self, entry: _Pending, left: list[int], call: Future[Any]) -> None:
+        try:
+            error = call.exception()
+        except CancelledError as exc:
+            error = exc
+        if error is None:
+            msg = _message(entry.start, entry.delay, result=call.result())
+        else:
+            msg = _message(entry.start, entry.delay, error=_with_remote_traceback(error))
+        _settle(entry.out, msg)
+        with self._lock:
+            left[0] -= 1
+            if left[0]:
+                return
+            self._running -= 1
+        if not self._closed:
+            self._pump()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop: calls not finished are cancelled (their processes stopped).
@@ -302,6 +394,9 @@ class HogTaskExecutor(Executor):
                 return
             self._closed = True
             hog, local = self._hog, self._local
+            queued, self._queue = list(self._queue), deque()
+        for entry in queued:
+            entry.out.cancel()
         if local is not None:
             local.shutdown(wait=wait)
         if hog is not None and self._owns:
@@ -323,8 +418,9 @@ def _with_remote_traceback(error: BaseException) -> BaseException:
     return error
 
 
-def _rebuild(endpoint: str, script: str | None, config: dict[str, Any]) -> HogTaskExecutor:
-    return HogTaskExecutor(endpoint, script=script, **config)
+def _rebuild(endpoint: str, script: str | None, config: dict[str, Any], slots: int | None,
+             batch: int) -> HogTaskExecutor:
+    return HogTaskExecutor(endpoint, script=script, slots=slots, batch=batch, **config)
 
 
 def _mentions_dask(deps: tuple[str, ...], script: str | None) -> bool:
@@ -367,7 +463,11 @@ class HogCluster(LocalCluster):
         n_workers: Dask workers to start (default 1).
         processes: run the workers in separate processes (each builds its own executor).
         nthreads: threads per worker (default: the endpoint's concurrency spread over the
-            workers).
+            workers, times ``batch``).
+        batch: up to this many waiting tasks of one function share a bundle (default 1).
+            Worth it for many short tasks: 1,000 trivial tasks cost 1,000 process starts
+            with 1, about 1,000 / ``batch`` with more; a task's result then arrives with its
+            bundle's.
         cluster_options: other ``LocalCluster`` arguments (``dashboard_address``, ...).
         **config: endpoint keys (``walltime``, ``cache_dir``, ``max_workers``, ...).
 
@@ -377,10 +477,12 @@ class HogCluster(LocalCluster):
 
     def __init__(self, endpoint: str = "local", *, script: str | os.PathLike[str] | None = None,
                  default: bool = True, n_workers: int = 1, processes: bool = False,
-                 nthreads: int | None = None, cluster_options: Mapping[str, Any] | None = None,
-                 **config: Any) -> None:
+                 nthreads: int | None = None, batch: int = 1,
+                 cluster_options: Mapping[str, Any] | None = None, **config: Any) -> None:
         if n_workers < 1:
             raise ValueError("n_workers must be >= 1")
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
         script_path = os.path.abspath(script) if script is not None else _default_script()
         hog = HogExecutor(endpoint, script=script_path, **config)  # validates the endpoint now
         try:
@@ -388,19 +490,23 @@ class HogCluster(LocalCluster):
         except BaseException:
             hog.shutdown(wait=False, cancel_futures=True)
             raise
+        slots = max(1, -(-concurrency // n_workers))
         if processes:  # each worker process builds its own from the configuration
             hog.shutdown(wait=True)
             self._hog: HogExecutor | None = None
-            task_executor = HogTaskExecutor(endpoint, script=script_path, **config)
-        else:  # in-process workers share this one
+            task_executor = HogTaskExecutor(endpoint, script=script_path, slots=slots,
+                                            batch=batch, **config)
+        else:  # in-process workers share this one (and its slots)
             self._hog = hog
-            task_executor = HogTaskExecutor(endpoint, script=script_path, executor=hog, **config)
+            task_executor = HogTaskExecutor(endpoint, script=script_path, executor=hog,
+                                            slots=concurrency, batch=batch, **config)
         self.endpoint = hog.endpoint
         self.concurrency = concurrency
         executors = {EXECUTOR_NAME: task_executor}
         if default:
             executors["default"] = task_executor
-        per_worker = nthreads or max(1, -(-concurrency // n_workers))
+        self.batch = batch
+        per_worker = nthreads or slots * batch
         options = dict(cluster_options or {})
         try:
             super().__init__(  # type: ignore[no-untyped-call]

@@ -118,6 +118,19 @@ def test_annotation_routes_tasks_to_hog(cache_dir):
         assert routed != os.getpid()
 
 
+def test_batch_packs_waiting_tasks_into_shared_bundles(cache_dir):
+    with HogCluster("local", max_workers=1, batch=8, cache_dir=cache_dir,
+                    cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
+        assert sum(w.state.nthreads for w in cluster.workers.values()) == 8
+        futures = client.map(fns.pid, range(24))
+        pids = client.gather(futures)
+        assert len(pids) == 24
+        assert len(set(pids)) < 24  # tasks shared processes
+        assert client.gather(client.map(fns.square, range(24))) == [x * x for x in range(24)]
+        with pytest.raises(fns.CustomError):
+            client.submit(fns.fail, "in a batch").result(timeout=120)
+
+
 def test_task_executor_pickles_to_its_configuration(cache_dir):
     import pickle
 
