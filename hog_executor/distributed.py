@@ -386,9 +386,11 @@ class HogTaskExecutor(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop: calls not finished are cancelled (their processes stopped).
 
-        A worker calls this when it closes. An executor handed in (``executor=``) is left
-        running for its owner.
+        A worker calls this when it closes. With an executor handed in (``executor=``, shared
+        by in-process workers) nothing stops: its owner shuts it down.
         """
+        if not self._owns:
+            return
         with self._lock:
             if self._closed:
                 return
@@ -399,7 +401,7 @@ class HogTaskExecutor(Executor):
             entry.out.cancel()
         if local is not None:
             local.shutdown(wait=wait)
-        if hog is not None and self._owns:
+        if hog is not None:
             hog.shutdown(wait=wait, cancel_futures=True)
 
     def __repr__(self) -> str:
