@@ -142,9 +142,11 @@ def test_task_executor_pickles_to_its_configuration(cache_dir):
     ex.shutdown()
 
 
-def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir):
+def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir, tmp_path):
+    # A killed worker cannot remove its executor's work directory: keep it in tmp_path.
+    options = {**NO_DASHBOARD, "env": {"TMPDIR": str(tmp_path)}}
     with HogCluster("local", max_workers=2, n_workers=2, processes=True, cache_dir=cache_dir,
-                    cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
+                    cluster_options=options) as cluster, Client(cluster) as client:
         futures = client.map(fns.slow_square, range(8), seconds=0.4)
         assert _wait_for(lambda: any(f.done() for f in futures), timeout=120)
         victim = next(iter(client.run(os.getpid).values()))
