@@ -22,8 +22,15 @@ from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecu
 from typing import Any
 
 import dask
-from dask._task_spec import Alias, DataNode, GraphNode, NestedContainer, Task, TaskRef
-from distributed import LocalCluster
+from distributed import LocalCluster, WorkerPlugin
+
+try:
+    from dask._task_spec import Alias, DataNode, GraphNode, NestedContainer, Task, TaskRef
+except ImportError as exc:  # pragma: no cover - older dask
+    raise ImportError(
+        "hog_executor.distributed needs dask and distributed 2025.1 or later "
+        "(pip install -U 'hog-executor[dask]')"
+    ) from exc
 
 from .executor import HogExecutor
 
@@ -155,7 +162,7 @@ class _TaskFuture(Future[dict[str, Any]]):
 class _Pending:
     """A task waiting for a free slot: the call to make and the worker's future of it."""
 
-    __slots__ = ("args", "delay", "fn", "kwargs", "out", "start", "view")
+    __slots__ = ("args", "delay", "dropped", "fn", "key", "kwargs", "out", "start", "view")
 
     def __init__(self, out: _TaskFuture, start: float, delay: float, fn: Callable[..., Any],
                  args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -167,6 +174,8 @@ class _Pending:
         self.args = args
         self.kwargs = kwargs
         self.view = view  # None: the plain executor (such calls may share a bundle)
+        self.key: Any = None
+        self.dropped = False  # cancelled while waiting for a slot
 
 
 def _settle(out: _TaskFuture, msg: dict[str, Any]) -> None:
@@ -220,6 +229,7 @@ class HogTaskExecutor(Executor):
         self._batch = batch
         self._slots = slots
         self._queue: deque[_Pending] = deque()
+        self._inflight: dict[Any, _Pending] = {}
         self._running = 0
         self._lock = threading.Lock()
         self._local: ThreadPoolExecutor | None = None
@@ -253,6 +263,14 @@ class HogTaskExecutor(Executor):
             self._dask_view = view
         return view
 
+    def worker_plugin(self) -> WorkerPlugin:
+        """A worker plugin that cancels this executor's waiting tasks the scheduler releases.
+
+        Give it to the worker along with the executor (``plugins=[ex.worker_plugin()]``);
+        `HogCluster` does.
+        """
+        return _ReleaseWatcher(self)
+
     def _node_runner(self, task: Any) -> Callable[..., Any]:
         """A function evaluating ``task`` remotely, seen as part of its user module.
 
@@ -284,11 +302,13 @@ class HogTaskExecutor(Executor):
             raise RuntimeError("cannot schedule new tasks after shutdown")
         if _is_run_task(fn) and not kwargs and len(args) == 3:
             return self._run_task(*args)
+        return self._local_pool().submit(fn, *args, **kwargs)
+
+    def _local_pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._local is None:
                 self._local = ThreadPoolExecutor(1, thread_name_prefix="hog-worker-local")
-            local = self._local
-        return local.submit(fn, *args, **kwargs)
+            return self._local
 
     def _run_task(self, task: Any, data: Mapping[Any, Any], delay: float) -> Future[Any]:
         start = time.time()
@@ -315,24 +335,51 @@ class HogTaskExecutor(Executor):
         except Exception as exc:  # the task fails with this exception
             out.set_result(_message(start, delay, error=exc))
             return out
+        entry.key = getattr(task, "key", None)
         with self._lock:
             self._queue.append(entry)
+            if entry.key is not None:
+                self._inflight[entry.key] = entry
         self._pump()
         return out
+
+    def cancel_task(self, key: Any) -> None:
+        """The worker released task ``key``: drop it if it waits, cancel its call if queued.
+
+        A call already running on the endpoint finishes (its result is dropped). Does not
+        block: the worker's state machine calls this.
+        """
+        with self._lock:
+            entry = self._inflight.get(key)
+            if entry is None:
+                return
+            waiting = entry.out.call is None and not entry.dropped
+            if waiting:
+                entry.dropped = True
+                self._inflight.pop(key, None)
+                try:
+                    self._queue.remove(entry)
+                except ValueError:
+                    pass
+            call = entry.out.call
+        if waiting:
+            _settle(entry.out, _message(entry.start, entry.delay, error=CancelledError()))
+        elif call is not None and not self._closed:
+            self._local_pool().submit(call.cancel)  # a backend may block while cancelling
 
     def _take(self) -> list[_Pending] | None:
         """The next group of queued tasks to send as one call (None: nothing to send now)."""
         with self._lock:
             while self._queue and self._running < (self._slots or 1):
                 head = self._queue.popleft()
-                if head.out.cancelled():
+                if head.dropped or head.out.cancelled():
                     continue
                 group = [head]
                 if self._batch > 1 and head.view is None:
                     rest: deque[_Pending] = deque()
                     while self._queue and len(group) < self._batch:
                         other = self._queue.popleft()
-                        if other.out.cancelled():
+                        if other.dropped or other.out.cancelled():
                             continue
                         if other.view is None and other.fn is head.fn:
                             group.append(other)
@@ -357,6 +404,8 @@ class HogTaskExecutor(Executor):
             except Exception as exc:  # bad input (unpicklable, too large): these tasks fail
                 with self._lock:
                     self._running -= 1
+                    for e in group:
+                        self._inflight.pop(e.key, None)
                 for e in group:
                     _settle(e.out, _message(e.start, e.delay, error=exc))
                 continue
@@ -376,6 +425,7 @@ class HogTaskExecutor(Executor):
             msg = _message(entry.start, entry.delay, error=_with_remote_traceback(error))
         _settle(entry.out, msg)
         with self._lock:
+            self._inflight.pop(entry.key, None)
             left[0] -= 1
             if left[0]:
                 return
@@ -418,6 +468,19 @@ def _with_remote_traceback(error: BaseException) -> BaseException:
         if note not in getattr(error, "__notes__", ()):
             error.add_note(note)
     return error
+
+
+class _ReleaseWatcher(WorkerPlugin):
+    """A worker plugin: tasks the scheduler releases while executing are cancelled here."""
+
+    name = "hog-executor-release-watcher"
+
+    def __init__(self, executor: HogTaskExecutor) -> None:
+        self.executor = executor
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if start == "executing" and finish == "released":
+            self.executor.cancel_task(key)
 
 
 def _rebuild(endpoint: str, script: str | None, config: dict[str, Any], slots: int | None,
@@ -510,6 +573,7 @@ class HogCluster(LocalCluster):
         self.batch = batch
         per_worker = nthreads or slots * batch
         options = dict(cluster_options or {})
+        options["plugins"] = [*options.get("plugins", ()), task_executor.worker_plugin()]
         try:
             super().__init__(  # type: ignore[no-untyped-call]
                 n_workers=n_workers, threads_per_worker=per_worker,

@@ -131,6 +131,22 @@ def test_batch_packs_waiting_tasks_into_shared_bundles(cache_dir):
             client.submit(fns.fail, "in a batch").result(timeout=120)
 
 
+def test_cancelled_tasks_waiting_for_a_slot_never_run(cache_dir, tmp_path):
+    with HogCluster("local", max_workers=1, batch=2, cache_dir=cache_dir,
+                    cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
+        first = client.submit(fns.record_and_sleep, str(tmp_path / "first"), 2)
+        assert _wait_for(lambda: (tmp_path / "first").exists(), timeout=120)
+        # The worker has a second thread, so this task reaches the executor and waits there.
+        second = client.submit(fns.record_and_sleep, str(tmp_path / "second"), 0)
+        worker = next(iter(cluster.workers.values()))
+        assert _wait_for(lambda: len(worker.state.executing) == 2, timeout=60)
+        client.cancel(second)
+        assert first.result(timeout=120) == "slept"
+        assert _wait_for(lambda: not worker.state.executing, timeout=60)  # the slot is free
+        assert not (tmp_path / "second").exists()
+        assert client.submit(fns.square, 4).result(timeout=120) == 16
+
+
 def test_task_executor_pickles_to_its_configuration(cache_dir):
     import pickle
 
