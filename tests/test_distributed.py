@@ -213,6 +213,7 @@ def test_dask_backend_cancels_queued_and_running_calls(dask_ex, tmp_path):
     assert _wait_for(lambda: os.path.exists(marker), timeout=120)
     pid = _read_int(marker)
     assert alive(pid)
+    assert _wait_for(running.running, timeout=30)  # the worker reported the start
     dask_ex.shutdown(wait=True, cancel_futures=True)
     assert running.cancelled()
     assert _wait_for(lambda: not alive(pid), timeout=30)  # the bundle's process is stopped
