@@ -233,6 +233,7 @@ class HogTaskExecutor(Executor):
         self._running = 0
         self._lock = threading.Lock()
         self._local: ThreadPoolExecutor | None = None
+        self._sender: ThreadPoolExecutor | None = None
         self._closed = False
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -320,6 +321,19 @@ class HogTaskExecutor(Executor):
                 msg = _message(start, delay, error=exc)
             out.set_result(msg)
             return out
+        # Pickling arguments and submitting (sbatch, a service call) must not hold up the
+        # worker's event loop: one thread prepares and sends, in the order tasks arrive.
+        self._submitter().submit(self._enqueue, out, task, data, start, delay)
+        return out
+
+    def _submitter(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._sender is None:
+                self._sender = ThreadPoolExecutor(1, thread_name_prefix="hog-worker-submit")
+            return self._sender
+
+    def _enqueue(self, out: _TaskFuture, task: Any, data: Mapping[Any, Any], start: float,
+                 delay: float) -> None:
         try:
             if _simple_call(task):
                 args = tuple(_value(a, data) for a in task.args)
@@ -329,19 +343,17 @@ class HogTaskExecutor(Executor):
                 deps = {k: data[k] for k in task.dependencies}
                 entry = _Pending(out, start, delay, self._node_runner(task), (task, deps), {},
                                  self._with_dask())
-            with self._lock:
-                if self._slots is None:
-                    self._slots = max(1, self.executor.backend.workers)
+            if self._slots is None:
+                self._slots = max(1, self.executor.backend.workers)
         except Exception as exc:  # the task fails with this exception
-            out.set_result(_message(start, delay, error=exc))
-            return out
+            _settle(out, _message(start, delay, error=exc))
+            return
         entry.key = getattr(task, "key", None)
         with self._lock:
             self._queue.append(entry)
             if entry.key is not None:
                 self._inflight[entry.key] = entry
         self._pump()
-        return out
 
     def cancel_task(self, key: Any) -> None:
         """The worker released task ``key``: drop it if it waits, cancel its call if queued.
@@ -431,7 +443,10 @@ class HogTaskExecutor(Executor):
                 return
             self._running -= 1
         if not self._closed:
-            self._pump()
+            try:
+                self._submitter().submit(self._pump)
+            except RuntimeError:  # shut down meanwhile
+                pass
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop: calls not finished are cancelled (their processes stopped).
@@ -445,12 +460,13 @@ class HogTaskExecutor(Executor):
             if self._closed:
                 return
             self._closed = True
-            hog, local = self._hog, self._local
+            hog, pools = self._hog, (self._sender, self._local)
             queued, self._queue = list(self._queue), deque()
         for entry in queued:
             entry.out.cancel()
-        if local is not None:
-            local.shutdown(wait=wait)
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=wait, cancel_futures=True)
         if hog is not None:
             hog.shutdown(wait=wait, cancel_futures=True)
 

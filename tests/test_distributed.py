@@ -147,6 +147,28 @@ def test_cancelled_tasks_waiting_for_a_slot_never_run(cache_dir, tmp_path):
         assert client.submit(fns.square, 4).result(timeout=120) == 16
 
 
+def test_task_executor_on_a_plain_worker(cache_dir):
+    from distributed import Scheduler, Worker
+
+    async def run():
+        ex = HogTaskExecutor("local", max_workers=1, cache_dir=cache_dir)
+        async with Scheduler(dashboard_address=":0") as scheduler, \
+                Worker(scheduler.address, nthreads=2, executor={"hog": ex},
+                       plugins=[ex.worker_plugin()]), \
+                Client(scheduler.address, asynchronous=True) as client:
+            with dask.annotate(executor="hog"):
+                futures = client.map(fns.pid, range(3))
+            pids = await client.gather(futures)
+            local = await client.submit(fns.pid, "here")
+        return pids, local
+
+    import asyncio
+
+    pids, local = asyncio.run(run())
+    assert local == os.getpid()
+    assert os.getpid() not in pids
+
+
 def test_task_executor_pickles_to_its_configuration(cache_dir):
     import pickle
 
