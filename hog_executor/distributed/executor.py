@@ -1,19 +1,8 @@
-"""``client.map`` through HogExecutor: a Dask cluster whose workers run tasks as hog calls.
-
-`HogCluster` is a ``distributed.LocalCluster`` whose workers hand their tasks to a
-`HogTaskExecutor`: each task becomes one call on the endpoint (its own process, its own uv
-environment, the endpoint's machines), while the scheduler, the dashboard, ``as_completed``,
-``gather``, ``scatter``, retries and annotations stay those of ``distributed``.
-
-Importing this module imports ``distributed``; ``import hog_executor`` does not.
-"""
+"""`HogTaskExecutor`: the executor a Dask worker hands its tasks to."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import os
-import sys
 import threading
 import time
 from collections import deque
@@ -22,128 +11,25 @@ from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecu
 from typing import Any
 
 import dask
-from distributed import LocalCluster, WorkerPlugin
+from distributed import WorkerPlugin
 
-try:
-    from dask._task_spec import Alias, DataNode, GraphNode, NestedContainer, Task, TaskRef
-except ImportError as exc:  # pragma: no cover - older dask
-    raise ImportError(
-        "hog_executor.distributed needs dask and distributed 2025.1 or later "
-        "(pip install -U 'hog-executor[dask]')"
-    ) from exc
+from ..executor import HogExecutor
+from .tasks import (
+    is_data,
+    is_simple_call,
+    make_node_runner,
+    task_message,
+    user_functions,
+    value_of,
+)
 
-from .executor import HogExecutor
-
-__all__ = ["HogCluster", "HogTaskExecutor"]
-
-#: The name under which workers know the executor (``dask.annotate(executor="hog")``).
-EXECUTOR_NAME = "hog"
+__all__ = ["HogTaskExecutor"]
 
 _RUN_TASK = ("distributed.worker", "_run_task_simple")
-_DASK_PACKAGES = ("dask", "distributed")
 
 
 def _is_run_task(fn: Any) -> bool:
     return (getattr(fn, "__module__", None), getattr(fn, "__name__", None)) == _RUN_TASK
-
-
-def _plain(value: Any, depth: int = 0) -> bool:
-    """Whether a literal argument holds no graph node (so it needs no dask remotely)."""
-    if isinstance(value, (GraphNode, TaskRef)):
-        return False
-    if depth > 3:
-        return True
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return all(_plain(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(_plain(v, depth + 1) for v in value.values())
-    return True
-
-
-def _is_data(node: Any) -> bool:
-    """Whether evaluating ``node`` only moves data around (runs no user function)."""
-    if isinstance(node, (TaskRef, DataNode, Alias)):
-        return True
-    if isinstance(node, NestedContainer):
-        return all(_is_data(a) for a in node.args)
-    if isinstance(node, GraphNode):
-        return False
-    return _plain(node)
-
-
-def _value(arg: Any, data: Mapping[Any, Any]) -> Any:
-    """The value of a simple argument, its dependencies taken from ``data``."""
-    if isinstance(arg, TaskRef):
-        return data[arg.key]
-    if isinstance(arg, GraphNode):
-        return arg({k: data[k] for k in arg.dependencies})
-    return arg
-
-
-def _simple_call(task: Any) -> bool:
-    """Whether ``task`` is one plain function applied to data (no dask needed remotely)."""
-    if type(task) is not Task:
-        return False
-    module = getattr(task.func, "__module__", None) or ""
-    if module.split(".", 1)[0] in _DASK_PACKAGES:
-        return False
-    return all(_is_data(a) for a in (*task.args, *task.kwargs.values()))
-
-
-def _user_functions(node: Any, out: list[Any], depth: int = 0) -> None:
-    """Collect the functions of a task tree that are not dask's own (depth first)."""
-    if depth > 50:
-        return
-    if isinstance(node, Task):
-        module = getattr(node.func, "__module__", None) or ""
-        if (not isinstance(node, NestedContainer) and callable(node.func)
-                and module.split(".", 1)[0] not in (*_DASK_PACKAGES, "builtins", "operator")
-                and node.func not in out):
-            out.append(node.func)
-        for a in (*node.args, *node.kwargs.values()):
-            _user_functions(a, out, depth + 1)
-    elif isinstance(node, (list, tuple, set, frozenset)):
-        for a in node:
-            _user_functions(a, out, depth + 1)
-    elif isinstance(node, dict):
-        for a in node.values():
-            _user_functions(a, out, depth + 1)
-
-
-def _make_node_runner(module: str | None) -> Callable[..., Any]:
-    def run_task_tree(node: Any, data: dict[Any, Any]) -> Any:
-        return node(data)
-
-    if module:
-        run_task_tree.__module__ = module
-    return run_task_tree
-
-
-def _message(start: float, delay: float, result: Any = None,
-             error: BaseException | None = None) -> dict[str, Any]:
-    """What distributed's ``_run_task_simple`` returns to the worker, for one outcome."""
-    stop = time.time()
-    msg: dict[str, Any]
-    if error is None:
-        from dask.sizeof import sizeof
-
-        msg = {
-            "op": "task-finished",
-            "status": "OK",
-            "result": result,
-            "nbytes": sizeof(result),
-            "type": type(result) if result is not None else None,
-        }
-    else:
-        from distributed.core import error_message
-
-        msg = dict(error_message(error))
-        msg["op"] = "task-erred"
-        msg["actual_exception"] = error
-    msg["start"] = start + delay
-    msg["stop"] = stop + delay
-    msg["thread"] = threading.get_ident()
-    return msg
 
 
 class _TaskFuture(Future[dict[str, Any]]):
@@ -280,7 +166,7 @@ class HogTaskExecutor(Executor):
         Functions of other local, uninstalled modules travel by value.
         """
         found: list[Any] = []
-        _user_functions(task, found)
+        user_functions(task, found)
         main = found[0] if found else None
         module = getattr(main, "__module__", None)
         ex = self.executor
@@ -290,7 +176,7 @@ class HogTaskExecutor(Executor):
         with self._lock:
             runner = self._runners.get(module)
             if runner is None:
-                runner = self._runners[module] = _make_node_runner(module)
+                runner = self._runners[module] = make_node_runner(module)
         return runner
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -314,11 +200,11 @@ class HogTaskExecutor(Executor):
     def _run_task(self, task: Any, data: Mapping[Any, Any], delay: float) -> Future[Any]:
         start = time.time()
         out = _TaskFuture()
-        if _is_data(task):
+        if is_data(task):
             try:
-                msg = _message(start, delay, result=task(dict(data)))
+                msg = task_message(start, delay, result=task(dict(data)))
             except Exception as exc:
-                msg = _message(start, delay, error=exc)
+                msg = task_message(start, delay, error=exc)
             out.set_result(msg)
             return out
         # Pickling arguments and submitting (sbatch, a service call) must not hold up the
@@ -335,9 +221,9 @@ class HogTaskExecutor(Executor):
     def _enqueue(self, out: _TaskFuture, task: Any, data: Mapping[Any, Any], start: float,
                  delay: float) -> None:
         try:
-            if _simple_call(task):
-                args = tuple(_value(a, data) for a in task.args)
-                kwargs = {k: _value(v, data) for k, v in task.kwargs.items()}
+            if is_simple_call(task):
+                args = tuple(value_of(a, data) for a in task.args)
+                kwargs = {k: value_of(v, data) for k, v in task.kwargs.items()}
                 entry = _Pending(out, start, delay, task.func, args, kwargs, None)
             else:
                 deps = {k: data[k] for k in task.dependencies}
@@ -346,7 +232,7 @@ class HogTaskExecutor(Executor):
             if self._slots is None:
                 self._slots = max(1, self.executor.backend.workers)
         except Exception as exc:  # the task fails with this exception
-            _settle(out, _message(start, delay, error=exc))
+            _settle(out, task_message(start, delay, error=exc))
             return
         entry.key = getattr(task, "key", None)
         with self._lock:
@@ -375,7 +261,7 @@ class HogTaskExecutor(Executor):
                     pass
             call = entry.out.call
         if waiting:
-            _settle(entry.out, _message(entry.start, entry.delay, error=CancelledError()))
+            _settle(entry.out, task_message(entry.start, entry.delay, error=CancelledError()))
         elif call is not None and not self._closed:
             self._local_pool().submit(call.cancel)  # a backend may block while cancelling
 
@@ -419,7 +305,7 @@ class HogTaskExecutor(Executor):
                     for e in group:
                         self._inflight.pop(e.key, None)
                 for e in group:
-                    _settle(e.out, _message(e.start, e.delay, error=exc))
+                    _settle(e.out, task_message(e.start, e.delay, error=exc))
                 continue
             left = [len(group)]
             for e, call in zip(group, calls, strict=True):
@@ -432,9 +318,9 @@ class HogTaskExecutor(Executor):
         except CancelledError as exc:
             error = exc
         if error is None:
-            msg = _message(entry.start, entry.delay, result=call.result())
+            msg = task_message(entry.start, entry.delay, result=call.result())
         else:
-            msg = _message(entry.start, entry.delay, error=_with_remote_traceback(error))
+            msg = task_message(entry.start, entry.delay, error=_with_remote_traceback(error))
         _settle(entry.out, msg)
         with self._lock:
             self._inflight.pop(entry.key, None)
@@ -476,7 +362,7 @@ class HogTaskExecutor(Executor):
 
 def _with_remote_traceback(error: BaseException) -> BaseException:
     """Keep the remote traceback in a note: ``__cause__`` does not survive pickling."""
-    from .errors import RemoteTraceback
+    from ..errors import RemoteTraceback
 
     cause = error.__cause__
     if isinstance(cause, RemoteTraceback) and hasattr(error, "add_note"):
@@ -507,108 +393,9 @@ def _rebuild(endpoint: str, script: str | None, config: dict[str, Any], slots: i
 def _mentions_dask(deps: tuple[str, ...], script: str | None) -> bool:
     from packaging.requirements import Requirement
 
-    from .script import load_script
+    from ..script import load_script
 
     names = list(deps)
     if script is not None:
         names.extend(load_script(script).dependencies)
     return any(Requirement(d).name.lower() == "dask" for d in names)
-
-
-def _default_script() -> str | None:
-    """The ``__main__`` file when it has a PEP 723 block (as `HogExecutor` would pick)."""
-    from .script import load_script
-
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main and main.endswith(".py") and os.path.isfile(main) and load_script(main).has_block:
-        return str(os.path.abspath(main))
-    return None
-
-
-class HogCluster(LocalCluster):
-    """A Dask cluster whose tasks run as hog calls on an endpoint.
-
-    Use it as any cluster: ``Client(HogCluster("anvil"))``. The scheduler and workers run
-    here (threads, or processes with ``processes=True``); every task routed to the hog
-    executor runs through a `HogExecutor` on ``endpoint``, so its concurrency is the
-    endpoint's: the workers' threads together equal ``backend.workers`` of the endpoint
-    (``max_workers`` of ``local``, ``max_parallel`` of ``slurm``, ...), whatever this
-    machine's cores.
-
-    Args:
-        endpoint: where calls run (as for `HogExecutor`).
-        script: the PEP 723 script whose environment and endpoint tables apply; default: the
-            ``__main__`` file when it has a PEP 723 block.
-        default: route every task to the hog executor. With ``False``, only tasks annotated
-            with ``dask.annotate(executor="hog")`` go there; others run on the workers' threads.
-        n_workers: Dask workers to start (default 1).
-        processes: run the workers in separate processes (each builds its own executor).
-        nthreads: threads per worker (default: the endpoint's concurrency spread over the
-            workers, times ``batch``).
-        batch: up to this many waiting tasks of one function share a bundle (default 1).
-            Worth it for many short tasks: 1,000 trivial tasks cost 1,000 process starts
-            with 1, about 1,000 / ``batch`` with more; a task's result then arrives with its
-            bundle's.
-        cluster_options: other ``LocalCluster`` arguments (``dashboard_address``, ...).
-        **config: endpoint keys (``walltime``, ``cache_dir``, ``max_workers``, ...).
-
-    Raises:
-        ConfigError: the endpoint or a key is unknown or invalid (before anything starts).
-    """
-
-    def __init__(self, endpoint: str = "local", *, script: str | os.PathLike[str] | None = None,
-                 default: bool = True, n_workers: int = 1, processes: bool = False,
-                 nthreads: int | None = None, batch: int = 1,
-                 cluster_options: Mapping[str, Any] | None = None, **config: Any) -> None:
-        if n_workers < 1:
-            raise ValueError("n_workers must be >= 1")
-        if batch < 1:
-            raise ValueError("batch must be >= 1")
-        script_path = os.path.abspath(script) if script is not None else _default_script()
-        hog = HogExecutor(endpoint, script=script_path, **config)  # validates the endpoint now
-        try:
-            concurrency = max(1, hog.backend.workers)
-        except BaseException:
-            hog.shutdown(wait=False, cancel_futures=True)
-            raise
-        slots = max(1, -(-concurrency // n_workers))
-        if processes:  # each worker process builds its own from the configuration
-            hog.shutdown(wait=True)
-            self._hog: HogExecutor | None = None
-            task_executor = HogTaskExecutor(endpoint, script=script_path, slots=slots,
-                                            batch=batch, **config)
-        else:  # in-process workers share this one (and its slots)
-            self._hog = hog
-            task_executor = HogTaskExecutor(endpoint, script=script_path, executor=hog,
-                                            slots=concurrency, batch=batch, **config)
-        self.endpoint = hog.endpoint
-        self.concurrency = concurrency
-        executors = {EXECUTOR_NAME: task_executor}
-        if default:
-            executors["default"] = task_executor
-        self.batch = batch
-        per_worker = nthreads or slots * batch
-        options = dict(cluster_options or {})
-        options["plugins"] = [*options.get("plugins", ()), task_executor.worker_plugin()]
-        try:
-            super().__init__(  # type: ignore[no-untyped-call]
-                n_workers=n_workers, threads_per_worker=per_worker,
-                processes=processes, executor=executors, **options)
-        except BaseException:
-            if self._hog is not None:
-                self._hog.shutdown(wait=False, cancel_futures=True)
-            raise
-
-    async def _close(self) -> None:
-        try:
-            await super()._close()  # type: ignore[no-untyped-call]
-        finally:
-            hog, self._hog = self._hog, None
-            if hog is not None:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: hog.shutdown(wait=True, cancel_futures=True)
-                )
-
-    def __repr__(self) -> str:
-        return (f"<HogCluster endpoint={self.endpoint.name!r} workers={len(self.workers)} "
-                f"threads={self.concurrency}>")
