@@ -46,6 +46,37 @@ def _read_int(path):
         return int(f.read())
 
 
+# -- reading tasks ----------------------------------------------------------------------------
+
+
+def test_task_reading():
+    from dask._task_spec import Alias, List, Task, TaskRef
+    from dask.utils import apply
+
+    from hog_executor.distributed.tasks import (
+        is_data,
+        is_simple_call,
+        user_functions,
+        value_of,
+    )
+
+    simple = Task("k", fns.add, TaskRef("a"), 2)
+    assert is_simple_call(simple) and not is_data(simple)
+    assert value_of(simple.args[0], {"a": 40}) == 40
+    gathered = Task("k", fns.add, List(TaskRef("a"), TaskRef("b")), b=1)
+    assert is_simple_call(gathered)
+    assert value_of(gathered.args[0], {"a": 1, "b": 2}) == [1, 2]
+    nested = Task("k", fns.add, Task(None, fns.square, 2), 3)
+    assert not is_simple_call(nested)
+    found = []
+    user_functions(nested, found)
+    assert found == [fns.add, fns.square]
+    assert not is_simple_call(Task("k", apply, fns.add, [1, 2]))  # dask's own function
+    assert not is_simple_call(Task("k", fns.add, [TaskRef("a")], 1))  # a ref in a literal
+    assert is_data(List(TaskRef("a"), 3)) and is_data(Alias("x", "y"))
+    assert not is_data(List(nested))
+
+
 # -- HogCluster: client.map through HogExecutor -----------------------------------------------
 
 
