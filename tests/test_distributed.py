@@ -165,7 +165,7 @@ def test_batch_packs_waiting_tasks_into_shared_bundles(cache_dir):
 def test_cancelled_tasks_waiting_for_a_slot_never_run(cache_dir, tmp_path):
     with HogCluster("local", max_workers=1, batch=2, cache_dir=cache_dir,
                     cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
-        first = client.submit(fns.record_and_sleep, str(tmp_path / "first"), 2)
+        first = client.submit(fns.record_and_sleep, str(tmp_path / "first"), 4)
         assert _wait_for(lambda: (tmp_path / "first").exists(), timeout=120)
         # The worker has a second thread, so this task reaches the executor and waits there.
         second = client.submit(fns.record_and_sleep, str(tmp_path / "second"), 0)
