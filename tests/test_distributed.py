@@ -223,6 +223,8 @@ def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir, tmp_
         _, not_done = wait(futures, timeout=180)
         assert not not_done  # every future resolves
         assert client.gather(futures) == [x * x for x in range(8)]  # lost tasks ran again
+        with pytest.raises(fns.CustomError, match="across processes"):
+            client.submit(fns.fail, "across processes").result(timeout=120)
 
 
 # -- the dask backend: bundles on an existing cluster ----------------------------------------
