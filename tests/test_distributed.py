@@ -7,6 +7,7 @@ real uv environments.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 import hogtest_deps as deps
 import hogtest_dist as fns
 import pytest
-from conftest import alive
+from conftest import alive, session_processes
 
 try:
     import dask
@@ -211,18 +212,27 @@ def test_task_executor_pickles_to_its_configuration(cache_dir):
     ex.shutdown()
 
 
-def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir, tmp_path):
-    # A killed worker cannot remove its executor's work directory: keep it in tmp_path.
-    options = {**NO_DASHBOARD, "env": {"TMPDIR": str(tmp_path)}}
+def _executor_workdir(dask_worker):
+    hog = dask_worker.executors["hog"]._hog
+    return (os.getpid(), hog.backend.workdir if hog is not None else None)
+
+
+def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir):
     with HogCluster("local", max_workers=2, n_workers=2, processes=True, cache_dir=cache_dir,
-                    cluster_options=options) as cluster, Client(cluster) as client:
+                    cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
         futures = client.map(fns.slow_square, range(8), seconds=0.4)
         assert _wait_for(lambda: any(f.done() for f in futures), timeout=120)
-        victim = next(iter(client.run(os.getpid).values()))
+        running = [v for v in client.run(_executor_workdir).values() if v[1]]
+        victim, workdir = running[0]
         os.kill(victim, signal.SIGKILL)
-        _, not_done = wait(futures, timeout=180)
-        assert not not_done  # every future resolves
-        assert client.gather(futures) == [x * x for x in range(8)]  # lost tasks ran again
+        try:
+            _, not_done = wait(futures, timeout=180)
+            assert not not_done  # every future resolves
+            assert client.gather(futures) == [x * x for x in range(8)]  # lost tasks ran again
+        finally:  # a killed process cannot remove its executor's work directory
+            # The bundles it had started end on their own.
+            assert _wait_for(lambda: not session_processes(workdir), timeout=60)
+            shutil.rmtree(workdir, ignore_errors=True)
         with pytest.raises(fns.CustomError, match="across processes"):
             client.submit(fns.fail, "across processes").result(timeout=120)
 

@@ -17,6 +17,15 @@ __all__ = ["EXECUTOR_NAME", "HogCluster"]
 
 #: The name under which workers know the executor (``dask.annotate(executor="hog")``).
 EXECUTOR_NAME = "hog"
+#: Seconds worker processes get to stop their calls when the cluster closes.
+STOP_TIMEOUT = 60.0
+
+
+async def _stop_hog_executor(dask_worker: Any) -> None:
+    """Run on each worker before the cluster closes: stop its hog executor (in a thread)."""
+    executor = dask_worker.executors.get(EXECUTOR_NAME)
+    if executor is not None:
+        await asyncio.to_thread(executor.shutdown)
 
 
 def _default_script() -> str | None:
@@ -104,6 +113,8 @@ class HogCluster(LocalCluster):
             raise
 
     async def _close(self) -> None:
+        if self._hog is None:
+            await self._stop_worker_executors()
         try:
             await super()._close()  # type: ignore[no-untyped-call]
         finally:
@@ -112,6 +123,26 @@ class HogCluster(LocalCluster):
                 await asyncio.get_running_loop().run_in_executor(
                     None, lambda: hog.shutdown(wait=True, cancel_futures=True)
                 )
+
+    async def _stop_worker_executors(self) -> None:
+        """Let worker processes stop their calls and clean up before they are told to exit.
+
+        A closing worker process gets a few seconds before its nanny terminates it; stopping
+        the executors first keeps that deadline from cutting their clean-up short.
+        """
+        comm = getattr(self, "scheduler_comm", None)
+        if comm is None or self.status.name in ("closing", "closed"):
+            return
+        from distributed.protocol.pickle import dumps
+
+        msg = {"op": "run", "wait": True}
+        for name, value in (("function", _stop_hog_executor), ("args", ()), ("kwargs", {})):
+            msg[name] = dumps(value)  # type: ignore[no-untyped-call]
+        try:
+            await asyncio.wait_for(comm.broadcast(msg=msg, on_error="return_pickle"),
+                                   STOP_TIMEOUT)
+        except Exception:  # the workers' own close still runs
+            pass
 
     def __repr__(self) -> str:
         return (f"<HogCluster endpoint={self.endpoint.name!r} workers={len(self.workers)} "

@@ -131,6 +131,8 @@ class HogTaskExecutor(Executor):
         """The `HogExecutor` running the calls (created on first use in this process)."""
         with self._lock:
             if self._hog is None:
+                if self._closed:
+                    raise RuntimeError("the executor is shut down")
                 endpoint, script, config = self._spec
                 self._hog = HogExecutor(endpoint, script=script, **config)
             return self._hog
@@ -335,7 +337,8 @@ class HogTaskExecutor(Executor):
                 pass
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop: calls not finished are cancelled (their processes stopped).
+        """Stop: calls not finished are cancelled (their processes stopped), even without
+        ``wait``: the backend's clean-up always completes before this returns.
 
         A worker calls this when it closes. With an executor handed in (``executor=``, shared
         by in-process workers) nothing stops: its owner shuts it down.
@@ -354,7 +357,9 @@ class HogTaskExecutor(Executor):
             if pool is not None:
                 pool.shutdown(wait=wait, cancel_futures=True)
         if hog is not None:
-            hog.shutdown(wait=wait, cancel_futures=True)
+            # Always wait: a worker process exits right after closing, and the backend's
+            # cleanup (stopping running calls, removing its work directory) must be done.
+            hog.shutdown(wait=True, cancel_futures=True)
 
     def __repr__(self) -> str:
         return f"<HogTaskExecutor {self._spec[0]!r}>"
