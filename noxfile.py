@@ -29,7 +29,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package."""
-    session.install("-e", ".", "mypy>=1.11")
+    session.install("-e", ".[dask]", "mypy>=1.11")
     session.run("mypy")
 
 
@@ -43,7 +43,7 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Run every benchmark; each prints ratios against a baseline measured in the same run."""
-    session.install("-e", ".[globus]")
+    session.install("-e", ".[globus,dask]")
     session.install("dask[array]", "numpy", "proxystore")  # bench_dask.py
     for name in sorted(os.listdir("benchmarks")):
         if name.startswith("bench_") and name.endswith(".py"):

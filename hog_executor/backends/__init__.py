@@ -25,10 +25,10 @@ BUILTIN: dict[str, str] = {
     "local": "hog_executor.backends.local:LocalBackend",
     "slurm": "hog_executor.backends.slurm:SlurmBackend",
     "globus": "hog_executor.backends.globus:GlobusBackend",
+    "dask": "hog_executor.backends.dask:DaskBackend",
 }
 #: Backends that are planned but not part of this release: named in error messages.
 _HINTS: dict[str, str] = {
-    "dask": "the Dask backend is not part of this release yet",
 }
 
 

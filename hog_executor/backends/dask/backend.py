@@ -1,0 +1,308 @@
+"""The ``dask`` backend: each job is one Dask task that runs the bundle with bash on a worker."""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, ClassVar
+
+from ...config import Endpoint, Key
+from ...errors import BackendError, ConfigError, RemoteProcessError
+from .. import Backend, Job, Output
+from . import worker as _worker
+
+__all__ = ["DaskBackend"]
+
+#: Seconds to wait for the scheduler when connecting to ``address``.
+CONNECT_TIMEOUT = 30.0
+#: Seconds ``shutdown(cancel=True)`` waits for the workers to confirm that bundles are stopped.
+KILL_TIMEOUT = 30.0
+
+_LABEL = re.compile(r"[^A-Za-z0-9_.:]+")
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected the scheduler address, such as \"tcp://host:8786\"")
+    return value.strip()
+
+
+def _client(value: Any) -> Any:
+    from distributed import Client
+
+    if not isinstance(value, Client):
+        raise ValueError(f"expected a distributed.Client, got {type(value).__name__}")
+    if value.asynchronous:
+        raise ValueError("the client must be synchronous (created without asynchronous=True)")
+    return value
+
+
+def _resources(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of resource = amount, such as {GPU = 1}")
+    out: dict[str, float] = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{name!r} is not a resource name")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+            raise ValueError(f"the amount of {name} must be a positive number, got {amount!r}")
+        out[name] = amount
+    return out
+
+
+class _Shipped:
+    """A function that travels to workers by value: it unpickles as the function itself.
+
+    The worker then needs only cloudpickle (which every Dask worker has), not hog-executor.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(_worker)
+        self.fn = fn
+        self.blob = cloudpickle.dumps(fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import cloudpickle
+
+        return (cloudpickle.loads, (self.blob,))
+
+
+class _Task:
+    """The client's view of one job: its Dask future and whether its bundle started."""
+
+    __slots__ = ("dfuture", "job", "started")
+
+    def __init__(self, job: Job, dfuture: Any) -> None:
+        self.job = job
+        self.dfuture = dfuture
+        self.started = False
+
+
+class DaskBackend(Backend):
+    """Runs each bundle as a bash subprocess inside one Dask task on an existing cluster.
+
+    Connects to ``address`` (or uses the ``client`` given). Workers need bash and
+    ``distributed``, nothing else: the bundle builds the call's environment with uv as on any
+    endpoint. Cancelling a job cancels its Dask task and stops the bundle's whole session on
+    the worker. A task whose workers keep dying fails with `RemoteProcessError`.
+    """
+
+    keys: ClassVar[Mapping[str, Key]] = {
+        "address": Key("address", "the Dask scheduler's address (tcp://host:8786)", _address,
+                       per_call=False),
+        "client": Key("client", "a distributed.Client to submit through (instead of address)",
+                      _client, per_call=False),
+        "resources": Key("resources", "Dask worker resources each call needs ({GPU = 1})",
+                         _resources),
+    }
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        super().__init__(endpoint)
+        values = endpoint.values
+        client = values.get("client")
+        address = values.get("address")
+        if client is None and address is None:
+            raise ConfigError(
+                f"endpoint {endpoint.name!r} (backend dask) needs the scheduler: set address = "
+                "\"tcp://host:8786\", or pass client=<distributed.Client>"
+            )
+        if client is not None and address is not None:
+            raise ConfigError(
+                f"endpoint {endpoint.name!r} (backend dask): give address or client, not both"
+            )
+        if client is None:
+            from distributed import Client
+
+            try:
+                client = Client(  # type: ignore[no-untyped-call]
+                    address, set_as_default=False, timeout=CONNECT_TIMEOUT
+                )
+            except (OSError, TimeoutError) as exc:
+                raise BackendError(
+                    f"cannot connect to the Dask scheduler at {address}: {exc}"
+                ) from None
+            self._own_client = True
+        else:
+            self._own_client = False
+        self._client = client
+        self._lock = threading.Lock()
+        self._tasks: dict[str, _Task] = {}
+        self._closed = False
+        self._last_workers = 1
+        self._topic = f"hog-started-{uuid.uuid4().hex}"
+        self._run = _Shipped(_worker.run_bundle)
+        self._kill = _Shipped(_worker.kill_bundles)
+        self._client.subscribe_topic(self._topic, self._on_event)
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` jobs are submitted through."""
+        return self._client
+
+    @property
+    def workers(self) -> int:
+        """Worker threads of the cluster now (at least 1: an adaptive cluster may have none)."""
+        try:
+            self._last_workers = max(1, sum(self._client.nthreads().values()))
+        except Exception:
+            pass
+        return self._last_workers
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        with self._lock:
+            if self._closed:
+                raise BackendError("the dask backend is shut down")
+        submitted: list[_Task] = []
+        try:
+            for job in jobs:
+                label = _LABEL.sub("_", job.description or "call").strip("_")[:60] or "call"
+                dfuture = self._client.submit(
+                    self._run, job.id, job.bundle, self._topic,
+                    key=f"hog-{label}-{job.id}", pure=False,
+                    resources=job.config.get("resources"),
+                )
+                task = _Task(job, dfuture)
+                submitted.append(task)
+                with self._lock:
+                    self._tasks[job.id] = task
+        except Exception as exc:
+            with self._lock:
+                for task in submitted:
+                    self._tasks.pop(task.job.id, None)
+            try:
+                self._client.cancel([t.dfuture for t in submitted])
+            except Exception:
+                pass
+            raise BackendError(f"could not submit to the Dask cluster: {exc}") from exc
+        for task in submitted:
+            task.dfuture.add_done_callback(
+                lambda dfuture, task=task: self._finished(task, dfuture)
+            )
+
+    def _on_event(self, event: Any) -> None:
+        try:
+            job_id = event[1]["job"]
+        except (TypeError, KeyError, IndexError):
+            return
+        with self._lock:
+            task = self._tasks.get(job_id)
+            if task is None or task.started:
+                return
+            task.started = True
+            if not task.job.future.set_running_or_notify_cancel():
+                return
+        task.job.on_start()
+
+    def _finished(self, task: _Task, dfuture: Any) -> None:
+        job = task.job
+        with self._lock:
+            self._tasks.pop(job.id, None)
+            started, task.started = task.started, True
+        status = dfuture.status
+        output: Output | None = None
+        error: BaseException | None = None
+        if status == "finished":
+            try:
+                rc, out, err = dfuture.result()
+                output = Output(int(rc), bytes(out), bytes(err))
+            except Exception as exc:
+                error = BackendError(f"could not fetch the output of task {job.id}: {exc}")
+        elif status == "cancelled":
+            if job.future.cancel():
+                return
+            error = BackendError(
+                f"the Dask task of {job.id} ({job.description}) was cancelled on the cluster"
+            )
+        else:
+            error = self._task_error(job, dfuture)
+        _resolve(job.future, output, error, started)
+
+    def _task_error(self, job: Job, dfuture: Any) -> BaseException:
+        try:
+            exc = dfuture.exception()
+        except Exception as fetch:
+            exc = fetch
+        from distributed import KilledWorker
+
+        where = f"task {job.id} ({job.description})"
+        if isinstance(exc, KilledWorker):
+            return RemoteProcessError(
+                f"{where} was lost: the Dask workers running it died ({exc}). The cluster "
+                "retries a task on another worker up to distributed.scheduler.allowed-failures "
+                "times; look at the workers' logs for why they died (memory?)",
+                state="KilledWorker",
+            )
+        return BackendError(
+            f"{where} failed on the Dask cluster before its bundle finished: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+    def cancel(self, job: Job) -> bool:
+        with self._lock:
+            task = self._tasks.get(job.id)
+        if task is None or task.dfuture.done():
+            return False
+        job.future.cancel()
+        try:
+            self._client.cancel([task.dfuture])
+            self._client.run(self._kill, [job.id], wait=False)
+        except Exception:
+            return False
+        return True
+
+    def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            tasks = list(self._tasks.values())
+        if cancel and tasks:
+            for task in tasks:
+                task.job.future.cancel()
+            try:
+                self._client.cancel([t.dfuture for t in tasks])
+                self._client.run(self._kill, [t.job.id for t in tasks], wait=True,
+                                 on_error="ignore")
+            except Exception:
+                pass
+        if already:
+            return
+        if wait:
+            self._close(tasks)
+        else:
+            threading.Thread(target=self._close, args=(tasks,), daemon=True).start()
+
+    def _close(self, tasks: list[_Task]) -> None:
+        from concurrent.futures import wait
+
+        wait([t.job.future for t in tasks])
+        try:
+            self._client.unsubscribe_topic(self._topic)
+        except Exception:
+            pass
+        if self._own_client:
+            try:
+                self._client.close()
+            except Exception:
+                pass
+
+
+def _resolve(f: Future[Output], output: Output | None, error: BaseException | None,
+             running: bool) -> None:
+    """Resolve ``f`` unless it was cancelled or resolved already."""
+    try:
+        if f.done() or (not running and not f.set_running_or_notify_cancel()):
+            return
+        if error is not None:
+            f.set_exception(error)
+        else:
+            f.set_result(output)  # type: ignore[arg-type]
+    except Exception:  # resolved concurrently
+        pass
