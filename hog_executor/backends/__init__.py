@@ -27,9 +27,8 @@ BUILTIN: dict[str, str] = {
     "globus": "hog_executor.backends.globus:GlobusBackend",
     "dask": "hog_executor.backends.dask:DaskBackend",
 }
-#: Backends that are planned but not part of this release: named in error messages.
-_HINTS: dict[str, str] = {
-}
+#: Backend names that are not installed but known, with what to do: named in error messages.
+_HINTS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
