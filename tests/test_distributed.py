@@ -326,3 +326,26 @@ def test_importing_hog_executor_imports_no_dask():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_worker_side_functions_need_no_hog_executor(tmp_path):
+    """What the dask backend ships to workers unpickles and runs where hog_executor is absent."""
+    import pickle
+
+    from hog_executor.backends.dask import backend as dask_backend
+    from hog_executor.backends.dask import worker as dask_worker
+
+    shipped = dask_backend._Shipped(dask_worker.run_bundle)
+    blob = pickle.dumps(shipped)
+    code = (
+        "import pickle, sys\n"
+        "sys.modules['hog_executor'] = None  # any import of it fails\n"
+        "fn = pickle.loads(sys.stdin.buffer.read())\n"
+        "hints = fn.__globals__['same_machine_hints']()\n"
+        "print(fn.__name__, sorted(hints))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split()[0] == "run_bundle"
+    assert "HOG_CLIENT_PYTHON" in proc.stdout.decode()

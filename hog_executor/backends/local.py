@@ -18,66 +18,11 @@ from typing import ClassVar
 from ..config import Endpoint, Key, positive_int
 from ..errors import BackendError
 from . import Backend, Job, Output
+from .processes import KILL_GRACE, same_machine_hints, stop_session
 
-__all__ = ["LocalBackend"]
-
-#: Seconds between SIGTERM and SIGKILL when a running call is stopped.
-KILL_GRACE = 3.0
+__all__ = ["KILL_GRACE", "LocalBackend", "same_machine_hints"]
 
 _live: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
-
-
-def _session_members(sid: int) -> list[int]:
-    """Every process in session ``sid`` (Linux /proc; elsewhere just the leader)."""
-    if not os.path.isdir("/proc"):
-        return [sid]
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    members.append(int(entry))
-            except OSError:
-                continue
-    return members
-
-
-def _signal_session(sid: int, sig: int) -> None:
-    for pid in _session_members(sid):
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-    try:
-        os.killpg(sid, sig)
-    except OSError:
-        pass
-
-
-def _uv_binary() -> str | None:
-    try:
-        from uv import find_uv_bin
-
-        return str(find_uv_bin())
-    except Exception:
-        return shutil.which("uv")
-
-
-def same_machine_hints() -> dict[str, str]:
-    """Environment variables that let a bundle running on this machine skip discovery.
-
-    ``HOG_UV`` names the uv binary installed with hog-executor, and ``HOG_CLIENT_PYTHON`` the
-    client's interpreter, used for environments that ask for the client's Python version (no
-    search, no download). Backends whose bundles run on the client's machine pass these on.
-    """
-    hints = {
-        "HOG_CLIENT_PYTHON": os.path.realpath(sys.executable),
-        "HOG_CLIENT_PYTHON_VERSION": f"{sys.version_info[0]}.{sys.version_info[1]}",
-    }
-    uv = _uv_binary()
-    if uv:
-        hints["HOG_UV"] = uv
-    return hints
 
 
 class LocalBackend(Backend):
@@ -187,15 +132,7 @@ class LocalBackend(Backend):
         return True
 
     def _stop(self, proc: subprocess.Popen[bytes]) -> None:
-        _signal_session(proc.pid, signal.SIGTERM)
-
-        def escalate() -> None:
-            if _session_members(proc.pid):
-                _signal_session(proc.pid, signal.SIGKILL)
-
-        timer = threading.Timer(KILL_GRACE, escalate)
-        timer.daemon = True
-        timer.start()
+        stop_session(proc.pid)
 
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         with self._lock:

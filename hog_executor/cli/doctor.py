@@ -48,9 +48,9 @@ def checks() -> Iterator[Check]:
 
 
 def _uv() -> Check:
-    from ..backends.local import _uv_binary
+    from ..backends.processes import uv_binary
 
-    uv = _uv_binary()
+    uv = uv_binary()
     if not uv:
         return Check("FAIL", "uv", "not found: pip install uv")
     try:

@@ -155,9 +155,9 @@ def add_dependencies(path: Path, dependencies: list[str]) -> None:
     Raises:
         CliError: uv is missing or refused (its message is written to stderr first).
     """
-    from ..backends.local import _uv_binary
+    from ..backends.processes import uv_binary
 
-    uv = _uv_binary()
+    uv = uv_binary()
     if not uv:
         raise CliError("uv is not installed: pip install uv (hog add uses uv add --script)")
     proc = subprocess.run([uv, "add", "--script", str(path), *dependencies],

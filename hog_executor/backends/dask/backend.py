@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from ...config import Endpoint, Key
 from ...errors import BackendError, ConfigError, RemoteProcessError
 from .. import Backend, Job, Output
+from .. import processes as _processes
 from . import worker as _worker
 
 __all__ = ["DaskBackend"]
@@ -63,6 +64,7 @@ class _Shipped:
         import cloudpickle
 
         cloudpickle.register_pickle_by_value(_worker)
+        cloudpickle.register_pickle_by_value(_processes)
         self.fn = fn
         self.blob = cloudpickle.dumps(fn)
 

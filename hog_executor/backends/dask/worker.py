@@ -1,7 +1,8 @@
 """What runs on a Dask worker for the ``dask`` backend: stdlib only.
 
-These functions travel to the workers by value (see `shipped`), so a worker needs nothing but
-``distributed`` and bash: no hog-executor installation. Each bundle runs as ``bash`` in its own
+These functions travel to the workers by value, together with `..processes` (see the
+backend's ``_Shipped``), so a worker needs nothing but ``distributed`` and bash: no
+hog-executor installation. Each bundle runs as ``bash`` in its own
 session; the running ones are kept on the worker object so that `kill_bundles` can stop them.
 """
 
@@ -9,40 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..processes import same_machine_hints, stop_session
+
 #: Attribute of the distributed Worker holding ``{job id: Popen}`` of running bundles.
 RUNNING_ATTR = "_hog_running_bundles"
 #: Attribute holding the ids of jobs stopped before their bundle started.
 DOOMED_ATTR = "_hog_stopped_bundles"
-#: Seconds between SIGTERM and SIGKILL when a bundle is stopped.
-KILL_GRACE = 3.0
 
 
 def _registry(worker: Any) -> tuple[dict[str, Any], set[str]]:
     running = worker.__dict__.setdefault(RUNNING_ATTR, {})
     doomed = worker.__dict__.setdefault(DOOMED_ATTR, set())
     return running, doomed
-
-
-def _hints() -> dict[str, str]:
-    """Let the bundle use this worker's uv and interpreter (they are on its machine)."""
-    import os
-    import shutil
-    import sys
-
-    hints = {
-        "HOG_CLIENT_PYTHON": os.path.realpath(sys.executable),
-        "HOG_CLIENT_PYTHON_VERSION": f"{sys.version_info[0]}.{sys.version_info[1]}",
-    }
-    uv = None
-    try:
-        from uv import find_uv_bin
-
-        uv = str(find_uv_bin())
-    except Exception:
-        uv = shutil.which("uv")
-    if uv:
-        hints["HOG_UV"] = uv
-    return hints
 
 
 def run_bundle(job_id: str, bundle: str, topic: str) -> tuple[int, bytes, bytes]:
@@ -71,7 +50,7 @@ def run_bundle(job_id: str, bundle: str, topic: str) -> tuple[int, bytes, bytes]
         setpriv = shutil.which("setpriv")
         if setpriv:  # bash gets SIGTERM (and stops its call) if this worker dies
             cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
-        env = {**os.environ, **_hints(), "HOG_WORK_DIR": workdir}
+        env = {**os.environ, **same_machine_hints(), "HOG_WORK_DIR": workdir}
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, start_new_session=True,
@@ -79,7 +58,7 @@ def run_bundle(job_id: str, bundle: str, topic: str) -> tuple[int, bytes, bytes]
         running[job_id] = proc
         if job_id in doomed:
             doomed.discard(job_id)
-            _stop(proc.pid)
+            stop_session(proc.pid)
         try:
             worker.log_event(topic, {"job": job_id})
         except Exception:
@@ -89,51 +68,6 @@ def run_bundle(job_id: str, bundle: str, topic: str) -> tuple[int, bytes, bytes]
     finally:
         running.pop(job_id, None)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _session_members(sid: int) -> list[int]:
-    import os
-
-    if not os.path.isdir("/proc"):
-        return [sid]
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    members.append(int(entry))
-            except OSError:
-                continue
-    return members
-
-
-def _signal(sid: int, sig: int) -> None:
-    import os
-
-    for pid in _session_members(sid):
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-    try:
-        os.killpg(sid, sig)
-    except OSError:
-        pass
-
-
-def _stop(sid: int) -> None:
-    import signal
-    import threading
-
-    _signal(sid, signal.SIGTERM)
-
-    def escalate() -> None:
-        if _session_members(sid):
-            _signal(sid, signal.SIGKILL)
-
-    timer = threading.Timer(KILL_GRACE, escalate)
-    timer.daemon = True
-    timer.start()
 
 
 def kill_bundles(job_ids: list[str], dask_worker: Any = None) -> int:
@@ -155,7 +89,7 @@ def kill_bundles(job_ids: list[str], dask_worker: Any = None) -> int:
             doomed.add(job_id)
             continue
         if proc.poll() is None:
-            _stop(proc.pid)
+            stop_session(proc.pid)
             stopped += 1
     return stopped
 

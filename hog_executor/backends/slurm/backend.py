@@ -23,6 +23,7 @@ from ...bundle import EXIT_WALLTIME
 from ...config import Endpoint, Key, positive_int
 from ...errors import BackendError
 from .. import Backend, Job, Output
+from ..processes import uv_binary
 from .sbatch import (
     SbatchSpec,
     check_flags,
@@ -154,15 +155,6 @@ def default_shared_dir() -> str:
     """``$SCRATCH/.hog-executor/slurm`` when ``$SCRATCH`` is set, else ``~/.hog-executor/slurm``."""
     base = os.environ.get("SCRATCH") or os.path.expanduser("~")
     return os.path.join(base, ".hog-executor", "slurm")
-
-
-def _uv_binary() -> str | None:
-    try:
-        from uv import find_uv_bin
-
-        return str(find_uv_bin())
-    except Exception:
-        return shutil.which("uv")
 
 
 # -- tasks ------------------------------------------------------------------------------------
@@ -298,7 +290,7 @@ class SlurmBackend(Backend):
         self._lock = threading.RLock()
         self._tasks: dict[str, _Task] = {}
         self._closed = False
-        self._uv = _uv_binary()
+        self._uv = uv_binary()
         self._watcher: Watcher = watcher()
         _live.add(self)
 
