@@ -221,7 +221,11 @@ class _Shared:
 
     def __init__(self, backend: Backend, store: Any = None, default_store: bool = False) -> None:
         self.backend = backend
+        #: Guards ``jobs`` and the store; never held while calling into the backend.
         self.lock = threading.Lock()
+        #: Orders submissions against shutdown; held across ``backend.submit`` (whose jobs
+        #: may finish, and take ``lock``, before it returns).
+        self.submit_lock = threading.RLock()
         self.shutdown = False
         self.jobs: set[_JobRecord] = set()
         self.by_value: set[str] = set()
@@ -594,14 +598,16 @@ class HogExecutor(Executor):
                 f.task_id = job_id
                 f._job = record
             records.append(record)
-        with self._shared.lock:
+        with self._shared.submit_lock:
             if self._shared.shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
-            self._shared.jobs.update(records)
+            with self._shared.lock:
+                self._shared.jobs.update(records)
             try:
                 self._shared.backend.submit([r.job for r in records])
             except Exception:
-                self._shared.jobs.difference_update(records)
+                with self._shared.lock:
+                    self._shared.jobs.difference_update(records)
                 raise
         if store is not None:
             for f, refs in zip(futures, call_refs, strict=True):
@@ -656,7 +662,7 @@ class HogExecutor(Executor):
             cancel_futures: cancel pending calls and stop running ones (their futures end
                 cancelled; no process or job is left behind).
         """
-        with self._shared.lock:
+        with self._shared.submit_lock, self._shared.lock:
             self._shared.shutdown = True
             records = list(self._shared.jobs)
         if cancel_futures:

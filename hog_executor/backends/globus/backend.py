@@ -199,6 +199,7 @@ class GlobusBackend(Backend):
     def _send_pending(self) -> None:
         """Hand queued calls to the SDK together, so that a burst becomes few requests."""
         while True:
+            failed: list[tuple[Job, BaseException]] = []
             with self._lock:
                 while not self._pending and not self._closed:
                     self._lock.wait()
@@ -214,9 +215,11 @@ class GlobusBackend(Backend):
                 for task in tasks:
                     try:
                         self._send(task)
-                    except Exception as exc:
+                    except Exception as send_error:
                         self._tasks.pop(task.job.id, None)
-                        _fail(task.job, exc)
+                        failed.append((task.job, send_error))
+            for job, error in failed:  # resolved without the lock: their callbacks may submit
+                _fail(job, error)
         self._close_executors()
 
     def _close_executors(self) -> None:
@@ -380,22 +383,37 @@ class GlobusBackend(Backend):
     # -- results ----------------------------------------------------------------------------
 
     def _finished(self, task: _Task, future: Any) -> None:
+        # Job futures are resolved after the lock is released: their callbacks may submit.
         job = task.job
+        error: BaseException | None = None
         with self._lock:
             if self._tasks.get(job.id) is task and task.future is future:
                 del self._tasks[job.id]
             if future.cancelled():
-                if not task.cancel_requested and not self._closed and task.resends < 3:
+                if task.cancel_requested or self._cancelled:
+                    cancel = True
+                elif not self._closed and task.resends < 3:
                     # The SDK executor shut itself down (a failed batch): send it again.
                     task.resends += 1
-                    try:
-                        self._send(task)
+                    error = self._resend(task)
+                    if error is None:
                         return
-                    except Exception as send_error:
-                        _fail(job, send_error)
-                        return
-                job.future.cancel()
-                return
+                    cancel = False
+                else:
+                    cancel = False
+                    error = BackendError(
+                        f"task {job.id} ({job.description or 'bundle'}): the Globus Compute "
+                        "SDK executor dropped the call before it ran"
+                        + (" (the backend is shut down)" if self._closed else
+                           f" {task.resends} times"))
+            else:
+                cancel = False
+        if cancel:
+            job.future.cancel()
+            return
+        if error is not None:
+            _fail(job, error)
+            return
         exc = future.exception()
         if exc is None:
             try:
@@ -412,15 +430,24 @@ class GlobusBackend(Backend):
             return
         if type(exc).__name__ != "TaskExecutionFailed":  # the request failed, nothing ran
             with self._lock:
-                if task.retries < self._retries and not task.cancel_requested \
-                        and not self._closed:
+                retry = (task.retries < self._retries and not task.cancel_requested
+                         and not self._closed)
+                if retry:
                     task.retries += 1
-                    try:
-                        self._send(task)
-                    except Exception as send_error:
-                        _fail(job, send_error)
-                    return
+                    error = self._resend(task)
+            if retry:
+                if error is not None:
+                    _fail(job, error)
+                return
         _fail(job, self._task_error(task, exc))
+
+    def _resend(self, task: _Task) -> BaseException | None:
+        """Send ``task`` again (with the lock held); the error if that failed."""
+        try:
+            self._send(task)
+        except Exception as send_error:
+            return send_error
+        return None
 
     def _task_error(self, task: _Task, exc: BaseException) -> BaseException:
         job = task.job
@@ -453,13 +480,14 @@ class GlobusBackend(Backend):
     def cancel(self, job: Job) -> bool:
         with self._lock:
             task = self._tasks.get(job.id)
-            if task is None:
-                return job.future.cancel()
-            task.cancel_requested = True
-            if task.future is None:  # not handed to the SDK yet: it is never sent
-                self._pending.remove(task)
-                del self._tasks[job.id]
-                return job.future.cancel()
+            unsent = task is None or task.future is None
+            if task is not None:
+                task.cancel_requested = True
+                if task.future is None:  # not handed to the SDK yet: it is never sent
+                    self._pending.remove(task)
+                    del self._tasks[job.id]
+        if unsent or task is None:
+            return job.future.cancel()
         if task.future.cancel():
             return True
         return job.future.cancelled()
@@ -468,13 +496,15 @@ class GlobusBackend(Backend):
         with self._lock:
             self._closed = True
             self._cancelled = self._cancelled or cancel
+            dropped = self._pending if cancel else []
             if cancel:
-                for task in self._pending:
+                for task in dropped:
                     del self._tasks[task.job.id]
-                    task.job.future.cancel()
                 self._pending = []
             self._lock.notify_all()
             sender = self._sender
+        for task in dropped:
+            task.job.future.cancel()
         if cancel:
             with self._lock:
                 sent = [task for task in self._tasks.values() if task.future is not None]

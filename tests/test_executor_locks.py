@@ -1,0 +1,64 @@
+"""The executor never holds its own locks while a backend runs: jobs may finish meanwhile."""
+
+from __future__ import annotations
+
+import threading
+
+import hogtest_basic as basic
+import pytest
+
+from hog_executor import BackendError, HogExecutor
+from hog_executor import backends as backends_module
+from hog_executor.backends import Backend, Job
+
+
+class HandoffBackend(Backend):
+    """Finishes the previous submission's jobs from another thread while ``submit`` runs,
+    as a backend's result thread may (Globus, Slurm and Dask all have one)."""
+
+    instances: list[HandoffBackend] = []
+
+    def __init__(self, endpoint):
+        super().__init__(endpoint)
+        self.pending: list[Job] = []
+        self.finished_in_time: list[bool] = []
+        HandoffBackend.instances.append(self)
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def submit(self, jobs):
+        for job in self.pending:
+            done = threading.Thread(target=job.future.set_exception,
+                                    args=(BackendError("finished elsewhere"),))
+            done.start()
+            done.join(10)
+            self.finished_in_time.append(not done.is_alive())
+        self.pending = list(jobs)
+
+    def cancel(self, job):
+        return job.future.cancel()
+
+    def shutdown(self, wait=True, *, cancel=False):
+        for job in self.pending:
+            job.future.cancel()
+
+
+@pytest.fixture
+def handoff(monkeypatch):
+    monkeypatch.setitem(backends_module.BUILTIN, "handoff",
+                        f"{__name__}:HandoffBackend")
+    HandoffBackend.instances.clear()
+    yield
+
+
+def test_a_job_finishing_during_submit_is_not_blocked(handoff):
+    ex = HogExecutor("handoff")
+    first = ex.submit(basic.square, 1)
+    second = ex.submit(basic.square, 2)  # finishes `first` from another thread meanwhile
+    assert HandoffBackend.instances[0].finished_in_time == [True]
+    with pytest.raises(BackendError, match="finished elsewhere"):
+        first.result(timeout=5)
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert second.cancelled()
