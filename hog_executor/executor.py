@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
@@ -401,7 +402,11 @@ class HogExecutor(Executor):
         except TypeError:  # an unhashable callable
             key, ctx = None, None
         if ctx is not None and ctx.meta is meta:
-            return ctx
+            if self._by_reference(fn, ctx.module):
+                return ctx
+            # Pickled by value (a bound method, a callable object, a closure, a function of
+            # a module shipped by value): what it captures may have changed since.
+            return dataclasses.replace(ctx, fn_bytes=_payload.dumps_function(fn, ctx.module))
         module = _payload.client_module_for(script, fn)
         self._pickle_by_value_if_local(fn, module)
         env = env_spec(meta, requires_python=values.get("requires_python"),
@@ -433,6 +438,18 @@ class HogExecutor(Executor):
                 self._contexts.clear()
             self._contexts[key] = ctx
         return ctx
+
+    def _by_reference(self, fn: Any, module: types.ModuleType | None) -> bool:
+        """Whether ``fn`` pickles as a name only, so that its cached pickle stays right."""
+        if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
+            return False
+        qualname = getattr(fn, "__qualname__", "")
+        if "<" in qualname:  # a lambda or a function defined inside another
+            return False
+        name = getattr(fn, "__module__", None)
+        if module is not None and name == module.__name__:
+            return True  # the script's own functions travel as __hog_script__.<name>
+        return name not in (None, "__main__") and name not in self._shared.by_value
 
     def _pickle_by_value_if_local(self, fn: Any, module: types.ModuleType | None) -> None:
         """Functions from user files that the remote side cannot import travel by value."""

@@ -53,6 +53,16 @@ def test_lambdas_and_closures_travel_by_value(executor):
     assert executor.submit(local_fn, 3).result() == 19
 
 
+def test_bound_methods_and_callable_objects_send_their_current_state(executor):
+    point, scaler = basic.Point(1, 2), basic.Scaler(2)
+    assert executor.submit(point.scaled, 3).result() == (3, 6)
+    assert executor.submit(scaler, 5).result() == 10
+    point.x, scaler.factor = 100, 20
+    assert executor.submit(point.scaled, 3).result() == (300, 6)
+    assert executor.submit(scaler, 5).result() == 100
+    assert list(executor.map(scaler, [1, 2])) == [20, 40]
+
+
 def test_function_defined_outside_any_script_runs_by_value(executor):
     assert executor.submit(_module_level_helper, 4).result() == 8
 

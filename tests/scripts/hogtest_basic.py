@@ -27,6 +27,19 @@ class Point:
     def __eq__(self, other):
         return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
 
+    def scaled(self, k):
+        return (self.x * k, self.y * k)
+
+
+class Scaler:
+    """A callable object with state."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, x):
+        return x * self.factor
+
 
 class CustomError(Exception):
     """An exception class defined in the script."""
