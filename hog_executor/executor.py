@@ -128,6 +128,18 @@ class _JobRecord:
             self.shared.backend.cancel(self.job)
 
     def finished(self, fut: Future[Output]) -> None:
+        """Resolve every call of the job (a done-callback: it must never leave one pending)."""
+        try:
+            self._finished(fut)
+        except BaseException as exc:
+            err = BackendError(
+                f"task {self.job.id} ({self.what}): its output could not be decoded: "
+                f"{type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            for f in self.futures:
+                _set(f, exception=err)
+
+    def _finished(self, fut: Future[Output]) -> None:
         self.shared.forget(self)
         if self.cancel_requested or fut.cancelled():
             for f in self.futures:
@@ -161,6 +173,12 @@ class _JobRecord:
                 _set(f, result=outcome.value)
             else:
                 _set(f, exception=outcome.error)
+        if len(raw) < len(self.futures):
+            missing = BackendError(
+                f"task {self.job.id} ({self.what}) returned {len(raw)} results for "
+                f"{len(self.futures)} calls")
+            for f in self.futures[len(raw):]:
+                _set(f, exception=missing)
 
     def process_error(self, output: Output, stdout: str, stderr: str) -> RemoteProcessError:
         rc = output.returncode
