@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -61,6 +62,9 @@ class BundleSpec:
     worker_init: str = ""
     cache_dir: str | None = None
     description: str = ""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _b64(data: bytes | str) -> str:
@@ -185,7 +189,9 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
     q = shlex.quote
     out = ["#!/usr/bin/env bash"]
     title = f"# hog-executor {__version__} bundle"
-    out.append(title + (f": {spec.description}" if spec.description else ""))
+    # A comment line: control characters (a newline in a name) must not end it.
+    description = _CONTROL.sub("?", spec.description)
+    out.append(title + (f": {description}" if description else ""))
     out.append("# Runs by hand: bash THIS_FILE (HOG_CACHE_DIR chooses the environment cache)")
     out.append(
         _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED)).rstrip("\n")

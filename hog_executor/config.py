@@ -8,6 +8,7 @@ name (``anvil.gpu``) is a variant: it inherits every key of ``anvil`` and overri
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -79,20 +80,26 @@ def parse_walltime(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError("expected seconds or [D-]HH:MM:SS")
     if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError(f"walltime must be positive, got {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"walltime must be a positive number of seconds, got {value!r}")
         return float(value)
     if isinstance(value, str):
-        m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", value.strip())
+        text = value.strip()
+        # Slurm's forms: MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+        m = re.fullmatch(r"(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", text)
+        d = re.fullmatch(r"(\d+)-(\d+)(?::(\d+))?(?::(\d+(?:\.\d+)?))?", text)
+        total = 0.0
         if m:
-            days, hours, minutes, seconds = m.groups()
-            total = (
-                int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
-            )
-            if total > 0:
-                return total
-        elif re.fullmatch(r"\d+(\.\d+)?", value.strip()):
-            return parse_walltime(float(value))
+            hours, minutes, seconds = m.groups()
+            total = int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+        elif d:
+            days, hours, minutes, seconds = d.groups()
+            total = (int(days) * 86400 + int(hours) * 3600 + int(minutes or 0) * 60
+                     + float(seconds or 0))
+        if (m or d) and total > 0:
+            return total
+        elif re.fullmatch(r"\d+(\.\d+)?", text):
+            return parse_walltime(float(text))
     raise ValueError(f"expected seconds or [D-]HH:MM:SS, got {value!r}")
 
 

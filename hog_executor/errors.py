@@ -129,6 +129,9 @@ class RemoteError(HogError):
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.traceback}"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback))
+
 
 class RemoteTraceback(Exception):
     """Carries a remote traceback; attached as ``__cause__`` of re-raised remote exceptions."""

@@ -47,6 +47,12 @@ def test_values_reaching_bash_are_quoted():
     assert "hog_key=abc123" in text
 
 
+def test_description_cannot_leave_its_comment_line():
+    text = render_bundle(spec(description="a.py:f\ntouch /tmp/pwned #\r"), b"")
+    assert "\ntouch /tmp/pwned" not in text
+    assert text.splitlines()[1].endswith("a.py:f?touch /tmp/pwned #?")
+
+
 def test_bundle_is_valid_bash():
     text = render_bundle(spec(script_name="a.py", worker_init="echo init", walltime=2.5), b"x")
     subprocess.run(["bash", "-n"], input=text.encode(), check=True)

@@ -82,7 +82,7 @@ def test_unknown_key_lists_known_keys():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("walltime", -1, "walltime must be positive"),
+        ("walltime", -1, "walltime must be a positive number of seconds"),
         ("walltime", "ten minutes", "expected seconds"),
         ("env", {"1BAD": "x"}, "not a valid environment variable name"),
         ("env", ["A=1"], "expected a table"),
@@ -118,10 +118,27 @@ def test_per_call_override_of_backend_level_key_is_refused():
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [(90, 90.0), (1.5, 1.5), ("90", 90.0), ("01:30", 90.0), ("1:00:00", 3600.0),
-     ("1-00:00:01", 86401.0), (None, None)],
+     ("1-00:00:01", 86401.0), ("1-02", 93600.0), ("1-02:00", 93600.0), ("2-0", 172800.0),
+     (None, None)],
 )
 def test_walltime_formats(text, seconds):
-    assert parse_walltime(text) == seconds
+    assert parse_walltime(text) == seconds  # the forms and meanings of Slurm's --time
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0, -5, "1-", "abc", "0:00", True])
+def test_bad_walltimes_are_config_errors(bad):
+    with pytest.raises(ConfigError, match="walltime"):
+        resolve("local", kwargs={"walltime": bad})
+
+
+def test_remote_error_survives_pickling():
+    import pickle
+
+    from hog_executor import RemoteError
+
+    err = pickle.loads(pickle.dumps(RemoteError("pkg.Weird", "it broke", "Traceback ...")))
+    assert (err.type_name, err.message, err.traceback) == ("pkg.Weird", "it broke",
+                                                           "Traceback ...")
 
 
 def test_payload_limit_units():
