@@ -171,10 +171,16 @@ class FunctionSpec:
         """
         self._check_not_remote("local")
         script = _script_of(self.fn)
+        from .errors import ConfigError
+
         values: dict[str, Any] = {}
         try:
             values = dict(self._resolved_values(script))
-        except Exception:  # the endpoint's backend is not installed here: use what we have
+        except ImportError:  # the endpoint's backend cannot load here: use what we have
+            values = dict(self.config)
+        except ConfigError as exc:  # a bad key or value fails here as it would remotely
+            if not str(exc).startswith("no backend named"):
+                raise
             values = dict(self.config)
         config = {k: values[k] for k in LOCAL_KEYS if k in values}
         return _shared_executor("local", script, config)

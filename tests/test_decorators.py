@@ -95,6 +95,19 @@ def test_local_runs_through_a_bundle_even_for_a_remote_endpoint(mod):
     assert ex.endpoint.values["walltime"] == 30
 
 
+def test_local_fails_on_a_bad_key_as_the_remote_call_would(mod):
+    import hog_executor as hog
+
+    def double(x):
+        return 2 * x
+
+    bad = hog.function(mod.on_globus.hog.endpoint, walltim=60)(double)
+    with pytest.raises(hog.ConfigError, match="walltim"):
+        bad.local(2)
+    with pytest.raises(hog.ConfigError, match="walltim"):
+        bad.submit(2)
+
+
 def test_nested_remote_call_is_refused_with_a_clear_error(mod):
     with pytest.raises(RuntimeError, match="nested remote calls"):
         mod.nested.remote(3)

@@ -164,6 +164,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.output)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise; the bundle holds arguments
     with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
     print(f"wrote {out} ({len(text):,} bytes) for {qualname} on {endpoint!r}; "
