@@ -136,7 +136,9 @@ def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, .
         try:
             args, kwargs = pickle.loads(item)
             value = fn(*args, **kwargs)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise  # a signal or sys.exit() ends the process, as it would locally
+        except BaseException as exc:  # also asyncio.CancelledError and user BaseExceptions
             outcomes.append(_error(exc))
             continue
         try:

@@ -237,6 +237,15 @@ def test_map_is_lazy_and_empty_map_is_fine(executor):
     assert list(it) == [0, 1, 4]
 
 
+def test_a_base_exception_fails_only_its_call(executor):
+    futures = executor._submit_calls(basic.maybe_abort, [((i,), {}) for i in range(4)],
+                                     chunksize=4)
+    assert len({f.task_id for f in futures}) == 1  # one chunk
+    assert [f.result() for i, f in enumerate(futures) if i != 2] == [0, 1, 3]
+    with pytest.raises(basic.Abort, match="abort at 2"):
+        futures[2].result()
+
+
 def test_map_rejects_unpicklable_items_before_running(executor):
     with pytest.raises(SerializationError, match="argument 0"):
         executor.map(basic.identity, [1, threading.Lock()])

@@ -45,6 +45,16 @@ class CustomError(Exception):
     """An exception class defined in the script."""
 
 
+class Abort(BaseException):
+    """A BaseException that is not a signal or an exit."""
+
+
+def maybe_abort(x):
+    if x == 2:
+        raise Abort(f"abort at {x}")
+    return x
+
+
 class BadInitError(Exception):
     def __init__(self, a, b):  # cannot be rebuilt from its args
         super().__init__(f"{a}-{b}")
