@@ -694,28 +694,33 @@ def _payload_header(marker: str, ctx: _Context, count: int, threshold: int | boo
     return json.dumps(header).encode()
 
 
-def _offloader(shared: _Shared, refs: list[Any]) -> Callable[[bytes], Any]:
-    """Puts an argument's bytes into the store; remembers the handle for eviction."""
+def _offloader(shared: _Shared, refs: list[Any]) -> Callable[[bytes, list[Any]], Any]:
+    """Puts an argument's pickle and buffers into the store; remembers the handle for eviction."""
 
-    def offload(data: bytes) -> Any:
+    def offload(data: bytes, buffers: list[Any]) -> Any:
         store = shared.client_store()
         if store is None:  # no proxystore for the default store: the argument stays inline
-            return _Inline(data)
-        ref = store.put(data)
+            return _Inline(data, buffers)
+        ref = store.put(data, buffers)
         refs.append(ref)
-        return _payload.Proxied(store.proxy(ref))
+        return _payload.Proxied(ref)
 
     return offload
 
 
 class _Inline:
-    """An already pickled argument that stays in the payload."""
+    """An already pickled argument (and its out-of-band buffers) that stays in the payload."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, buffers: list[Any]) -> None:
         self.data = data
+        self.buffers = buffers
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.data,))
+        if not self.buffers:
+            return (pickle.loads, (self.data,))
+        from .store import _loads_parts
+
+        return (_loads_parts, (self.data, [bytearray(b.raw()) for b in self.buffers]))
 
 
 def _evicter(store: ClientStore, refs: list[Any]) -> Callable[[Future[Any]], None]:
