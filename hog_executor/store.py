@@ -133,8 +133,8 @@ def frame_size(parts: Sequence[Any]) -> int:
 def split_frame(data: Any) -> tuple[memoryview, list[Any]]:
     """The pickle and the buffers of a frame (or of a plain pickle: no buffers).
 
-    Buffers are views of ``data`` when it is writable (a `bytearray` read from a file: no
-    copy), else writable copies: arrays unpickled from them are writable either way.
+    Buffers are views of ``data`` when it is writable (read from a file store: no copy),
+    else writable copies: arrays unpickled from them are writable either way.
     """
     view = memoryview(data).cast("B")
     if bytes(view[:len(MAGIC)]) != MAGIC:
@@ -199,13 +199,36 @@ def _write_file(store_dir: str, parts: Sequence[Any]) -> RawKey:
     return (FILE_KEY, (name,))
 
 
-def _read_file(path: str) -> bytearray | None:
+def _buffer(size: int) -> Any:
+    """``size`` writable bytes to read a stored object into.
+
+    Private anonymous memory from ``mmap``, with transparent huge pages where the system
+    offers them: unlike ``bytearray(size)`` it is not zero-filled first, and it faults in
+    fewer, larger pages (about twice as fast for 200 MB). What is unpickled from it keeps it
+    alive (arrays use it in place).
+    """
+    import mmap
+
+    private = getattr(mmap, "MAP_PRIVATE", None)
+    if size < 1 << 20 or private is None:
+        return bytearray(size)
+    buf = mmap.mmap(-1, size, flags=private)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None:
+        try:
+            buf.madvise(advice)
+        except OSError:
+            pass
+    return buf
+
+
+def _read_file(path: str) -> Any:
     """A stored file's bytes read into a new writable buffer (None: not in the store)."""
     if not os.path.exists(path + ".ready"):
         return None
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
-        data = bytearray(size)
+        data = _buffer(size)
         view = memoryview(data)
         at = 0
         while at < size:
@@ -224,7 +247,7 @@ def put_frame(spec: ConnectorSpec, parts: Sequence[Any]) -> RawKey:
 
 
 def get_frame(spec: ConnectorSpec, raw: RawKey) -> Any:
-    """The stored bytes of a frame (a writable `bytearray` for a file store), or None."""
+    """The stored bytes of a frame (a writable buffer for a file store), or None."""
     if spec[0] == FILE_CONNECTOR and raw[0] == FILE_KEY:
         return _read_file(_file_path(spec, raw))
     return connector_from(spec).get(_key_from(raw))
