@@ -185,7 +185,7 @@ def dumps_call(
     """Pickle one call's arguments.
 
     With ``offload``, arguments whose pickle is over ``threshold`` bytes go to the store
-    through it and travel as proxies (see `dumps`).
+    through it and travel as store handles (see `dumps`).
 
     Raises:
         SerializationError: an argument cannot be pickled; the message names it.

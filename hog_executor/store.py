@@ -358,8 +358,9 @@ def open_store(value: str | Any) -> Any:
         connector: Any = _ps("proxystore.connectors.redis").RedisConnector(host, port)
     else:
         path = value[len("file://"):] if value.startswith("file://") else value
-        connector = _ps("proxystore.connectors.file").FileConnector(
-            os.path.abspath(os.path.expanduser(path)), clear=False)
+        path = os.path.abspath(os.path.expanduser(path))
+        os.makedirs(path, mode=0o700, exist_ok=True)  # private when created here
+        connector = _ps("proxystore.connectors.file").FileConnector(path, clear=False)
     # cache_size=0: a fetched 200 MB result must not stay alive in the store's cache.
     return Store(name, connector, cache_size=0, register=True)
 
