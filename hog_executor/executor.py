@@ -577,8 +577,12 @@ class HogExecutor(Executor):
         store_config = store.config_bytes if store is not None else None
         for chunk in chunks:
             marker = secrets.token_hex(16)
+            # The first call's arguments in a file store are read while the script imports
+            # (the others one call at a time, as they are needed: memory stays bounded).
+            prefetch = [path for ref in call_refs[chunk[0]]
+                        if (path := ref.file_path) is not None]
             header = _payload_header(marker, ctx, len(chunk), store is not None and threshold,
-                                     optional)
+                                     optional, prefetch)
             data = _payload.pack_payload(header, ctx.fn_bytes, [items[i] for i in chunk],
                                          ctx.limit, store_config, store is not None)
             job_id = uuid.uuid4().hex
@@ -679,7 +683,7 @@ class HogExecutor(Executor):
 
 
 def _payload_header(marker: str, ctx: _Context, count: int, threshold: int | bool,
-                    optional: bool) -> bytes:
+                    optional: bool, prefetch: list[str] | None = None) -> bytes:
     import json
 
     header: dict[str, Any] = {
@@ -691,6 +695,8 @@ def _payload_header(marker: str, ctx: _Context, count: int, threshold: int | boo
     if threshold:
         header["threshold"] = int(threshold)
         header["store_optional"] = optional
+    if prefetch:
+        header["prefetch"] = prefetch
     return json.dumps(header).encode()
 
 

@@ -4,8 +4,10 @@ This file travels inside every bundle and runs in the call's environment. It imp
 standard library and cloudpickle before the user's code, so starting it stays cheap.
 
 Usage: ``python runner.py PAYLOAD``. The payload is one JSON header line (``marker``,
-``script``, ``by_value``) followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The
-result frame, written to the original stdout after everything else, is::
+``script``, ``by_value``, ``count``; with a store ``threshold`` and ``store_optional``;
+``prefetch``, files of a file store to start reading before the script is imported)
+followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The result frame, written
+to the original stdout after everything else, is::
 
     @@HOG-RESULT <marker>@@
     <base64 of a pickled list of outcomes>
@@ -132,6 +134,13 @@ class _ResultStore:
 
 def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, ...]]:
     """Run every call of the chunk; return the list of outcomes."""
+    if header.get("prefetch"):  # arguments in a file store: read them while importing
+        try:
+            from hog_executor.store import prefetch
+
+            prefetch(header["prefetch"])
+        except Exception:
+            pass
     try:
         if header.get("script"):
             _import_script(os.path.join(where, header["script"]), header.get("by_value", False))

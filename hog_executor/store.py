@@ -222,8 +222,38 @@ def _buffer(size: int) -> Any:
     return buf
 
 
-def _read_file(path: str) -> Any:
+_prefetching: dict[str, threading.Thread] = {}
+_prefetched: dict[str, Any] = {}
+
+
+def prefetch(paths: Sequence[str]) -> None:
+    """Start reading the files of a file store in a background thread.
+
+    The runner calls this with the files of a call's arguments before it imports the
+    script, so that reading them overlaps the imports; `_read_file` then takes what was read.
+    """
+
+    def read_all() -> None:
+        for path in paths:
+            try:
+                _prefetched[path] = _read_file(path, wait=False)
+            except Exception:
+                pass  # read again (and fail there, with the error) when it is needed
+
+    thread = threading.Thread(target=read_all, name="hog-prefetch", daemon=True)
+    for path in paths:
+        _prefetching[path] = thread
+    thread.start()
+
+
+def _read_file(path: str, wait: bool = True) -> Any:
     """A stored file's bytes read into a new writable buffer (None: not in the store)."""
+    thread = _prefetching.pop(path, None) if wait else None
+    if thread is not None:
+        thread.join()
+        data = _prefetched.pop(path, None)
+        if data is not None:
+            return data
     if not os.path.exists(path + ".ready"):
         return None
     with open(path, "rb", buffering=0) as f:
@@ -302,6 +332,13 @@ class StoredRef:
     def ident(self) -> str:
         """A string naming the stored object (for bookkeeping)."""
         return repr(self.raw)
+
+    @property
+    def file_path(self) -> str | None:
+        """The file holding the object, in a file store (None: another connector)."""
+        if self.connector[0] == FILE_CONNECTOR and self.raw[0] == FILE_KEY:
+            return _file_path(self.connector, self.raw)
+        return None
 
 
 def check_store(value: Any) -> Any:
