@@ -306,3 +306,22 @@ def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any) -> None:
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
     assert data_files(str(store_dir)) == []
+
+
+def test_prefetched_arguments_are_read_once(tmp_path: Any) -> None:
+    from hog_executor import payload, store
+
+    client = store.ClientStore(store.open_store(str(tmp_path / "s")), explicit=True)
+    try:
+        value = np.arange(500_000.0)
+        buffers: list[Any] = []
+        ref = client.put(payload.dumps(value, buffers=buffers), buffers)
+        gone = client.put(payload.dumps(b"x" * 10))
+        client.evict(gone)
+        store.prefetch([ref.file_path, gone.file_path])  # what the runner does
+        np.testing.assert_array_equal(store.load_ref(ref), value)
+        with pytest.raises(KeyError, match="evicted"):
+            store.load_ref(gone)
+        assert not store._prefetching and not store._prefetched
+    finally:
+        client.close()
