@@ -1,7 +1,9 @@
 """The remote-side program: run one chunk of calls and print a framed result.
 
 This file travels inside every bundle and runs in the call's environment. It imports only the
-standard library and cloudpickle before the user's code, so starting it stays cheap.
+standard library and cloudpickle before the user's code (and, when arguments wait in a file
+store, ``hog_executor.store``, which imports only the standard library), so starting it stays
+cheap.
 
 Usage: ``python runner.py PAYLOAD``. The payload is one JSON header line (``marker``,
 ``script``, ``by_value``, ``count``; with a store ``threshold`` and ``store_optional``;
