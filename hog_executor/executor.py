@@ -616,8 +616,12 @@ class HogExecutor(Executor):
         store_config = store.config_bytes if store is not None else None
         for chunk in chunks:
             marker = secrets.token_hex(16)
+            # The first call's arguments in a file store are read while the script imports
+            # (the others one call at a time, as they are needed: memory stays bounded).
+            prefetch = [path for ref in call_refs[chunk[0]]
+                        if (path := ref.file_path) is not None]
             header = _payload_header(marker, ctx, len(chunk), store is not None and threshold,
-                                     optional)
+                                     optional, prefetch)
             data = _payload.pack_payload(header, ctx.fn_bytes, [items[i] for i in chunk],
                                          ctx.limit, store_config, store is not None)
             job_id = uuid.uuid4().hex
@@ -720,7 +724,7 @@ class HogExecutor(Executor):
 
 
 def _payload_header(marker: str, ctx: _Context, count: int, threshold: int | bool,
-                    optional: bool) -> bytes:
+                    optional: bool, prefetch: list[str] | None = None) -> bytes:
     import json
 
     header: dict[str, Any] = {
@@ -732,31 +736,38 @@ def _payload_header(marker: str, ctx: _Context, count: int, threshold: int | boo
     if threshold:
         header["threshold"] = int(threshold)
         header["store_optional"] = optional
+    if prefetch:
+        header["prefetch"] = prefetch
     return json.dumps(header).encode()
 
 
-def _offloader(shared: _Shared, refs: list[Any]) -> Callable[[bytes], Any]:
-    """Puts an argument's bytes into the store; remembers the handle for eviction."""
+def _offloader(shared: _Shared, refs: list[Any]) -> Callable[[bytes, list[Any]], Any]:
+    """Puts an argument's pickle and buffers into the store; remembers the handle for eviction."""
 
-    def offload(data: bytes) -> Any:
+    def offload(data: bytes, buffers: list[Any]) -> Any:
         store = shared.client_store()
         if store is None:  # no proxystore for the default store: the argument stays inline
-            return _Inline(data)
-        ref = store.put(data)
+            return _Inline(data, buffers)
+        ref = store.put(data, buffers)
         refs.append(ref)
-        return _payload.Proxied(store.proxy(ref))
+        return _payload.Proxied(ref)
 
     return offload
 
 
 class _Inline:
-    """An already pickled argument that stays in the payload."""
+    """An already pickled argument (and its out-of-band buffers) that stays in the payload."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, buffers: list[Any]) -> None:
         self.data = data
+        self.buffers = buffers
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.data,))
+        if not self.buffers:
+            return (pickle.loads, (self.data,))
+        from .store import _loads_parts
+
+        return (_loads_parts, (self.data, [bytearray(b.raw()) for b in self.buffers]))
 
 
 def _evicter(store: ClientStore, refs: list[Any]) -> Callable[[Future[Any]], None]:

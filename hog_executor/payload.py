@@ -44,9 +44,9 @@ class _ScriptModule:
         return (importlib.import_module, (SCRIPT_MODULE,))
 
 
-#: Puts pickled bytes into a store and returns what stands for them inline (an object whose
-#: ``__reduce__`` rebuilds the original remotely, such as `Proxied`).
-Offload = Callable[[bytes], Any]
+#: Puts a pickle and its out-of-band buffers into a store and returns what stands for them
+#: inline (an object whose ``__reduce__`` rebuilds the original remotely, such as `Proxied`).
+Offload = Callable[[bytes, list[pickle.PickleBuffer]], Any]
 
 
 def _large(obj: Any, threshold: int) -> bool:
@@ -66,21 +66,26 @@ def _large(obj: Any, threshold: int) -> bool:
 
 
 class Proxied:
-    """Stands for an argument in the store: unpickles remotely as the argument itself."""
+    """Stands for an argument in the store: unpickles remotely as the argument itself.
 
-    def __init__(self, proxy: Any) -> None:
-        self.proxy = proxy
+    ``ref`` is the `hog_executor.store.StoredRef` of its frame.
+    """
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from .store import load_proxied
+        from .store import load_ref
 
-        return (load_proxied, (self.proxy,))
+        return (load_ref, (self.ref,))
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     def __init__(self, file: io.BytesIO, module: types.ModuleType | None,
-                 offload: Offload | None = None, threshold: int = 0) -> None:
-        super().__init__(file, protocol=PROTOCOL)
+                 offload: Offload | None = None, threshold: int = 0,
+                 buffers: list[pickle.PickleBuffer] | None = None) -> None:
+        super().__init__(file, protocol=PROTOCOL,
+                         buffer_callback=None if buffers is None else buffers.append)
         self._module = module
         self._module_name = module.__name__ if module is not None else None
         self._offload = offload
@@ -92,10 +97,12 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             # Its own reduction: any isinstance() check would resolve the proxy here.
             return obj.__reduce_ex__(PROTOCOL)
         if self._offload is not None and _large(obj, self._threshold):
-            data = dumps(obj, self._module)
-            if len(data) > self._threshold:
-                return self._offload(data).__reduce__()
-            return (pickle.loads, (data,))
+            # Large buffers out of band: they go from the object to the store uncopied.
+            buffers: list[pickle.PickleBuffer] = []
+            data = dumps(obj, self._module, buffers=buffers)
+            if len(data) + sum(b.raw().nbytes for b in buffers) > self._threshold:
+                return self._offload(data, buffers).__reduce__()
+            return (pickle.loads, (dumps(obj, self._module),))
         if (
             self._module_name is not None
             and isinstance(obj, (type, types.FunctionType))
@@ -112,22 +119,25 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 
 
 def dumps(obj: Any, module: types.ModuleType | None = None, offload: Offload | None = None,
-          threshold: int = 0) -> bytes:
+          threshold: int = 0, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
     """Pickle ``obj`` for the runner; ``module`` is the client's module of the script.
 
     With ``offload``, objects known to be over ``threshold`` bytes (bytes, str, arrays) are
     pickled separately, handed to ``offload`` and replaced by what it returns (a `Proxied`).
+    With ``buffers``, buffers that support it (contiguous NumPy arrays...) are appended to it
+    instead of being copied into the pickle (protocol 5 out-of-band data).
 
     Raises whatever pickling raises (callers turn it into `SerializationError`).
     """
     buf = io.BytesIO()
-    _Pickler(buf, module, offload, threshold).dump(obj)
+    _Pickler(buf, module, offload, threshold, buffers).dump(obj)
     return buf.getvalue()
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, module: types.ModuleType | None) -> None:
-        super().__init__(file)
+    def __init__(self, file: io.BytesIO, module: types.ModuleType | None,
+                 buffers: Iterable[Any] | None = None) -> None:
+        super().__init__(file, buffers=buffers)
         self._module = module
 
     def find_class(self, module: str, name: str) -> Any:
@@ -147,8 +157,17 @@ class _Unpickler(pickle.Unpickler):
 _IMPORTERS = {("importlib", "import_module"), ("cloudpickle.cloudpickle", "subimport")}
 
 
-def loads(data: bytes, module: types.ModuleType | None = None) -> Any:
-    """Unpickle ``data`` from the runner, mapping the remote script module to ``module``."""
+def loads(data: Any, module: types.ModuleType | None = None) -> Any:
+    """Unpickle ``data`` from the runner, mapping the remote script module to ``module``.
+
+    ``data`` is a pickle or a frame from the store (a pickle and its out-of-band buffers,
+    which the unpickled object may keep using: see `hog_executor.store.split_frame`).
+    """
+    if data[:8] == b"HOGPKL5\n":
+        from .store import split_frame
+
+        meta, buffers = split_frame(data)
+        return _Unpickler(io.BytesIO(meta), module, buffers).load()
     return _Unpickler(io.BytesIO(data), module).load()
 
 
@@ -166,7 +185,7 @@ def dumps_call(
     """Pickle one call's arguments.
 
     With ``offload``, arguments whose pickle is over ``threshold`` bytes go to the store
-    through it and travel as proxies (see `dumps`).
+    through it and travel as store handles (see `dumps`).
 
     Raises:
         SerializationError: an argument cannot be pickled; the message names it.
@@ -177,8 +196,10 @@ def dumps_call(
             return data
         # Still large: offload each top-level argument that is over the threshold by itself.
         def small(value: Any) -> Any:
-            item = dumps(value, module, offload, threshold)
-            return offload(item) if len(item) > threshold else value
+            buffers: list[pickle.PickleBuffer] = []
+            item = dumps(value, module, offload, threshold, buffers)
+            size = len(item) + sum(b.raw().nbytes for b in buffers)
+            return offload(item, buffers) if size > threshold else value
 
         return dumps((tuple(small(a) for a in args), {k: small(v) for k, v in kwargs.items()}),
                      module, offload, threshold)

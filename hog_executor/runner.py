@@ -1,11 +1,15 @@
 """The remote-side program: run one chunk of calls and print a framed result.
 
 This file travels inside every bundle and runs in the call's environment. It imports only the
-standard library and cloudpickle before the user's code, so starting it stays cheap.
+standard library and cloudpickle before the user's code (and, when arguments wait in a file
+store, ``hog_executor.store``, which imports only the standard library), so starting it stays
+cheap.
 
 Usage: ``python runner.py PAYLOAD``. The payload is one JSON header line (``marker``,
-``script``, ``by_value``) followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The
-result frame, written to the original stdout after everything else, is::
+``script``, ``by_value``, ``count``; with a store ``threshold`` and ``store_optional``;
+``prefetch``, files of a file store to start reading before the script is imported)
+followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The result frame, written
+to the original stdout after everything else, is::
 
     @@HOG-RESULT <marker>@@
     <base64 of a pickled list of outcomes>
@@ -13,7 +17,8 @@ result frame, written to the original stdout after everything else, is::
 
 Each outcome is ``(0, value_bytes)``, ``(2, store_key_bytes, size)`` (a result over the
 payload's ``threshold`` put into the store whose pickled ProxyStore connector spec, a
-``("module:Class", config)`` pair, is the optional third body element) or
+``("module:Class", config)`` pair, is the optional third body element; the key is pickled
+in the form of ``hog_executor.store.RawKey``) or
 ``(1, exception_bytes_or_None, type_name, message, traceback_text)``.
 """
 
@@ -38,14 +43,21 @@ REMOTE_CALL_ENV = "HOG_IN_REMOTE_CALL"
 PRINT_RESULT_ENV = "HOG_PRINT_RESULT"
 
 
-def _dumps(obj: object) -> bytes:
-    """Plain pickle when it can (cheap: no cloudpickle import), cloudpickle when it must."""
+def _dumps(obj: object, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
+    """Plain pickle when it can (cheap: no cloudpickle import), cloudpickle when it must.
+
+    With ``buffers``, out-of-band buffers (contiguous arrays...) are appended to it instead
+    of being copied into the pickle.
+    """
+    callback = None if buffers is None else buffers.append
     try:
-        return pickle.dumps(obj, protocol=PROTOCOL)
+        return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
     except Exception:
         import cloudpickle
 
-        data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+        if buffers is not None:
+            del buffers[:]
+        data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
         return data
 
 
@@ -87,40 +99,50 @@ def _import_script(path: str, by_value: bool) -> object:
 
 
 class _ResultStore:
-    """Puts results over the threshold into the store, through its ProxyStore connector.
+    """Puts results over the threshold into the store (``hog_executor.store.put_frame``).
 
-    The connector is rebuilt from ``("module:Class", config)`` (its ``from_config``), and
-    proxystore is imported only when a result is that large. When the store was not asked
-    for explicitly (``store_optional``) and proxystore is not installed, results stay inline.
+    The pickle and its out-of-band buffers are written as one frame: a file store is written
+    directly, other connectors are rebuilt from ``("module:Class", config)`` (their
+    ``from_config``), importing proxystore only then. When the store was not asked for
+    explicitly (``store_optional``) and it cannot be reached for want of a package, results
+    stay inline.
     """
 
     def __init__(self, config: bytes | None, threshold: int, optional: bool) -> None:
         self.config = config
+        self.spec = pickle.loads(config) if config is not None else None
         self.threshold = threshold
         self.optional = optional
-        self.store: Any = None
 
-    def outcome(self, data: bytes) -> tuple[object, ...]:
-        if self.config is None or len(data) <= self.threshold:
-            return (0, data)
-        if self.store is None:
-            import importlib
+    @property
+    def active(self) -> bool:
+        return self.spec is not None
 
-            path, options = pickle.loads(self.config)  # ("module:Class", connector config)
-            module, _, name = path.partition(":")
-            try:
-                cls = getattr(importlib.import_module(module), name)
-            except ImportError:
-                if self.optional:
-                    return (0, data)
-                raise
-            self.store = cls.from_config(options)
-        key = self.store.put(data)
-        return (2, pickle.dumps(key, protocol=PROTOCOL), len(data))
+    def outcome(self, value: object, data: bytes,
+                buffers: list[pickle.PickleBuffer]) -> tuple[object, ...]:
+        size = len(data) + sum(b.raw().nbytes for b in buffers)
+        if self.spec is None or size <= self.threshold:
+            return (0, _dumps(value) if buffers else data)
+        try:
+            from hog_executor.store import frame_parts, put_frame
+
+            key = put_frame(self.spec, frame_parts(data, buffers))
+        except ImportError:
+            if self.optional:
+                return (0, _dumps(value))
+            raise
+        return (2, pickle.dumps(key, protocol=PROTOCOL), size)
 
 
 def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, ...]]:
     """Run every call of the chunk; return the list of outcomes."""
+    if header.get("prefetch"):  # arguments in a file store: read them while importing
+        try:
+            from hog_executor.store import prefetch
+
+            prefetch(header["prefetch"])
+        except Exception:
+            pass
     try:
         if header.get("script"):
             _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
@@ -141,19 +163,20 @@ def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, .
         except BaseException as exc:  # also asyncio.CancelledError and user BaseExceptions
             outcomes.append(_error(exc))
             continue
+        buffers: list[pickle.PickleBuffer] | None = [] if results.active else None
         try:
-            data = _dumps(value)
+            data = _dumps(value, buffers)
         except Exception as exc:
             wrapped = TypeError(
                 f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"
             )
             outcomes.append(_error(wrapped))
             continue
-        del value
         try:
-            outcomes.append(results.outcome(data))
+            outcomes.append(results.outcome(value, data, buffers or []))
         except Exception as exc:
             outcomes.append(_error(exc))
+        del value, data, buffers
     return outcomes
 
 

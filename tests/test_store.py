@@ -63,6 +63,66 @@ def test_large_argument_and_result_through_default_local_store(sex: HogExecutor)
     assert settled(store)
 
 
+def look_around(a: Any, store_dir: str) -> Any:
+    """Runs remotely on a large argument: what the store and the process look like."""
+    import sys
+
+    modes = sorted({os.stat(os.path.join(store_dir, n)).st_mode & 0o777
+                    for n in os.listdir(store_dir)})
+    a[0] = 42.0  # the argument is writable, as with any unpickled array
+    return modes, "proxystore" in sys.modules, float(a.sum())
+
+
+def test_large_argument_is_private_writable_and_needs_no_proxystore(sex: HogExecutor) -> None:
+    a = np.ones(300_000)  # 2.4 MB: over the 1 MB threshold
+    store = sex._shared.client_store()
+    assert store is not None and store.owned_dir is not None
+    modes, imported, total = sex.submit(look_around, a, store.owned_dir).result(timeout=240)
+    assert modes == [0o600]  # the object and its .ready marker
+    assert not imported  # a file store is read without importing proxystore
+    assert total == 300_000 - 1 + 42.0
+    assert a[0] == 1.0  # the client's array is untouched
+    assert settled(store)
+
+
+@pytest.mark.parametrize("value", [
+    np.arange(1_000_000, dtype=np.float32),
+    np.asfortranarray(np.arange(600_000.0).reshape(600, 1000)),
+    np.arange(2_000_000.0)[::3],  # not contiguous: pickled in band
+    {"a": np.ones(10), "b": np.zeros((5, 0)), "c": b"x" * 1000, "d": "text"},
+    b"\0" * 100,
+])
+def test_frames_round_trip_through_a_file_store(tmp_path: Any, value: Any) -> None:
+    from hog_executor import payload, store
+
+    client = store.ClientStore(store.open_store(str(tmp_path / "new" / "store")),
+                               explicit=True)
+    try:
+        assert (tmp_path / "new" / "store").stat().st_mode & 0o777 == 0o700
+        buffers: list[Any] = []
+        ref = client.put(payload.dumps(value, buffers=buffers), buffers)
+        for got in (payload.loads(client.get(ref)), store.load_ref(ref)):
+            if isinstance(value, dict):
+                assert got["c"] == value["c"] and got["d"] == value["d"]
+                np.testing.assert_array_equal(got["a"], value["a"])
+                assert got["b"].shape == (5, 0)
+            elif isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(got, value)
+                assert got.dtype == value.dtype and got.flags.writeable
+            else:
+                assert got == value
+        # what other connectors hold: the same frame as bytes (arrays still writable)
+        again = store.loads_frame(bytes(client.get(ref)))
+        if isinstance(value, np.ndarray):
+            assert again.flags.writeable
+        client.evict(ref)
+        assert data_files(str(tmp_path / "new" / "store")) == []
+        with pytest.raises(KeyError, match="evicted"):
+            client.get(ref)
+    finally:
+        client.close()
+
+
 def test_map_with_large_items(sex: HogExecutor) -> None:
     arrays = [np.full(200_000, float(i)) for i in range(4)]  # 1.6 MB each
     assert list(sex.map(nbytes_of, arrays, timeout=240)) == [1_600_000] * 4
@@ -246,3 +306,22 @@ def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any) -> None:
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
     assert data_files(str(store_dir)) == []
+
+
+def test_prefetched_arguments_are_read_once(tmp_path: Any) -> None:
+    from hog_executor import payload, store
+
+    client = store.ClientStore(store.open_store(str(tmp_path / "s")), explicit=True)
+    try:
+        value = np.arange(500_000.0)
+        buffers: list[Any] = []
+        ref = client.put(payload.dumps(value, buffers=buffers), buffers)
+        gone = client.put(payload.dumps(b"x" * 10))
+        client.evict(gone)
+        store.prefetch([ref.file_path, gone.file_path])  # what the runner does
+        np.testing.assert_array_equal(store.load_ref(ref), value)
+        with pytest.raises(KeyError, match="evicted"):
+            store.load_ref(gone)
+        assert not store._prefetching and not store._prefetched
+    finally:
+        client.close()
