@@ -357,6 +357,16 @@ def check_store(value: Any) -> Any:
             )
         if value.startswith("redis://"):
             _redis_address(value)
+        else:
+            path = value[len("file://"):] if value.startswith("file://") else value
+            path = os.path.abspath(os.path.expanduser(path))
+            if os.path.isdir(path):  # an existing directory is checked now, a new one made 0700
+                from .errors import ConfigError
+
+                try:
+                    check_private_dir(path)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from None
         return value
     if type(value).__module__.startswith("proxystore.") and hasattr(value, "connector"):
         return value
@@ -388,6 +398,9 @@ def open_store(value: str | Any) -> Any:
     Store = _ps("proxystore.store").Store
 
     if isinstance(value, Store):
+        store_dir = getattr(value.connector, "store_dir", None)
+        if isinstance(store_dir, str) and os.path.isdir(store_dir):
+            check_private_dir(store_dir)
         return value
     name = f"hog-{uuid.uuid4().hex[:12]}"
     if value.startswith("redis://"):
@@ -397,9 +410,34 @@ def open_store(value: str | Any) -> Any:
         path = value[len("file://"):] if value.startswith("file://") else value
         path = os.path.abspath(os.path.expanduser(path))
         os.makedirs(path, mode=0o700, exist_ok=True)  # private when created here
+        check_private_dir(path)
         connector = _ps("proxystore.connectors.file").FileConnector(path, clear=False)
     # cache_size=0: a fetched 200 MB result must not stay alive in the store's cache.
     return Store(name, connector, cache_size=0, register=True)
+
+
+def check_private_dir(path: str) -> None:
+    """Refuse a store directory that someone else owns or can write into.
+
+    Results are unpickled from it, so it must be as trustworthy as this process: only its
+    owner (this user) may create files there.
+
+    Raises:
+        ConfigError: the directory belongs to another user or is writable by others.
+    """
+    from .errors import ConfigError
+
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise ConfigError(
+            f"store directory {path} belongs to another user (uid {st.st_uid}); results are "
+            "unpickled from it, so it must be yours: choose a directory of your own"
+        )
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            f"store directory {path} is writable by other users (mode {st.st_mode & 0o777:o}); "
+            f"results are unpickled from it, so nobody else may write there: chmod 700 {path}"
+        )
 
 
 def requirements_for(store: Any) -> tuple[str, ...]:

@@ -160,6 +160,21 @@ def test_explicit_file_store_directory(cache_dir: str, tmp_path: Any) -> None:
     assert path.is_dir() and data_files(str(path)) == []
 
 
+def test_a_store_directory_others_can_write_is_refused(tmp_path: Any) -> None:
+    """Results are unpickled from the store: only its owner may write there."""
+    shared = tmp_path / "open-to-all"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match=r"writable by other users.*chmod 700"):
+        HogExecutor("local", store=str(shared))
+    shared.chmod(0o755)  # readable by others is allowed: the files in it are 0600
+    HogExecutor("local", store=str(shared)).shutdown()
+    new = tmp_path / "new" / "store"
+    with HogExecutor("local", store=str(new)) as ex:
+        assert ex.submit(len, "x" * 10).result(timeout=120) == 10
+    assert new.stat().st_mode & 0o777 == 0o700
+
+
 def test_user_built_store_instance(cache_dir: str, tmp_path: Any) -> None:
     from proxystore.connectors.file import FileConnector
     from proxystore.store import Store
