@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import os
@@ -287,7 +288,9 @@ class _Shared:
                         f"store= needs proxystore on the client ({exc}); install "
                         "hog-executor[proxystore]"
                     ) from exc
-                weakref.finalize(self, self._store.close)
+                # Closed when the executor is collected, or at exit once its calls are done.
+                weakref.finalize(self, self._store.close).atexit = False
+                _with_stores.add(self)
         return self._store
 
     def close_store(self) -> None:
@@ -297,6 +300,23 @@ class _Shared:
     def forget(self, record: _JobRecord) -> None:
         with self.lock:
             self.jobs.discard(record)
+
+
+#: Executors' shared state holding a store, closed at exit by `_close_stores_at_exit`.
+_with_stores: weakref.WeakSet[_Shared] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_stores_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
+    # Registered when this module loads; a backend that runs its queue to the end at exit
+    # is drained here first, whatever order the other exit handlers run in.
+    for shared in list(_with_stores):
+        try:
+            if shared.backend.drains_at_exit:
+                shared.backend.shutdown(wait=True)
+        except Exception:
+            pass
+        shared.close_store()
 
 
 @dataclass(frozen=True)

@@ -107,3 +107,45 @@ def test_call_temp_dirs_are_removed(cache_dir):
         with pytest.raises(ValueError):
             ex.submit(basic.fail_value, "x").result()
         assert [n for n in os.listdir(ex.backend.workdir) if n.startswith("hog-call.")] == []
+
+
+EXIT_SCRIPT = '''# /// script
+# requires-python = ">=3.10"
+# dependencies = []
+# ///
+import sys
+from pathlib import Path
+
+
+def mark(i, blob, where):
+    Path(where, f"mark-{i}").write_text(str(len(blob)))
+
+
+if __name__ == "__main__":
+    from hog_executor import HogExecutor
+
+    ex = HogExecutor("local", max_workers=1, cache_dir=sys.argv[2])
+    for i in range(3):
+        ex.submit(mark, i, b"x" * 2_000_000, sys.argv[1])  # over proxy_threshold: the store
+    # no shutdown: the interpreter exits with calls queued
+'''
+
+
+def test_calls_queued_at_exit_run_and_their_store_is_removed(cache_dir, tmp_path):
+    pytest.importorskip("proxystore")
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_script.py"
+    script.write_text(EXIT_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.run([sys.executable, str(script), str(out), cache_dir], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["mark-0", "mark-1", "mark-2"]
+    left = [p.name for p in tmp.iterdir() if not p.name.startswith("uv-")]  # uv's own locks
+    assert left == []  # no store, work or call directory left

@@ -99,6 +99,9 @@ class Backend(abc.ABC):
 
     #: Configuration keys this backend understands besides `COMMON_KEYS`.
     keys: ClassVar[Mapping[str, Key]] = {}
+    #: Whether the backend runs its queued bundles to the end at interpreter exit (as a
+    #: process pool does); the executor then keeps their store open until they have.
+    drains_at_exit: ClassVar[bool] = False
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint

@@ -32,6 +32,7 @@ class LocalBackend(Backend):
     `KILL_GRACE` seconds), so nothing the call started is left behind.
     """
 
+    drains_at_exit: ClassVar[bool] = True
     keys: ClassVar[Mapping[str, Key]] = {
         "max_workers": Key(
             "max_workers", "bundles running at once (default: CPU count)", positive_int,
