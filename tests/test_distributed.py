@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import hogtest_deps as deps
@@ -27,7 +28,7 @@ except ImportError:  # CI installs them (the test extra): there a missing one is
     pytest.skip("dask and distributed are not installed (pip install 'hog-executor[dask]')",
                 allow_module_level=True)
 
-from hog_executor import ConfigError, HogExecutor, RemoteProcessError
+from hog_executor import BackendError, ConfigError, HogExecutor, RemoteProcessError
 from hog_executor.distributed import HogCluster, HogTaskExecutor
 
 NO_DASHBOARD = {"dashboard_address": ":0"}  # any free port: tests may run side by side
@@ -349,3 +350,39 @@ def test_worker_side_functions_need_no_hog_executor(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().split()[0] == "run_bundle"
     assert "HOG_CLIENT_PYTHON" in proc.stdout.decode()
+
+
+def test_dask_task_cancelled_on_the_cluster_is_an_error_not_a_cancellation(dask_ex,
+                                                                            dask_client):
+    # Waits on the scheduler (no worker has the resource) until something cancels it.
+    fut = dask_ex.options(resources={"HOG_TEST_NONE": 1}).submit(fns.square, 2)
+    task = dask_ex.backend._tasks[fut.task_id]
+    dask_client.cancel([task.dfuture])  # not through the executor: as another party would
+    with pytest.raises(BackendError, match="not by this executor"):
+        fut.result(timeout=60)
+    assert not fut.cancelled()
+
+
+async def _never_answers(job_ids, dask_worker=None):
+    import asyncio
+
+    await asyncio.sleep(90)
+
+
+def test_dask_backend_shutdown_does_not_wait_forever_for_the_workers(dask_client, cache_dir,
+                                                                     monkeypatch):
+    from hog_executor.backends.dask import backend as dask_backend
+
+    monkeypatch.setattr(dask_backend, "KILL_TIMEOUT", 1.0)
+    ex = HogExecutor("dask", client=dask_client, cache_dir=cache_dir)
+    ex.backend._kill = dask_backend._Shipped(_never_answers)  # workers that never confirm
+    queued = ex.options(resources={"HOG_TEST_NONE": 1}).submit(fns.square, 2)
+    done = threading.Event()
+
+    def stop():
+        ex.shutdown(wait=True, cancel_futures=True)
+        done.set()
+
+    threading.Thread(target=stop, daemon=True).start()
+    assert done.wait(60), "shutdown is still waiting for the workers"
+    assert queued.cancelled()
