@@ -73,10 +73,14 @@ class LocalBackend(Backend):
         Created on first use (the first submit).
 
         Raises:
-            BackendError: the directory cannot be created.
+            BackendError: the directory cannot be created, or the backend was shut down
+                before it was.
         """
         with self._lock:
             if self._workdir is None:
+                if self._closed:
+                    raise BackendError("the local backend was shut down before any submit: "
+                                       "it has no work directory")
                 try:
                     workdir = tempfile.mkdtemp(prefix="hog-local-")
                 except OSError as exc:
