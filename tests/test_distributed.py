@@ -6,11 +6,13 @@ real uv environments.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import hogtest_deps as deps
@@ -27,7 +29,7 @@ except ImportError:  # CI installs them (the test extra): there a missing one is
     pytest.skip("dask and distributed are not installed (pip install 'hog-executor[dask]')",
                 allow_module_level=True)
 
-from hog_executor import ConfigError, HogExecutor, RemoteProcessError
+from hog_executor import BackendError, ConfigError, HogExecutor, RemoteProcessError
 from hog_executor.distributed import HogCluster, HogTaskExecutor
 
 NO_DASHBOARD = {"dashboard_address": ":0"}  # any free port: tests may run side by side
@@ -349,3 +351,114 @@ def test_worker_side_functions_need_no_hog_executor(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().split()[0] == "run_bundle"
     assert "HOG_CLIENT_PYTHON" in proc.stdout.decode()
+
+
+def test_dask_task_cancelled_on_the_cluster_is_an_error_not_a_cancellation(dask_ex,
+                                                                            dask_client):
+    # Waits on the scheduler (no worker has the resource) until something cancels it.
+    fut = dask_ex.options(resources={"HOG_TEST_NONE": 1}).submit(fns.square, 2)
+    task = dask_ex.backend._tasks[fut.task_id]
+    dask_client.cancel([task.dfuture])  # not through the executor: as another party would
+    with pytest.raises(BackendError, match="not by this executor"):
+        fut.result(timeout=60)
+    assert not fut.cancelled()
+
+
+async def _never_answers(job_ids, dask_worker=None):
+    import asyncio
+
+    await asyncio.sleep(90)
+
+
+def test_dask_backend_shutdown_does_not_wait_forever_for_the_workers(dask_client, cache_dir,
+                                                                     monkeypatch):
+    from hog_executor.backends.dask import backend as dask_backend
+
+    monkeypatch.setattr(dask_backend, "KILL_TIMEOUT", 1.0)
+    ex = HogExecutor("dask", client=dask_client, cache_dir=cache_dir)
+    ex.backend._kill = dask_backend._Shipped(_never_answers)  # workers that never confirm
+    queued = ex.options(resources={"HOG_TEST_NONE": 1}).submit(fns.square, 2)
+    done = threading.Event()
+
+    def stop():
+        ex.shutdown(wait=True, cancel_futures=True)
+        done.set()
+
+    threading.Thread(target=stop, daemon=True).start()
+    assert done.wait(60), "shutdown is still waiting for the workers"
+    assert queued.cancelled()
+
+
+# -- HogTaskExecutor: every task future settles ----------------------------------------------
+
+
+def _simple(key, fn, *args):
+    from dask._task_spec import Task
+
+    return Task(key, fn, *args)
+
+
+def test_task_executor_shutdown_settles_tasks_not_prepared_yet(cache_dir):
+    from distributed.worker import _run_task_simple
+
+    ex = HogTaskExecutor("local", max_workers=1, cache_dir=cache_dir)
+    gate = threading.Event()
+    ex._submitter().submit(gate.wait, 60)  # the thread preparing calls is busy
+    outs = [ex.submit(_run_task_simple, _simple(f"k{i}", fns.square, i), {}, 0.0)
+            for i in range(3)]
+    ex.shutdown(wait=False)
+    gate.set()
+    assert _wait_for(lambda: all(o.done() for o in outs), timeout=60)
+    assert all(o.cancelled() for o in outs)
+    with pytest.raises(RuntimeError):
+        ex.submit(_run_task_simple, _simple("late", fns.square, 1), {}, 0.0)
+
+
+def test_shared_task_executor_close_settles_waiting_and_running_tasks(cache_dir, tmp_path):
+    from distributed.worker import _run_task_simple
+
+    hog = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
+    tex = HogTaskExecutor("local", executor=hog, slots=1, cache_dir=cache_dir)
+    marker = str(tmp_path / "pid")
+    try:
+        first = tex.submit(_run_task_simple, _simple("a", fns.record_and_sleep, marker, 60),
+                           {}, 0.0)
+        assert _wait_for(lambda: os.path.exists(marker), timeout=300)
+        second = tex.submit(_run_task_simple, _simple("b", fns.square, 3), {}, 0.0)
+        tex.shutdown()  # one worker closing: the executor is shared, nothing stops
+        assert not first.done() and not second.done()
+        tex.close()  # the last one is gone
+        assert _wait_for(lambda: first.done() and second.done(), timeout=60)
+        assert first.cancelled() and second.cancelled()
+    finally:
+        hog.shutdown(wait=True, cancel_futures=True)
+    assert _wait_for(lambda: not alive(_read_int(marker)), timeout=30)
+
+
+def test_task_released_while_its_call_is_made_is_cancelled(cache_dir, tmp_path, monkeypatch):
+    from distributed.worker import _run_task_simple
+
+    hog = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
+    busy = hog.submit(fns.record_and_sleep, str(tmp_path / "busy"), 30)  # the only process slot
+    tex = HogTaskExecutor("local", executor=hog, slots=2, cache_dir=cache_dir)
+    real_submit = hog.submit
+
+    def submit_then_release(fn, *args, **kwargs):
+        call = real_submit(fn, *args, **kwargs)
+        tex.cancel_task("late")  # the scheduler releases the task as its call is being made
+        return call
+
+    monkeypatch.setattr(hog, "submit", submit_then_release)
+    marker = tmp_path / "late"
+    try:
+        out = tex.submit(_run_task_simple,
+                         _simple("late", fns.record_and_sleep, str(marker), 0), {}, 0.0)
+        msg = out.result(timeout=120)
+        assert msg["op"] == "task-erred"
+        assert isinstance(msg["actual_exception"], cf.CancelledError)
+        assert out.call is not None and out.call.cancelled()  # the call does not run
+    finally:
+        busy.cancel()
+        tex.close()
+        hog.shutdown(wait=True, cancel_futures=True)
+    assert not marker.exists()

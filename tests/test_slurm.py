@@ -8,6 +8,7 @@ is ``$HOG_TEST_SLURM_PARTITION``, else the cluster's default partition.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import os
 import shutil
 import stat
@@ -315,3 +316,52 @@ def test_scheduler_keys_change_per_call(ex):
     assert ex.submit(basic.square, 4).result(timeout=120) == 16
     with pytest.raises(Exception, match="max_parallel"):
         ex.options(max_parallel=2)
+
+
+def test_sbatch_timeout_cancels_the_job_it_may_have_queued(shared, cache_dir, tmp_path,
+                                                          monkeypatch):
+    # An sbatch that queues the job, then does not answer: as a controller too slow to reply.
+    real = shutil.which("sbatch")
+    assert real
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ids = tmp_path / "queued"
+    shim = bin_dir / "sbatch"
+    shim.write_text(f'#!/bin/bash\nout=$("{real}" "$@") || exit $?\necho "$out" > "{ids}"\n'
+                    "exec sleep 120\n")
+    shim.chmod(0o700)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(slurm_backend, "COMMAND_TIMEOUT", 5.0)
+    # Held: the job would wait in the queue forever if nobody cancelled it.
+    ex = HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
+                     sbatch_flags=["--hold"])
+    try:
+        with pytest.raises(BackendError, match="did not answer"):
+            ex.submit(basic.square, 2)
+        job_id = ids.read_text().strip().split(";")[0]
+        assert job_id.isdigit()
+        deadline = time.monotonic() + 60
+        while _squeue(job_id, states=ACTIVE):
+            assert time.monotonic() < deadline, f"job {job_id} is still in the queue"
+            time.sleep(0.2)
+    finally:
+        ex.shutdown()
+        if ids.exists():  # never leave the held job behind, whatever failed
+            subprocess.run(["scancel", ids.read_text().strip().split(";")[0]], timeout=30)
+    assert list(shared.iterdir()) == []
+
+
+def test_an_executor_dropped_without_shutdown_removes_its_directory(shared, cache_dir):
+    ex = HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
+                     poll_interval=0.2)
+    assert list(ex.map(basic.square, range(3), chunksize=1)) == [0, 1, 4]
+    directory = _backend(ex).directory
+    assert directory and os.path.isdir(directory)
+    assert os.path.exists(os.path.join(directory, "key"))
+    del ex
+    deadline = time.monotonic() + 60
+    while os.path.exists(directory):  # the watcher forgets the jobs just after they settle
+        assert time.monotonic() < deadline, f"{directory} is still there"
+        gc.collect()
+        time.sleep(0.1)
+    assert list(shared.iterdir()) == []

@@ -94,6 +94,7 @@ class HogCluster(LocalCluster):
             self._hog = hog
             task_executor = HogTaskExecutor(endpoint, script=script_path, executor=hog,
                                             slots=concurrency, batch=batch, **config)
+        self._task_executor = task_executor
         self.endpoint = hog.endpoint
         self.concurrency = concurrency
         executors = {EXECUTOR_NAME: task_executor}
@@ -120,9 +121,14 @@ class HogCluster(LocalCluster):
         finally:
             hog, self._hog = self._hog, None
             if hog is not None:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: hog.shutdown(wait=True, cancel_futures=True)
-                )
+                await asyncio.get_running_loop().run_in_executor(None, self._stop_shared, hog)
+
+    def _stop_shared(self, hog: HogExecutor) -> None:
+        """The in-process workers are gone: settle the tasks they left, stop the calls."""
+        try:
+            self._task_executor.close()
+        finally:
+            hog.shutdown(wait=True, cancel_futures=True)
 
     async def _stop_worker_executors(self) -> None:
         """Let worker processes stop their calls and clean up before they are told to exit.

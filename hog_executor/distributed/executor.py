@@ -48,7 +48,8 @@ class _TaskFuture(Future[dict[str, Any]]):
 class _Pending:
     """A task waiting for a free slot: the call to make and the worker's future of it."""
 
-    __slots__ = ("args", "delay", "dropped", "fn", "key", "kwargs", "out", "start", "view")
+    __slots__ = ("args", "cancel_asked", "delay", "dropped", "fn", "key", "kwargs", "out",
+                 "sending", "start", "view")
 
     def __init__(self, out: _TaskFuture, start: float, delay: float, fn: Callable[..., Any],
                  args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -62,6 +63,8 @@ class _Pending:
         self.view = view  # None: the plain executor (such calls may share a bundle)
         self.key: Any = None
         self.dropped = False  # cancelled while waiting for a slot
+        self.sending = False  # taken from the queue, its call not made yet
+        self.cancel_asked = False  # released while sending: cancel the call once it exists
 
 
 def _settle(out: _TaskFuture, msg: dict[str, Any]) -> None:
@@ -117,6 +120,7 @@ class HogTaskExecutor(Executor):
         self._queue: deque[_Pending] = deque()
         self._inflight: dict[Any, _Pending] = {}
         self._running = 0
+        self._outs: set[_TaskFuture] = set()  # every task future not settled yet
         self._lock = threading.Lock()
         self._local: ThreadPoolExecutor | None = None
         self._sender: ThreadPoolExecutor | None = None
@@ -211,11 +215,19 @@ class HogTaskExecutor(Executor):
             return out
         # Pickling arguments and submitting (sbatch, a service call) must not hold up the
         # worker's event loop: one thread prepares and sends, in the order tasks arrive.
-        self._submitter().submit(self._enqueue, out, task, data, start, delay)
+        # Until it settles, the future is known here: shutdown settles all that remain.
+        self._outs.add(out)
+        out.add_done_callback(self._outs.discard)
+        try:
+            self._submitter().submit(self._enqueue, out, task, data, start, delay)
+        except RuntimeError:  # shut down meanwhile
+            out.cancel()
         return out
 
     def _submitter(self) -> ThreadPoolExecutor:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the executor is shut down")
             if self._sender is None:
                 self._sender = ThreadPoolExecutor(1, thread_name_prefix="hog-worker-submit")
             return self._sender
@@ -238,9 +250,14 @@ class HogTaskExecutor(Executor):
             return
         entry.key = getattr(task, "key", None)
         with self._lock:
-            self._queue.append(entry)
-            if entry.key is not None:
-                self._inflight[entry.key] = entry
+            closed = self._closed
+            if not closed:
+                self._queue.append(entry)
+                if entry.key is not None:
+                    self._inflight[entry.key] = entry
+        if closed:
+            out.cancel()
+            return
         self._pump()
 
     def cancel_task(self, key: Any) -> None:
@@ -252,6 +269,9 @@ class HogTaskExecutor(Executor):
         with self._lock:
             entry = self._inflight.get(key)
             if entry is None:
+                return
+            if entry.sending:  # _pump is making its call: it cancels the call once made
+                entry.cancel_asked = True
                 return
             waiting = entry.out.call is None and not entry.dropped
             if waiting:
@@ -270,7 +290,7 @@ class HogTaskExecutor(Executor):
     def _take(self) -> list[_Pending] | None:
         """The next group of queued tasks to send as one call (None: nothing to send now)."""
         with self._lock:
-            while self._queue and self._running < (self._slots or 1):
+            while not self._closed and self._queue and self._running < (self._slots or 1):
                 head = self._queue.popleft()
                 if head.dropped or head.out.cancelled():
                     continue
@@ -287,6 +307,8 @@ class HogTaskExecutor(Executor):
                             rest.append(other)
                     self._queue.extendleft(reversed(rest))
                 self._running += 1
+                for e in group:
+                    e.sending = True
                 return group
             return None
 
@@ -305,14 +327,23 @@ class HogTaskExecutor(Executor):
                 with self._lock:
                     self._running -= 1
                     for e in group:
+                        e.sending = False
                         self._inflight.pop(e.key, None)
                 for e in group:
                     _settle(e.out, task_message(e.start, e.delay, error=exc))
                 continue
             left = [len(group)]
+            to_cancel: list[Future[Any]] = []
+            with self._lock:
+                for e, call in zip(group, calls, strict=True):
+                    e.out.call = call
+                    e.sending = False
+                    if e.cancel_asked or e.out.cancelled():
+                        to_cancel.append(call)
             for e, call in zip(group, calls, strict=True):
-                e.out.call = call
                 call.add_done_callback(functools.partial(self._call_done, e, left))
+            for call in to_cancel:  # released while its call was being made
+                call.cancel()
 
     def _call_done(self, entry: _Pending, left: list[int], call: Future[Any]) -> None:
         try:
@@ -338,24 +369,37 @@ class HogTaskExecutor(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop: calls not finished are cancelled (their processes stopped), even without
-        ``wait``: the backend's clean-up always completes before this returns.
+        ``wait``: the backend's clean-up always completes before this returns. Every task
+        future not settled yet is cancelled.
 
         A worker calls this when it closes. With an executor handed in (``executor=``, shared
-        by in-process workers) nothing stops: its owner shuts it down.
+        by in-process workers) nothing stops here, as other workers may still use it: its
+        owner calls `close` once they are gone (`HogCluster` does), and shuts the
+        `HogExecutor` down.
         """
-        if not self._owns:
-            return
+        if self._owns:
+            self.close(wait)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop taking tasks, cancel every task future not settled yet and the calls behind
+        them; shut the `HogExecutor` down if this instance created it.
+
+        Args:
+            wait: wait for the threads preparing calls to finish.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            hog, pools = self._hog, (self._sender, self._local)
+            hog, pools = self._hog if self._owns else None, (self._sender, self._local)
             queued, self._queue = list(self._queue), deque()
         for entry in queued:
             entry.out.cancel()
         for pool in pools:
             if pool is not None:
-                pool.shutdown(wait=wait, cancel_futures=True)
+                pool.shutdown(wait=wait, cancel_futures=True)  # drops tasks not prepared yet
+        for out in list(self._outs):  # those dropped, and those whose calls still run
+            out.cancel()
         if hog is not None:
             # Always wait: a worker process exits right after closing, and the backend's
             # cleanup (stopping running calls, removing its work directory) must be done.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -80,12 +81,13 @@ class _Shipped:
 class _Task:
     """The client's view of one job: its Dask future and whether its bundle started."""
 
-    __slots__ = ("dfuture", "job", "started")
+    __slots__ = ("dfuture", "job", "started", "user_cancelled")
 
     def __init__(self, job: Job, dfuture: Any) -> None:
         self.job = job
         self.dfuture = dfuture
         self.started = False
+        self.user_cancelled = False  # cancel() or shutdown(cancel=True) asked for it
 
 
 class DaskBackend(Backend):
@@ -208,6 +210,7 @@ class DaskBackend(Backend):
         with self._lock:
             self._tasks.pop(job.id, None)
             started, task.started = task.started, True
+            asked = task.user_cancelled
         status = dfuture.status
         output: Output | None = None
         error: BaseException | None = None
@@ -218,10 +221,12 @@ class DaskBackend(Backend):
             except Exception as exc:
                 error = BackendError(f"could not fetch the output of task {job.id}: {exc}")
         elif status == "cancelled":
-            if job.future.cancel():
+            if asked and _cancel(job.future):
                 return
             error = BackendError(
-                f"the Dask task of {job.id} ({job.description}) was cancelled on the cluster"
+                f"the Dask task of {job.id} ({job.description}) was cancelled on the cluster, "
+                "not by this executor (another client cancelled it, the cluster restarted, or "
+                "the connection to the scheduler was lost)"
             )
         else:
             error = self._task_error(job, dfuture)
@@ -250,9 +255,10 @@ class DaskBackend(Backend):
     def cancel(self, job: Job) -> bool:
         with self._lock:
             task = self._tasks.get(job.id)
-        if task is None or task.dfuture.done():
-            return False
-        job.future.cancel()
+            if task is None or task.dfuture.done():
+                return False
+            task.user_cancelled = True
+        _cancel(job.future)
         try:
             self._client.cancel([task.dfuture])
             self._client.run(self._kill, [job.id], wait=False)
@@ -265,21 +271,41 @@ class DaskBackend(Backend):
             already = self._closed
             self._closed = True
             tasks = list(self._tasks.values())
+            if cancel:
+                for task in tasks:
+                    task.user_cancelled = True
         if cancel and tasks:
             for task in tasks:
-                task.job.future.cancel()
+                _cancel(task.job.future)
             try:
                 self._client.cancel([t.dfuture for t in tasks])
-                self._client.run(self._kill, [t.job.id for t in tasks], wait=True,
-                                 on_error="ignore")
             except Exception:
                 pass
+            self._kill_bundles([t.job.id for t in tasks])
         if already:
             return
         if wait:
             self._close(tasks)
         else:
             threading.Thread(target=self._close, args=(tasks,), daemon=True).start()
+
+    def _kill_bundles(self, job_ids: list[str]) -> None:
+        """Have every worker stop these jobs' bundles; wait at most `KILL_TIMEOUT` seconds.
+
+        ``Client.run`` takes no timeout: it runs on a thread this call stops waiting for.
+        """
+        def run() -> None:
+            try:
+                self._client.run(self._kill, job_ids, wait=True, on_error="ignore")
+            except Exception:
+                pass
+
+        thread = threading.Thread(target=run, name="hog-dask-kill", daemon=True)
+        thread.start()
+        thread.join(KILL_TIMEOUT)
+        if thread.is_alive():
+            print(f"hog-executor: the Dask workers did not confirm within {KILL_TIMEOUT:.0f} s "
+                  "that the cancelled bundles stopped", file=sys.stderr)
 
     def _close(self, tasks: list[_Task]) -> None:
         from concurrent.futures import wait
@@ -294,6 +320,18 @@ class DaskBackend(Backend):
                 self._client.close()
             except Exception:
                 pass
+
+
+def _cancel(f: Future[Output]) -> bool:
+    """Cancel ``f`` if it has not started, and wake whoever waits for it (``wait()`` counts
+    a cancelled future as done only once notified)."""
+    if not f.cancel():
+        return False
+    try:
+        f.set_running_or_notify_cancel()
+    except RuntimeError:  # notified already
+        pass
+    return True
 
 
 def _resolve(f: Future[Output], output: Output | None, error: BaseException | None,

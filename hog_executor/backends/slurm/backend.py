@@ -287,6 +287,7 @@ class SlurmBackend(Backend):
         self._max_parallel: int | None = values.get("max_parallel")
         self._key = secrets.token_bytes(32)
         self._dir: str | None = None
+        self._cleanup: weakref.finalize[..., SlurmBackend] | None = None
         self._lock = threading.RLock()
         self._tasks: dict[str, _Task] = {}
         self._closed = False
@@ -386,6 +387,11 @@ class SlurmBackend(Backend):
                 f"cannot create the slurm backend's job directory under {self._shared_dir}: "
                 f"{exc}"
             ) from None
+        # Removes the key and the directory when the backend is collected without a
+        # shutdown. It cannot run while jobs are unsettled: the watcher follows them, and
+        # each one references this backend. Interpreter exit is _at_exit's (it cancels jobs).
+        self._cleanup = weakref.finalize(self, _remove_job_dir, directory)
+        self._cleanup.atexit = False
         self._dir = directory
         return directory
 
@@ -427,6 +433,17 @@ class SlurmBackend(Backend):
                 "sbatch was not found: the slurm backend runs where Slurm's commands are "
                 "(a login node of the cluster)"
             ) from None
+        except subprocess.TimeoutExpired:
+            # The controller may have queued the job without answering in time: cancel it by
+            # its name, unique to this submission (render_sbatch names it hog-<submission>).
+            cancelled = self._scancel_name(f"hog-{sub_id}")
+            shutil.rmtree(job_dir, ignore_errors=True)
+            what = ("any job it queued was cancelled" if cancelled else
+                    f"cancelling a job it may have queued failed: run scancel --name=hog-{sub_id}")
+            raise BackendError(
+                f"sbatch did not answer within {COMMAND_TIMEOUT:.0f} s (is the Slurm controller "
+                f"overloaded?); {what}"
+            ) from None
         except (OSError, subprocess.SubprocessError) as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise BackendError(f"sbatch could not run: {exc}") from None
@@ -439,6 +456,18 @@ class SlurmBackend(Backend):
         for task in tasks:
             task._slurm_id = job_id if len(jobs) == 1 else f"{job_id}_{task.index}"
         return tasks
+
+    def _scancel_name(self, name: str) -> bool:
+        """Cancel this user's jobs named ``name``; False when scancel failed."""
+        try:
+            proc = subprocess.run(
+                ["scancel", f"--name={name}", f"--user={os.getuid()}"], capture_output=True,
+                text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"hog-executor: scancel --name={name} failed: {exc}", file=sys.stderr)
+            return False
+        return proc.returncode == 0
 
     def _scancel(self, slurm_ids: Sequence[str]) -> None:
         for start in range(0, len(slurm_ids), 500):
@@ -578,15 +607,22 @@ class SlurmBackend(Backend):
         with self._lock:
             if not self._closed or self._tasks or self._dir is None:
                 return
-            directory, self._dir = self._dir, None
-        try:
-            os.unlink(os.path.join(directory, "key"))
-        except OSError:
-            pass
-        try:
-            os.rmdir(directory)  # kept only when it holds the files of failed tasks
-        except OSError:
-            pass
+            self._dir = None
+            cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            cleanup()
+
+
+def _remove_job_dir(directory: str) -> None:
+    """Remove a backend's key and its directory (kept if it holds files of failed tasks)."""
+    try:
+        os.unlink(os.path.join(directory, "key"))
+    except OSError:
+        pass
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
 
 
 def _write_private(path: str, text: str) -> None:

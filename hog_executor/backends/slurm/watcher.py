@@ -219,6 +219,9 @@ class Watcher:
                 changed = True
             interval = base if changed else min(interval * BACKOFF, cap)
             last = time.monotonic()
+            # Hold no settled task while waiting: each references its backend, which must be
+            # free to be collected (and clean up) once its owner drops it.
+            del entries
             with self._cond:
                 self._cond.notify_all()
 
