@@ -6,22 +6,13 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
-import time
 
 import hogtest_basic as basic
 import pytest
+from conftest import wait_for
 
 from hog_executor import HogExecutor
 from hog_executor.backends.local import LocalBackend
-
-
-def _wait_for(predicate, timeout=60.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def _touch(path, data):
@@ -50,7 +41,7 @@ def test_a_call_cancelled_while_its_process_starts_never_runs(cache_dir, tmp_pat
                 fut.result(timeout=300)  # it had started: it runs to the end
                 continue
             hits += 1
-            assert _wait_for(job_future.done, timeout=300)
+            assert wait_for(job_future.done, timeout=300)
             assert fut.cancelled()
             assert not marker.exists(), "a call reported cancelled ran anyway"
         assert hits, "no cancel arrived before the process started"
@@ -89,4 +80,4 @@ def test_a_local_executor_dropped_without_shutdown_removes_its_directory(private
         gc.collect()  # idle worker threads exit, then nothing holds the backend
         return not os.path.exists(workdir)
 
-    assert _wait_for(gone, timeout=60, interval=0.2)
+    assert wait_for(gone, timeout=60, interval=0.2)

@@ -13,12 +13,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import hogtest_deps as deps
 import hogtest_dist as fns
 import pytest
-from conftest import alive, session_processes
+from conftest import alive, session_processes, wait_for
 
 try:
     import dask
@@ -33,15 +32,6 @@ from hog_executor import BackendError, ConfigError, HogExecutor, RemoteProcessEr
 from hog_executor.distributed import HogCluster, HogTaskExecutor
 
 NO_DASHBOARD = {"dashboard_address": ":0"}  # any free port: tests may run side by side
-
-
-def _wait_for(predicate, timeout=60.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def _read_int(path):
@@ -169,14 +159,14 @@ def test_cancelled_tasks_waiting_for_a_slot_never_run(cache_dir, tmp_path):
     with HogCluster("local", max_workers=1, batch=2, cache_dir=cache_dir,
                     cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
         first = client.submit(fns.record_and_sleep, str(tmp_path / "first"), 4)
-        assert _wait_for(lambda: (tmp_path / "first").exists(), timeout=120)
+        assert wait_for(lambda: (tmp_path / "first").exists(), timeout=120)
         # The worker has a second thread, so this task reaches the executor and waits there.
         second = client.submit(fns.record_and_sleep, str(tmp_path / "second"), 0)
         worker = next(iter(cluster.workers.values()))
-        assert _wait_for(lambda: len(worker.state.executing) == 2, timeout=60)
+        assert wait_for(lambda: len(worker.state.executing) == 2, timeout=60)
         client.cancel(second)
         assert first.result(timeout=120) == "slept"
-        assert _wait_for(lambda: not worker.state.executing, timeout=60)  # the slot is free
+        assert wait_for(lambda: not worker.state.executing, timeout=60)  # the slot is free
         assert not (tmp_path / "second").exists()
         assert client.submit(fns.square, 4).result(timeout=120) == 16
 
@@ -223,7 +213,7 @@ def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir):
     with HogCluster("local", max_workers=2, n_workers=2, processes=True, cache_dir=cache_dir,
                     cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
         futures = client.map(fns.slow_square, range(8), seconds=0.4)
-        assert _wait_for(lambda: any(f.done() for f in futures), timeout=120)
+        assert wait_for(lambda: any(f.done() for f in futures), timeout=120)
         running = [v for v in client.run(_executor_workdir).values() if v[1]]
         victim, workdir = running[0]
         os.kill(victim, signal.SIGKILL)
@@ -233,7 +223,7 @@ def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir):
             assert client.gather(futures) == [x * x for x in range(8)]  # lost tasks ran again
         finally:  # a killed process cannot remove its executor's work directory
             # The bundles it had started end on their own.
-            assert _wait_for(lambda: not session_processes(workdir), timeout=60)
+            assert wait_for(lambda: not session_processes(workdir), timeout=60)
             shutil.rmtree(workdir, ignore_errors=True)
         with pytest.raises(fns.CustomError, match="across processes"):
             client.submit(fns.fail, "across processes").result(timeout=120)
@@ -277,13 +267,13 @@ def test_dask_backend_cancels_queued_and_running_calls(dask_ex, tmp_path):
     assert queued.cancelled()
     marker = str(tmp_path / "pid")
     running = dask_ex.submit(fns.record_and_sleep, marker, 120)
-    assert _wait_for(lambda: os.path.exists(marker), timeout=120)
+    assert wait_for(lambda: os.path.exists(marker), timeout=120)
     pid = _read_int(marker)
     assert alive(pid)
-    assert _wait_for(running.running, timeout=30)  # the worker reported the start
+    assert wait_for(running.running, timeout=30)  # the worker reported the start
     dask_ex.shutdown(wait=True, cancel_futures=True)
     assert running.cancelled()
-    assert _wait_for(lambda: not alive(pid), timeout=30)  # the bundle's process is stopped
+    assert wait_for(lambda: not alive(pid), timeout=30)  # the bundle's process is stopped
 
 
 def test_dask_backend_config_errors(dask_client):
@@ -308,7 +298,7 @@ def test_dask_backend_by_address_with_worker_processes_and_worker_loss(cache_dir
             assert ex.submit(fns.square, 5).result(timeout=120) == 25
             markers = [str(tmp_path / f"pid{i}") for i in range(2)]
             futures = [ex.submit(fns.record_and_sleep, m, 120) for m in markers]
-            assert _wait_for(lambda: all(os.path.exists(m) for m in markers), timeout=120)
+            assert wait_for(lambda: all(os.path.exists(m) for m in markers), timeout=120)
             pids = [_read_int(m) for m in markers]
             victim = next(iter(ex.backend.client.run(os.getpid).values()))
             os.kill(victim, signal.SIGKILL)
@@ -316,7 +306,7 @@ def test_dask_backend_by_address_with_worker_processes_and_worker_loss(cache_dir
                 with pytest.raises(RemoteProcessError, match="died"):
                     f.result(timeout=120)
             if subprocess.run(["which", "setpriv"], capture_output=True).returncode == 0:
-                assert _wait_for(lambda: not any(alive(p) for p in pids), timeout=30)
+                assert wait_for(lambda: not any(alive(p) for p in pids), timeout=30)
         finally:
             ex.shutdown(wait=True, cancel_futures=True)
 
@@ -408,7 +398,7 @@ def test_task_executor_shutdown_settles_tasks_not_prepared_yet(cache_dir):
             for i in range(3)]
     ex.shutdown(wait=False)
     gate.set()
-    assert _wait_for(lambda: all(o.done() for o in outs), timeout=60)
+    assert wait_for(lambda: all(o.done() for o in outs), timeout=60)
     assert all(o.cancelled() for o in outs)
     with pytest.raises(RuntimeError):
         ex.submit(_run_task_simple, _simple("late", fns.square, 1), {}, 0.0)
@@ -423,16 +413,16 @@ def test_shared_task_executor_close_settles_waiting_and_running_tasks(cache_dir,
     try:
         first = tex.submit(_run_task_simple, _simple("a", fns.record_and_sleep, marker, 60),
                            {}, 0.0)
-        assert _wait_for(lambda: os.path.exists(marker), timeout=300)
+        assert wait_for(lambda: os.path.exists(marker), timeout=300)
         second = tex.submit(_run_task_simple, _simple("b", fns.square, 3), {}, 0.0)
         tex.shutdown()  # one worker closing: the executor is shared, nothing stops
         assert not first.done() and not second.done()
         tex.close()  # the last one is gone
-        assert _wait_for(lambda: first.done() and second.done(), timeout=60)
+        assert wait_for(lambda: first.done() and second.done(), timeout=60)
         assert first.cancelled() and second.cancelled()
     finally:
         hog.shutdown(wait=True, cancel_futures=True)
-    assert _wait_for(lambda: not alive(_read_int(marker)), timeout=30)
+    assert wait_for(lambda: not alive(_read_int(marker)), timeout=30)
 
 
 def test_task_released_while_its_call_is_made_is_cancelled(cache_dir, tmp_path, monkeypatch):

@@ -8,18 +8,9 @@ import time
 
 import hogtest_basic as basic
 import pytest
-from conftest import alive, session_processes
+from conftest import alive, session_processes, wait_for
 
 from hog_executor import HogExecutor
-
-
-def _wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_cancel_pending_call(cache_dir):
@@ -39,7 +30,7 @@ def test_cancel_pending_call(cache_dir):
 def test_cancel_after_start_is_refused_like_the_stdlib(cache_dir):
     with HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
         f = ex.submit(basic.sleep, 1, "ok")
-        assert _wait_for(f.running)
+        assert wait_for(f.running)
         assert not f.cancel()
         assert f.result() == "ok"
 
@@ -50,7 +41,7 @@ def test_shutdown_cancel_futures_stops_running_and_pending_work(cache_dir, tmp_p
     workdir = ex.backend.workdir
     running = [ex.submit(basic.sleep_with_child, 120, str(pidfile)) for _ in range(2)]
     pending = [ex.submit(basic.sleep, 120) for _ in range(3)]
-    assert _wait_for(lambda: pidfile.exists() and len(pidfile.read_text().split()) == 4)
+    assert wait_for(lambda: pidfile.exists() and len(pidfile.read_text().split()) == 4)
     start = time.monotonic()
     ex.shutdown(wait=True, cancel_futures=True)
     assert time.monotonic() - start < 30
@@ -58,7 +49,7 @@ def test_shutdown_cancel_futures_stops_running_and_pending_work(cache_dir, tmp_p
         assert f.done()
         assert f.cancelled()
     for pid in map(int, pidfile.read_text().split()):
-        assert _wait_for(lambda pid=pid: not alive(pid), 10), f"process {pid} survived"
+        assert wait_for(lambda pid=pid: not alive(pid), 10), f"process {pid} survived"
     assert not os.path.exists(workdir)
     assert session_processes(workdir) == []
 
@@ -79,7 +70,7 @@ def test_shutdown_without_wait_returns_at_once(cache_dir):
     ex.shutdown(wait=False)
     assert time.monotonic() - start < 1
     assert f.result(timeout=60) == "late"
-    assert _wait_for(lambda: not os.path.exists(ex.backend.workdir), 30)
+    assert wait_for(lambda: not os.path.exists(ex.backend.workdir), 30)
 
 
 def test_closing_a_map_iterator_cancels_what_is_left(cache_dir):

@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -365,3 +366,34 @@ def test_an_executor_dropped_without_shutdown_removes_its_directory(shared, cach
         gc.collect()
         time.sleep(0.1)
     assert list(shared.iterdir()) == []
+
+
+SLURM_EXIT_SCRIPT = '''# /// script
+# requires-python = ">=3.10"
+# dependencies = []
+# ///
+import sys
+
+
+def square(x):
+    return x * x
+
+
+if __name__ == "__main__":
+    from hog_executor import HogExecutor
+
+    ex = HogExecutor("slurm", partition=sys.argv[1], shared_dir=sys.argv[2],
+                     cache_dir=sys.argv[3], poll_interval=0.2)
+    print(ex.submit(square, 7).result(timeout=120))
+    # no shutdown: the interpreter exits
+'''
+
+
+def test_exit_without_shutdown_leaves_no_job_files(shared, cache_dir, tmp_path):
+    script = tmp_path / "slurm_exit.py"
+    script.write_text(SLURM_EXIT_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), PARTITION, str(shared), cache_dir],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["49"]
+    assert [p for p in shared.rglob("*") if p.is_file()] == []  # no key, no job files

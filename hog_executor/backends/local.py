@@ -98,8 +98,11 @@ class LocalBackend(Backend):
     def _remove_workdir(self) -> None:
         with self._lock:
             cleanup = self._cleanup
-        if cleanup is not None:
-            cleanup()
+        # Not cleanup(): once weakref's own exit hook has run, calling a finalizer does nothing.
+        detached = cleanup.detach() if cleanup is not None else None
+        if detached is not None:
+            _, func, args, _ = detached
+            func(*args)
 
     def submit(self, jobs: Sequence[Job]) -> None:
         with self._lock:

@@ -609,8 +609,11 @@ class SlurmBackend(Backend):
                 return
             self._dir = None
             cleanup, self._cleanup = self._cleanup, None
-        if cleanup is not None:
-            cleanup()
+        # Not cleanup(): once weakref's own exit hook has run, calling a finalizer does nothing.
+        detached = cleanup.detach() if cleanup is not None else None
+        if detached is not None:
+            _, func, args, _ = detached
+            func(*args)
 
 
 def _remove_job_dir(directory: str) -> None:
