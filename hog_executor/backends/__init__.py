@@ -135,6 +135,18 @@ class Backend(abc.ABC):
         """Release resources; with ``cancel``, stop queued and running jobs first."""
 
 
+def run_finalizer(finalizer: Any) -> None:
+    """Run a ``weakref.finalize`` clean-up now, once; also at interpreter exit.
+
+    Calling the finalizer itself does nothing once weakref's own exit hook has run, which
+    may be before the backends' exit handlers: detach it and call its function instead.
+    """
+    detached = finalizer.detach() if finalizer is not None else None
+    if detached is not None:
+        _, func, args, kwargs = detached
+        func(*args, **kwargs)
+
+
 def backend_names() -> list[str]:
     """Names of every installed backend."""
     return sorted({*BUILTIN, *_entry_points()})

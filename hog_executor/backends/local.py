@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from ..config import Endpoint, Key, positive_int
 from ..errors import BackendError
-from . import Backend, Job, Output
+from . import Backend, Job, Output, run_finalizer
 from .processes import KILL_GRACE, same_machine_hints, stop_session
 
 __all__ = ["KILL_GRACE", "LocalBackend", "same_machine_hints"]
@@ -98,11 +98,7 @@ class LocalBackend(Backend):
     def _remove_workdir(self) -> None:
         with self._lock:
             cleanup = self._cleanup
-        # Not cleanup(): once weakref's own exit hook has run, calling a finalizer does nothing.
-        detached = cleanup.detach() if cleanup is not None else None
-        if detached is not None:
-            _, func, args, _ = detached
-            func(*args)
+        run_finalizer(cleanup)
 
     def submit(self, jobs: Sequence[Job]) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from ...bundle import EXIT_WALLTIME
 from ...config import Endpoint, Key, positive_int
 from ...errors import BackendError
-from .. import Backend, Job, Output
+from .. import Backend, Job, Output, run_finalizer
 from ..processes import uv_binary
 from .sbatch import (
     SbatchSpec,
@@ -609,11 +609,7 @@ class SlurmBackend(Backend):
                 return
             self._dir = None
             cleanup, self._cleanup = self._cleanup, None
-        # Not cleanup(): once weakref's own exit hook has run, calling a finalizer does nothing.
-        detached = cleanup.detach() if cleanup is not None else None
-        if detached is not None:
-            _, func, args, _ = detached
-            func(*args)
+        run_finalizer(cleanup)
 
 
 def _remove_job_dir(directory: str) -> None:
