@@ -18,15 +18,11 @@ from pathlib import Path
 
 from ._version import __version__
 from .environment import EnvSpec
+from .runner import EXIT_ENV_FAILED, EXIT_SETUP_FAILED, EXIT_WALLTIME, frame_lines
 
-__all__ = ["BundleSpec", "Frame", "bundle_parts", "parse_output", "payload_line", "render_bundle"]
+__all__ = ["EXIT_ENV_FAILED", "EXIT_SETUP_FAILED", "EXIT_WALLTIME", "BundleSpec", "Frame",
+           "bundle_parts", "parse_output", "payload_line", "render_bundle"]
 
-#: Exit status of a bundle whose call exceeded its walltime (as coreutils ``timeout``).
-EXIT_WALLTIME = 124
-#: Exit status of a bundle that could not build its environment.
-EXIT_ENV_FAILED = 96
-#: Exit status of a bundle that failed before running the call.
-EXIT_SETUP_FAILED = 97
 
 RUNNER_NAME = ".hog_runner.py"
 PAYLOAD_NAME = ".hog_payload"
@@ -245,8 +241,7 @@ class Frame:
 def parse_output(stdout: bytes | str, marker: str) -> Frame:
     """Find the result frame for ``marker`` in a bundle's stdout."""
     data = stdout.encode("utf-8", "surrogateescape") if isinstance(stdout, str) else stdout
-    begin = b"\n@@HOG-RESULT " + marker.encode() + b"@@\n"
-    end = b"\n@@HOG-END " + marker.encode() + b"@@\n"
+    begin, end = frame_lines(marker.encode())
     start = data.rfind(begin)
     if start < 0:
         return Frame(None, data.decode("utf-8", "replace"))

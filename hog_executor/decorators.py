@@ -20,6 +20,8 @@ import _thread  # a lock without importing threading: this module is imported re
 import os
 import sys
 
+from .runner import REMOTE_CALL_ENV, SCRIPT_MODULE
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing at runtime would slow down every remote import
     from collections.abc import Callable, Iterable, Iterator
@@ -45,11 +47,6 @@ if TYPE_CHECKING:  # importing typing at runtime would slow down every remote im
 __all__ = ["FunctionSpec", "function", "harness", "harnesses", "in_remote_call",
            "shutdown_executors"]
 
-#: Set in the environment of every remote call (by the runner): decorated functions refuse
-#: to start further remote calls from inside one.
-REMOTE_CALL_ENV = "HOG_IN_REMOTE_CALL"
-#: The module name the runner imports the script under.
-_SCRIPT_MODULE = "__hog_script__"
 #: Keys of the function's configuration that also apply to ``.local()`` (the environment
 #: and limits, not site specifics such as ``worker_init`` or scheduler keys).
 LOCAL_KEYS = ("requires_python", "dependencies", "env", "walltime", "payload_limit")
@@ -62,7 +59,7 @@ _exit_hook = False
 
 def in_remote_call() -> bool:
     """Whether this process is running a remote call (started by a bundle's runner)."""
-    return bool(os.environ.get(REMOTE_CALL_ENV)) or _SCRIPT_MODULE in sys.modules
+    return bool(os.environ.get(REMOTE_CALL_ENV)) or SCRIPT_MODULE in sys.modules
 
 
 def _freeze(value: Any) -> Any:

@@ -21,11 +21,16 @@ from typing import Any
 import cloudpickle
 
 from .errors import PayloadTooLargeError, RemoteError, RemoteTraceback, SerializationError
+from .runner import (
+    OUTCOME_STORED,
+    OUTCOME_VALUE,
+    PROTOCOL,
+    SCRIPT_MODULE,
+    STORE_FRAME_MAGIC,
+)
 
 __all__ = ["Outcome", "decode_outcome", "dumps", "loads", "pack_payload"]
 
-SCRIPT_MODULE = "__hog_script__"
-PROTOCOL = 5
 
 
 def _resolve(module: types.ModuleType, qualname: str) -> Any:
@@ -163,7 +168,7 @@ def loads(data: Any, module: types.ModuleType | None = None) -> Any:
     ``data`` is a pickle or a frame from the store (a pickle and its out-of-band buffers,
     which the unpickled object may keep using: see `hog_executor.store.split_frame`).
     """
-    if data[:8] == b"HOGPKL5\n":
+    if data[:len(STORE_FRAME_MAGIC)] == STORE_FRAME_MAGIC:
         from .store import split_frame
 
         meta, buffers = split_frame(data)
@@ -286,7 +291,7 @@ def decode_outcome(raw: tuple[Any, ...], module: types.ModuleType | None, store:
     into ``store`` (a `ClientStore`) is fetched and evicted, or with ``keep_stored`` left there
     and returned as a `StoredRef`.
     """
-    if raw[0] == 2:
+    if raw[0] == OUTCOME_STORED:
         try:
             ref = store.adopt(pickle.loads(raw[1]), raw[2])
             if keep_stored:
@@ -300,7 +305,7 @@ def decode_outcome(raw: tuple[Any, ...], module: types.ModuleType | None, store:
             err = SerializationError(f"the result could not be fetched from the store: {exc}")
             err.__cause__ = exc
             return Outcome(False, error=err)
-    if raw[0] == 0:
+    if raw[0] == OUTCOME_VALUE:
         try:
             return Outcome(True, loads(raw[1], module))
         except Exception as exc:

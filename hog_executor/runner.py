@@ -35,12 +35,40 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: the runner must start fast
     from typing import Any
 
+# -- the protocol between client and runner -------------------------------------------------
+# Every constant the two sides must agree on lives here, on the runner's side (this file
+# travels alone and imports only the standard library); the client imports them from here.
+
+#: The module name the user's script is imported as remotely (its ``__main__`` guard stays
+#: unexecuted); objects of the script travel as references into it.
 SCRIPT_MODULE = "__hog_script__"
+#: The pickle protocol of payloads, outcomes and store frames.
 PROTOCOL = 5
 #: Set for the user's code: a remote call is running (see hog_executor.decorators).
 REMOTE_CALL_ENV = "HOG_IN_REMOTE_CALL"
 #: When set, results are also printed readably after the frame (``hog bundle`` sets it).
 PRINT_RESULT_ENV = "HOG_PRINT_RESULT"
+#: The lines around a result frame: ``BEGIN <marker>@@`` and ``END <marker>@@``.
+RESULT_BEGIN = b"@@HOG-RESULT "
+RESULT_END = b"@@HOG-END "
+#: Outcome tags: the first element of each outcome tuple.
+OUTCOME_VALUE = 0
+OUTCOME_ERROR = 1
+OUTCOME_STORED = 2
+#: The first bytes of a store frame (a pickle and its out-of-band buffers).
+STORE_FRAME_MAGIC = b"HOGPKL5\n"
+#: Exit statuses with a meaning of their own. A bundle's call over its walltime exits as
+#: coreutils ``timeout`` does; the others are distinct from each other and from signals.
+EXIT_WALLTIME = 124
+EXIT_ENV_FAILED = 96
+EXIT_SETUP_FAILED = 97
+#: A Slurm job script that failed before running its bundles.
+EXIT_WRAPPER_FAILED = 95
+
+
+def frame_lines(marker: bytes) -> tuple[bytes, bytes]:
+    """The begin and end lines (with their newlines) of the result frame for ``marker``."""
+    return (b"\n" + RESULT_BEGIN + marker + b"@@\n", b"\n" + RESULT_END + marker + b"@@\n")
 
 
 def _dumps(obj: object, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
@@ -78,7 +106,7 @@ def _error(exc: BaseException) -> tuple[object, ...]:
         message = str(exc)
     except Exception:
         message = "<str() failed>"
-    return (1, data, name, message, text)
+    return (OUTCOME_ERROR, data, name, message, text)
 
 
 def _import_script(path: str, by_value: bool) -> object:
@@ -122,16 +150,16 @@ class _ResultStore:
                 buffers: list[pickle.PickleBuffer]) -> tuple[object, ...]:
         size = len(data) + sum(b.raw().nbytes for b in buffers)
         if self.spec is None or size <= self.threshold:
-            return (0, _dumps(value) if buffers else data)
+            return (OUTCOME_VALUE, _dumps(value) if buffers else data)
         try:
             from hog_executor.store import frame_parts, put_frame
 
             key = put_frame(self.spec, frame_parts(data, buffers))
         except ImportError:
             if self.optional:
-                return (0, _dumps(value))
+                return (OUTCOME_VALUE, _dumps(value))
             raise
-        return (2, pickle.dumps(key, protocol=PROTOCOL), size)
+        return (OUTCOME_STORED, pickle.dumps(key, protocol=PROTOCOL), size)
 
 
 def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, ...]]:
@@ -184,7 +212,7 @@ def _show(outcomes: list[tuple[object, ...]]) -> int:
     """Print each result (repr) or remote traceback readably, for bundles run by hand."""
     failed = 0
     for outcome in outcomes:
-        if outcome[0] == 0:
+        if outcome[0] == OUTCOME_VALUE:
             try:
                 print(repr(pickle.loads(outcome[1])))  # type: ignore[arg-type]
             except Exception as exc:
@@ -211,7 +239,8 @@ def main(argv: list[str]) -> int:
         sys.stderr.flush()
     except Exception:
         pass
-    out.write(b"\n@@HOG-RESULT " + marker + b"@@\n" + frame + b"\n@@HOG-END " + marker + b"@@\n")
+    begin, end = frame_lines(marker)
+    out.write(begin + frame + end)
     out.flush()
     if os.environ.get(PRINT_RESULT_ENV):
         return _show(outcomes)

@@ -37,6 +37,8 @@ import threading
 import uuid
 from typing import Any
 
+from .runner import STORE_FRAME_MAGIC
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -103,7 +105,7 @@ def _key_from(raw: RawKey) -> Any:
 # MAGIC, then little-endian u64: the pickle's length and the number of buffers, one u64 length
 # per buffer; the pickle; each buffer, starting at a multiple of ALIGN from the frame's start.
 
-MAGIC = b"HOGPKL5\n"
+MAGIC = STORE_FRAME_MAGIC
 ALIGN = 64
 _U64 = struct.Struct("<Q")
 

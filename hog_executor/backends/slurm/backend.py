@@ -19,9 +19,9 @@ from concurrent.futures import InvalidStateError
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...bundle import EXIT_WALLTIME
 from ...config import Endpoint, Key, positive_int
 from ...errors import BackendError
+from ...runner import EXIT_WALLTIME, RESULT_BEGIN
 from .. import Backend, Job, Output, run_finalizer
 from ..processes import uv_binary
 from .sbatch import (
@@ -524,7 +524,7 @@ class SlurmBackend(Backend):
             if result is not None:
                 self._resolve(task, Output(result.returncode, result.out, result.err,
                                            state="COMPLETED", log_paths=task.log_paths),
-                              keep=result.returncode != 0 or b"\n@@HOG-RESULT " not in result.out)
+                              keep=result.returncode != 0 or RESULT_BEGIN not in result.out)
                 return True
             if state is None and missing_for < VANISH_GRACE:
                 return False

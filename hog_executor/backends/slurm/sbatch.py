@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..._version import __version__
+from ...runner import EXIT_WRAPPER_FAILED
 
 __all__ = [
     "EXIT_WRAPPER_FAILED",
@@ -39,8 +40,6 @@ __all__ = [
 #: Minutes added to a call's walltime for Slurm's ``--time``: the bundle enforces the exact
 #: walltime itself; the margin covers building the environment on first use.
 TIME_MARGIN_MINUTES = 5
-#: Exit status of the job script when it cannot run the bundle or record its result.
-EXIT_WRAPPER_FAILED = 97
 #: First line of the authenticated message (bump when its layout changes).
 RESULT_VERSION = "hog-result-v1"
 
