@@ -49,7 +49,7 @@ class Crossing:
 
     def __init__(self, ex: HogExecutor) -> None:
         self.bytes = 0
-        backend, store = ex.backend, ex._shared.client_store()
+        backend, store = ex.backend, ex._state.client_store()
         assert store is not None
         submit, get = backend.submit, store.get
 
@@ -81,7 +81,7 @@ def crossing(ex: HogExecutor) -> tuple[int, int, float]:
     try:
         value = graph.compute(scheduler=ex)
     finally:
-        del ex.backend.submit, ex._shared.client_store().get  # type: ignore[union-attr]
+        del ex.backend.submit, ex._state.client_store().get  # type: ignore[union-attr]
     expected = graph.compute(scheduler="sync")
     assert abs(value - expected) < 1e-6 * abs(expected), (value, expected)
     intermediate = 2 * parts * n * 8  # make() and smooth() outputs
@@ -144,7 +144,7 @@ def main() -> None:
                 raw_times.append(c.timed(raw))
                 store_times.append(
                     c.timed(lambda: ex.submit(daskfuncs.nbytes_of, a).result()))
-        left = ex._shared.client_store().live  # type: ignore[union-attr]
+        left = ex._state.client_store().live  # type: ignore[union-attr]
 
     pm, om = c.Row("", procs).median, c.Row("", ours).median
     rm, sm = c.Row("", raw_times).median, c.Row("", store_times).median

@@ -168,6 +168,7 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
     local_ = _dask("dask.local")
     order = _dask("dask.order").order
 
+    from . import executor as internal
     from . import payload as _payload
     from .store import StoredRef
 
@@ -184,10 +185,11 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
             cache[key] = node.value
             del graph[key]
     graph = spec.fuse_linear_task_spec(graph, wanted)
-    store = executor._shared.client_store()
-    executor._register_functions({f for f in _functions(graph.values()) if _is_hashable(f)})
+    store = internal.client_store(executor)
+    internal.register_functions(executor,
+                                {f for f in _functions(graph.values()) if _is_hashable(f)})
     packages = (f"dask=={_dask('dask').__version__}",)
-    module = _payload.client_module_for(executor._script_for(run_node), run_node)
+    module = _payload.client_module_for(internal.script_of(executor, run_node), run_node)
 
     done: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
     inflight: dict[Any, Future[Any]] = {}
@@ -231,7 +233,7 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
 
             def fire() -> None:
                 remote: list[tuple[Any, Any, dict[Any, Any]]] = []
-                busy = len({getattr(f, "task_id", None) for f in inflight.values()})
+                busy = len({getattr(f, "job_id", None) for f in inflight.values()})  # jobs
                 ready = state["ready"]
                 held: list[Any] = []
                 while ready:
@@ -259,8 +261,8 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
                 # One call per free worker: a call's start-up (Python, Dask, the script's
                 # imports) is the dominant cost of small tasks.
                 size = chunksize or -(-len(remote) // max(1, workers - busy))
-                futures = executor._submit_calls(
-                    run_node, [((node, data), {}) for _, node, data in remote],
+                futures = internal.submit_calls(
+                    executor, run_node, [((node, data), {}) for _, node, data in remote],
                     chunksize=size, keep_stored=True, packages=packages,
                 )
                 for (key, _, _), fut in zip(remote, futures, strict=True):
@@ -315,7 +317,7 @@ def _is_hashable(obj: Any) -> bool:
 
 def _report(done: queue.SimpleQueue[tuple[Any, Any]], key: Any, fut: Future[Any]) -> None:
     """Queue a remote task's outcome for the scheduling loop."""
-    worker = getattr(fut, "task_id", None)
+    worker = getattr(fut, "job_id", None)  # the job that ran the task, as dask's worker
     if fut.cancelled():
         done.put((key, (False, RuntimeError(f"task {key!r} was cancelled"), worker)))
         return

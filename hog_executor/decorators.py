@@ -75,14 +75,10 @@ def _freeze(value: Any) -> Any:
 
 
 def _script_of(fn: Any) -> str | None:
-    """The file of ``fn``'s module when it has a PEP 723 block (its endpoint tables apply)."""
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    path = getattr(module, "__file__", None)
-    if not path or not path.endswith(".py") or not os.path.isfile(path):
-        return None
-    from .script import load_script
+    """The script whose endpoint tables and environment apply to ``fn`` (see `script_for`)."""
+    from .context import script_for
 
-    return os.path.realpath(path) if load_script(path).has_block else None
+    return script_for(fn)
 
 
 def _shared_executor(endpoint: str, script: str | None, config: dict[str, Any]) -> HogExecutor:

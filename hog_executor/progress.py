@@ -374,13 +374,12 @@ def wait_with_status(future: Future[Any], label: str) -> Any:
 
 
 def _stop(future: Future[Any]) -> None:
-    """Cancel a call; stop its task when it is running and carries only this call."""
-    if future.cancel():
-        return
-    record = getattr(future, "_job", None)  # a HogFuture's task
-    if record is not None and len(record.futures) == 1 and not future.done():
-        record.cancel_requested = True
-        record.shared.backend.cancel(record.job)
+    """Cancel a call; stop its job when it is running and carries only this call."""
+    stop = getattr(future, "stop", None)  # a HogFuture
+    if stop is not None:
+        stop()
+    else:
+        future.cancel()
 
 
 def _replay(future: Future[Any], label: str) -> None:

@@ -34,7 +34,7 @@ def test_a_call_cancelled_while_its_process_starts_never_runs(cache_dir, tmp_pat
                 break
             marker = tmp_path / f"ran-{attempt}"
             fut = ex.submit(_touch, str(marker), big)
-            job_future = fut._job.job.future
+            job_future = fut._results.job.future
             while not (job_future.running() or job_future.done()):
                 pass
             if not fut.cancel():

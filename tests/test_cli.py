@@ -374,7 +374,7 @@ def test_raw_bundle_is_what_the_executor_sends(cache_dir):
                if ln.startswith("hog_put .hog_payload ")]
     assert len(payload) == 1
     with HogExecutor("site", script=DECORATED) as ex:
-        head, tail = ex._context(mod.square).parts
+        head, tail = ex._contexts.get(mod.square).parts
     assert raw.stdout == head + payload[0] + tail
 
 

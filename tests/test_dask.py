@@ -35,7 +35,7 @@ def dex(cache_dir: str):
 
 def store_files(ex: HogExecutor) -> list[str]:
     """Objects (not markers) in the executor's private file store."""
-    path = ex._shared.client_store().owned_dir  # type: ignore[union-attr]
+    path = ex._state.client_store().owned_dir  # type: ignore[union-attr]
     return [n for n in os.listdir(path) if not n.endswith(".ready")] if path else []
 
 
@@ -48,7 +48,7 @@ class Crossing:
         self.fetched = 0
         self.jobs = 0
         backend = ex.backend
-        store = ex._shared.client_store()
+        store = ex._state.client_store()
         assert store is not None
         submit, get = backend.submit, store.get
 
@@ -177,7 +177,7 @@ def test_error_keeps_its_type_and_callbacks_see_failure(dex: HogExecutor) -> Non
     with Callback(finish=finish), pytest.raises(Boom, match="bad input 2"):
         value.compute(scheduler=dex)
     assert seen["failed"] is True
-    assert dex._shared.client_store().live == 0  # type: ignore[union-attr]
+    assert dex._state.client_store().live == 0  # type: ignore[union-attr]
 
 
 def test_progress_bar_and_callbacks(dex: HogExecutor) -> None:
@@ -229,7 +229,7 @@ def test_intermediates_stay_remote(dex: HogExecutor) -> None:
     intermediate = 4 * n * 8
     assert counter.total < intermediate / 100, vars(counter)
     assert counter.fetched == 0
-    assert dex._shared.client_store().live == 0  # type: ignore[union-attr]
+    assert dex._state.client_store().live == 0  # type: ignore[union-attr]
     assert store_files(dex) == []
 
 
@@ -239,7 +239,7 @@ def test_large_final_result_comes_through_the_store(dex: HogExecutor) -> None:
     value = delayed(big)(300_000, 7)
     got = value.compute(scheduler=dex)
     assert got.shape == (300_000,) and float(got[0]) == 7.0
-    assert dex._shared.client_store().live == 0  # type: ignore[union-attr]
+    assert dex._state.client_store().live == 0  # type: ignore[union-attr]
     assert store_files(dex) == []
 
 
@@ -250,7 +250,7 @@ def test_persist_keeps_chunks_remote(cache_dir: str) -> None:
         y = ex.persist(x)
         chunks = list(dict(y.__dask_graph__()).values())
         assert chunks and all(isinstance(c, StoredRef) for c in chunks)
-        store = ex._shared.client_store()
+        store = ex._state.client_store()
         assert store is not None and store.live == 4
         assert float(y.sum().compute(scheduler=ex)) == 12_000_000.0
         assert float((y + 1).max().compute(scheduler=ex)) == 4.0

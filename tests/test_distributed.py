@@ -431,14 +431,16 @@ def test_task_released_while_its_call_is_made_is_cancelled(cache_dir, tmp_path, 
     hog = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
     busy = hog.submit(fns.record_and_sleep, str(tmp_path / "busy"), 30)  # the only process slot
     tex = HogTaskExecutor("local", executor=hog, slots=2, cache_dir=cache_dir)
-    real_submit = hog.submit
+    from hog_executor.distributed import executor as task_executor
 
-    def submit_then_release(fn, *args, **kwargs):
-        call = real_submit(fn, *args, **kwargs)
+    real_submit = task_executor.submit_calls
+
+    def submit_then_release(*args, **kwargs):
+        calls = real_submit(*args, **kwargs)
         tex.cancel_task("late")  # the scheduler releases the task as its call is being made
-        return call
+        return calls
 
-    monkeypatch.setattr(hog, "submit", submit_then_release)
+    monkeypatch.setattr(task_executor, "submit_calls", submit_then_release)
     marker = tmp_path / "late"
     try:
         out = tex.submit(_run_task_simple,

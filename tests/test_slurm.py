@@ -25,6 +25,7 @@ from hog_executor.backends.slurm import SlurmBackend
 from hog_executor.backends.slurm import backend as slurm_backend
 from hog_executor.backends.slurm.watcher import watcher
 from hog_executor.errors import RemoteTraceback
+from hog_executor.runner import EXIT_WRAPPER_FAILED
 
 ACTIVE = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED"
 
@@ -222,7 +223,7 @@ def test_job_failing_before_the_bundle_runs(shared, cache_dir):
         with pytest.raises(RemoteProcessError) as info:
             f.result(timeout=120)
         err = info.value
-        assert err.state == "FAILED" and err.returncode == 97
+        assert err.state == "FAILED" and err.returncode == EXIT_WRAPPER_FAILED
         assert "ended in state FAILED" in str(err)
         assert "do compute nodes see shared_dir?" in str(err)  # the Slurm log's tail
     finally:

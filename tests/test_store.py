@@ -53,7 +53,7 @@ def sex(cache_dir: str):
 
 def test_large_argument_and_result_through_default_local_store(sex: HogExecutor) -> None:
     a = np.arange(3_000_000, dtype=np.float64)  # 24 MB: over the 10 MB payload limit
-    store = sex._shared.client_store()
+    store = sex._state.client_store()
     assert store is not None and store.owned_dir is not None
     fut = sex.submit(double, a)
     result = fut.result(timeout=240)
@@ -75,7 +75,7 @@ def look_around(a: Any, store_dir: str) -> Any:
 
 def test_large_argument_is_private_writable_and_needs_no_proxystore(sex: HogExecutor) -> None:
     a = np.ones(300_000)  # 2.4 MB: over the 1 MB threshold
-    store = sex._shared.client_store()
+    store = sex._state.client_store()
     assert store is not None and store.owned_dir is not None
     modes, imported, total = sex.submit(look_around, a, store.owned_dir).result(timeout=240)
     assert modes == [0o600]  # the object and its .ready marker
@@ -126,13 +126,13 @@ def test_frames_round_trip_through_a_file_store(tmp_path: Any, value: Any) -> No
 def test_map_with_large_items(sex: HogExecutor) -> None:
     arrays = [np.full(200_000, float(i)) for i in range(4)]  # 1.6 MB each
     assert list(sex.map(nbytes_of, arrays, timeout=240)) == [1_600_000] * 4
-    store = sex._shared.client_store()
+    store = sex._state.client_store()
     assert store is not None
     assert settled(store)
 
 
 def test_small_calls_do_not_touch_the_store(sex: HogExecutor) -> None:
-    store = sex._shared.client_store()
+    store = sex._state.client_store()
     assert store is not None and settled(store)
     fut = sex.submit(double, 21)
     assert fut.result(timeout=240) == 42
@@ -141,7 +141,7 @@ def test_small_calls_do_not_touch_the_store(sex: HogExecutor) -> None:
 
 def test_shutdown_removes_the_private_store(cache_dir: str) -> None:
     ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir, dependencies=["numpy"])
-    store = ex._shared.client_store()
+    store = ex._state.client_store()
     assert store is not None and store.owned_dir and os.path.isdir(store.owned_dir)
     ex.shutdown()
     assert not os.path.exists(store.owned_dir)

@@ -83,7 +83,7 @@ def render_bundle_for(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[
         ConfigError, SerializationError, PayloadTooLargeError: as a real submission would.
     """
     from ..backends import Backend, Job
-    from ..executor import HogExecutor
+    from ..executor import HogExecutor, swap_backend
 
     class Capture(Backend):
         def __init__(self, workers: int) -> None:
@@ -105,9 +105,8 @@ def render_bundle_for(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[
                 job.future.cancel()
 
     ex = HogExecutor(endpoint, script=script, **config)
-    real = ex._shared.backend
-    capture = Capture(real.workers)
-    ex._shared.backend = capture
+    capture = Capture(ex.backend.workers)
+    real = swap_backend(ex, capture)
     try:
         ex.submit(fn, *args, **kwargs)
         (job,) = capture.jobs

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from distributed import LocalCluster
 
+from ..context import main_script
 from ..executor import HogExecutor
 from .executor import HogTaskExecutor
 
@@ -26,16 +26,6 @@ async def _stop_hog_executor(dask_worker: Any) -> None:
     executor = dask_worker.executors.get(EXECUTOR_NAME)
     if executor is not None:
         await asyncio.to_thread(executor.shutdown)
-
-
-def _default_script() -> str | None:
-    """The ``__main__`` file when it has a PEP 723 block (as `HogExecutor` would pick)."""
-    from ..script import load_script
-
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main and main.endswith(".py") and os.path.isfile(main) and load_script(main).has_block:
-        return str(os.path.abspath(main))
-    return None
 
 
 class HogCluster(LocalCluster):
@@ -77,7 +67,7 @@ class HogCluster(LocalCluster):
             raise ValueError("n_workers must be >= 1")
         if batch < 1:
             raise ValueError("batch must be >= 1")
-        script_path = os.path.abspath(script) if script is not None else _default_script()
+        script_path = os.path.abspath(script) if script is not None else main_script()
         hog = HogExecutor(endpoint, script=script_path, **config)  # validates the endpoint now
         try:
             concurrency = max(1, hog.backend.workers)

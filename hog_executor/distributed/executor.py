@@ -13,7 +13,7 @@ from typing import Any
 import dask
 from distributed import WorkerPlugin
 
-from ..executor import HogExecutor
+from ..executor import HogExecutor, register_functions, submit_calls
 from .tasks import (
     is_data,
     is_simple_call,
@@ -49,18 +49,20 @@ class _Pending:
     """A task waiting for a free slot: the call to make and the worker's future of it."""
 
     __slots__ = ("args", "cancel_asked", "delay", "dropped", "fn", "key", "kwargs", "out",
-                 "sending", "start", "view")
+                 "packages", "sending", "start")
 
     def __init__(self, out: _TaskFuture, start: float, delay: float, fn: Callable[..., Any],
                  args: tuple[Any, ...], kwargs: dict[str, Any],
-                 view: HogExecutor | None) -> None:
+                 packages: tuple[str, ...] = ()) -> None:
         self.out = out
         self.start = start
         self.delay = delay
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.view = view  # None: the plain executor (such calls may share a bundle)
+        #: Requirements the call needs remotely besides the script's (dask for task trees);
+        #: only calls without any share a bundle.
+        self.packages = packages
         self.key: Any = None
         self.dropped = False  # cancelled while waiting for a slot
         self.sending = False  # taken from the queue, its call not made yet
@@ -111,7 +113,6 @@ class HogTaskExecutor(Executor):
         self._tuning = (slots, batch)
         self._hog = executor
         self._owns = executor is None
-        self._dask_view: HogExecutor | None = None
         self._runners: dict[str | None, Callable[..., Any]] = {}
         if batch < 1:
             raise ValueError("batch must be >= 1")
@@ -141,21 +142,6 @@ class HogTaskExecutor(Executor):
                 self._hog = HogExecutor(endpoint, script=script, **config)
             return self._hog
 
-    def _with_dask(self) -> HogExecutor:
-        """A view of the executor whose environments also hold this client's dask."""
-        with self._lock:
-            view = self._dask_view
-        if view is not None:
-            return view
-        ex = self.executor
-        deps = tuple(ex.endpoint.values.get("dependencies", ()))
-        if not _mentions_dask(deps, self._spec[1]):
-            deps = (*deps, f"dask=={dask.__version__}")  # type: ignore[attr-defined]
-        view = ex.options(dependencies=list(deps))
-        with self._lock:
-            self._dask_view = view
-        return view
-
     def worker_plugin(self) -> WorkerPlugin:
         """A worker plugin that cancels this executor's waiting tasks the scheduler releases.
 
@@ -175,10 +161,8 @@ class HogTaskExecutor(Executor):
         user_functions(task, found)
         main = found[0] if found else None
         module = getattr(main, "__module__", None)
-        ex = self.executor
-        for fn in found[1:]:
-            if getattr(fn, "__module__", None) != module:
-                ex._pickle_by_value_if_local(fn, None)
+        register_functions(self.executor,
+                           [fn for fn in found[1:] if getattr(fn, "__module__", None) != module])
         with self._lock:
             runner = self._runners.get(module)
             if runner is None:
@@ -238,11 +222,11 @@ class HogTaskExecutor(Executor):
             if is_simple_call(task):
                 args = tuple(value_of(a, data) for a in task.args)
                 kwargs = {k: value_of(v, data) for k, v in task.kwargs.items()}
-                entry = _Pending(out, start, delay, task.func, args, kwargs, None)
+                entry = _Pending(out, start, delay, task.func, args, kwargs)
             else:
                 deps = {k: data[k] for k in task.dependencies}
                 entry = _Pending(out, start, delay, self._node_runner(task), (task, deps), {},
-                                 self._with_dask())
+                                 (f"dask=={dask.__version__}",))  # type: ignore[attr-defined]
             if self._slots is None:
                 self._slots = max(1, self.executor.backend.workers)
         except Exception as exc:  # the task fails with this exception
@@ -295,13 +279,13 @@ class HogTaskExecutor(Executor):
                 if head.dropped or head.out.cancelled():
                     continue
                 group = [head]
-                if self._batch > 1 and head.view is None:
+                if self._batch > 1 and not head.packages:
                     rest: deque[_Pending] = deque()
                     while self._queue and len(group) < self._batch:
                         other = self._queue.popleft()
                         if other.dropped or other.out.cancelled():
                             continue
-                        if other.view is None and other.fn is head.fn:
+                        if not other.packages and other.fn is head.fn:
                             group.append(other)
                         else:
                             rest.append(other)
@@ -316,13 +300,10 @@ class HogTaskExecutor(Executor):
         """Send queued tasks while fewer than ``slots`` calls are running."""
         while (group := self._take()) is not None:
             head = group[0]
-            ex = head.view or self.executor
-            try:
-                if len(group) == 1:
-                    calls: list[Future[Any]] = [ex.submit(head.fn, *head.args, **head.kwargs)]
-                else:  # one bundle runs the calls one after the other
-                    calls = list(ex._submit_calls(head.fn, [(e.args, e.kwargs) for e in group],
-                                                  chunksize=len(group)))
+            try:  # a group of several: one bundle runs the calls one after the other
+                calls: list[Future[Any]] = list(submit_calls(
+                    self.executor, head.fn, [(e.args, e.kwargs) for e in group],
+                    chunksize=len(group), packages=head.packages))
             except Exception as exc:  # bad input (unpicklable, too large): these tasks fail
                 with self._lock:
                     self._running -= 1
@@ -437,14 +418,3 @@ class _ReleaseWatcher(WorkerPlugin):
 def _rebuild(endpoint: str, script: str | None, config: dict[str, Any], slots: int | None,
              batch: int) -> HogTaskExecutor:
     return HogTaskExecutor(endpoint, script=script, slots=slots, batch=batch, **config)
-
-
-def _mentions_dask(deps: tuple[str, ...], script: str | None) -> bool:
-    from packaging.requirements import Requirement
-
-    from ..script import load_script
-
-    names = list(deps)
-    if script is not None:
-        names.extend(load_script(script).dependencies)
-    return any(Requirement(d).name.lower() == "dask" for d in names)

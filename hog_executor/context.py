@@ -1,0 +1,198 @@
+"""Which script and environment a call uses, decided in one place.
+
+`script_for` picks the PEP 723 script whose environment (and endpoint tables) apply to a
+function; `CallContext` is everything the calls of one function through one executor view
+share: the script, its client-side module, the pickled function, the environment and the
+rendered bundle around the payload. `Contexts` builds and caches them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import sysconfig
+import types
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import payload as _payload
+from .bundle import BundleSpec, bundle_parts
+from .config import DEFAULT_PAYLOAD_LIMIT
+from .environment import env_spec
+from .script import ScriptMetadata, load_script
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+__all__ = ["CONTEXT_CACHE_SIZE", "CallContext", "Contexts", "main_script", "script_for"]
+
+#: Contexts an executor view keeps (least recently used dropped first).
+CONTEXT_CACHE_SIZE = 256
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+_installed_roots = tuple(
+    {os.path.realpath(p) for k in ("stdlib", "platstdlib", "purelib", "platlib")
+     if (p := sysconfig.get_paths().get(k))}
+)
+
+
+def _with_block(path: str | None) -> str | None:
+    """``path`` resolved, when it is a Python file with a PEP 723 block."""
+    if path and path.endswith(".py") and os.path.isfile(path) and load_script(path).has_block:
+        return str(Path(path).resolve())
+    return None
+
+
+def main_script() -> str | None:
+    """The ``__main__`` file when it has a PEP 723 block."""
+    return _with_block(getattr(sys.modules.get("__main__"), "__file__", None))
+
+
+def script_for(fn: Any = None, explicit: str | os.PathLike[str] | None = None) -> str | None:
+    """The script whose environment and endpoint tables apply to calls of ``fn``.
+
+    The first of: ``explicit`` (an executor's ``script=``); the file of ``fn``'s module when
+    it has a PEP 723 block; the ``__main__`` file when it has one; else None (the
+    executor's ``requires_python``/``dependencies`` apply).
+    """
+    if explicit is not None:
+        return str(Path(explicit).resolve())
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    return _with_block(getattr(module, "__file__", None)) or main_script()
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What all calls of one function through one executor view share.
+
+    Attributes:
+        script: the script's path (None: no script).
+        meta: its parsed PEP 723 block.
+        module: the client's module object of the script, if loaded.
+        fn_bytes: the pickled function.
+        spec: what the bundle contains besides the payload.
+        parts: the bundle's text before and after the payload line.
+        limit: the payload limit for one call.
+        description: what runs, for humans (``script.py:function``).
+        values: the resolved endpoint values.
+        chunk_limit: the payload limit for one chunk (the backend's, if lower).
+    """
+
+    script: str | None
+    meta: ScriptMetadata
+    module: types.ModuleType | None
+    fn_bytes: bytes
+    spec: BundleSpec
+    parts: tuple[str, str]
+    limit: int
+    description: str
+    values: dict[str, Any]
+    chunk_limit: int
+
+
+def describe(fn: Any, script: str | None) -> str:
+    """``script.py:qualname`` (or the qualname alone) naming a call for humans."""
+    name = f"{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    return f"{os.path.basename(script)}:{name}" if script else name
+
+
+class Contexts:
+    """Builds and caches `CallContext` objects for one executor view."""
+
+    def __init__(self, explicit_script: str | None, values: dict[str, Any], backend: Backend,
+                 by_value: set[str]) -> None:
+        self.explicit_script = explicit_script
+        self.values = values
+        self.backend = backend
+        self.by_value = by_value
+        self._cache: OrderedDict[tuple[Any, ...], CallContext] = OrderedDict()
+
+    def get(self, fn: Any, extras: tuple[str, ...] = ()) -> CallContext:
+        """The context for calls of ``fn`` whose environment also holds ``extras``.
+
+        Raises:
+            SerializationError: ``fn`` cannot be pickled.
+            MetadataError: the script's block is malformed.
+        """
+        script = script_for(fn, self.explicit_script)
+        meta = load_script(script) if script else ScriptMetadata()
+        try:
+            key: tuple[Any, ...] | None = (fn, script, extras)
+            ctx = self._cache.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable callable
+            key, ctx = None, None
+        if ctx is not None and ctx.meta is meta:
+            self._cache.move_to_end(key)  # type: ignore[arg-type]
+            if self._by_reference(fn, ctx.module):
+                return ctx
+            # Pickled by value (a bound method, a callable object, a closure, a function of
+            # a module shipped by value): what it captures may have changed since.
+            return dataclasses.replace(ctx, fn_bytes=_payload.dumps_function(fn, ctx.module))
+        ctx = self._build(fn, script, meta, extras)
+        if key is not None:
+            self._cache[key] = ctx
+            while len(self._cache) > CONTEXT_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return ctx
+
+    def _build(self, fn: Any, script: str | None, meta: ScriptMetadata,
+               extras: tuple[str, ...]) -> CallContext:
+        values = self.values
+        module = _payload.client_module_for(script, fn)
+        self.send_by_value_if_local(fn, module)
+        env = env_spec(meta, requires_python=values.get("requires_python"),
+                       extra_dependencies=values.get("dependencies", ()),
+                       runtime_packages=extras)
+        name = _SAFE_NAME.sub("_", os.path.basename(script)) if script else None
+        if name is not None and (name.startswith(".") or not name.endswith(".py")):
+            name = f"script_{name.lstrip('.')}.py"
+        description = describe(fn, script)
+        spec = BundleSpec(
+            env=env,
+            script_name=name,
+            script_source=meta.source,
+            walltime=values.get("walltime"),
+            env_vars=values.get("env", {}),
+            worker_init=values.get("worker_init", ""),
+            cache_dir=values.get("cache_dir"),
+            description=description,
+        )
+        parts = bundle_parts(spec)
+        limit = values.get("payload_limit", DEFAULT_PAYLOAD_LIMIT)
+        own = self.backend.payload_limit(*parts)
+        return CallContext(script, meta, module, _payload.dumps_function(fn, module), spec,
+                           parts, limit, description, values,
+                           limit if own is None else min(limit, own))
+
+    def _by_reference(self, fn: Any, module: types.ModuleType | None) -> bool:
+        """Whether ``fn`` pickles as a name only, so that its cached pickle stays right."""
+        if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
+            return False
+        qualname = getattr(fn, "__qualname__", "")
+        if "<" in qualname:  # a lambda or a function defined inside another
+            return False
+        name = getattr(fn, "__module__", None)
+        if module is not None and name == module.__name__:
+            return True  # the script's own functions travel as __hog_script__.<name>
+        return name not in (None, "__main__") and name not in self.by_value
+
+    def send_by_value_if_local(self, fn: Any, module: types.ModuleType | None) -> None:
+        """Functions from user files that the remote side cannot import travel by value."""
+        fn_module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        name = getattr(fn_module, "__name__", None)
+        path = getattr(fn_module, "__file__", None)
+        if (fn_module is None or fn_module is module or name in ("__main__", None) or not path
+                or name in self.by_value or name == "hog_executor"
+                or name.startswith("hog_executor.")):
+            return
+        real = os.path.realpath(path)
+        if any(real.startswith(root + os.sep) for root in _installed_roots):
+            return
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(fn_module)
+        self.by_value.add(name)

@@ -1,0 +1,111 @@
+"""`HogFuture`, the future of one call, and `settle`, which resolves a future without racing.
+
+A call's future moves through the states of ``concurrent.futures``::
+
+    PENDING --(job starts)--> RUNNING --(outcome decoded)--> FINISHED
+       |                         |
+       +--cancel()--> CANCELLED  +--force_cancel() (its process was stopped)--> CANCELLED
+
+``cancel()`` succeeds only while the call has not started, as in the standard library.
+`HogFuture.force_cancel` is the one way a running call's future ends cancelled: the executor
+uses it when it stopped the call's process itself (``shutdown(cancel_futures=True)``, or a
+cancel of the only call of a job). `HogFuture.stop` asks for that.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .results import JobResults
+
+__all__ = ["HogFuture", "settle"]
+
+T = TypeVar("T")
+
+
+def settle(future: Future[Any], *, result: Any = None,
+           exception: BaseException | None = None) -> bool:
+    """Resolve ``future`` with ``result`` or ``exception`` unless it is already done.
+
+    Safe against a concurrent cancel or resolution: returns whether this call resolved it.
+    """
+    with future._condition:
+        if future._state not in (PENDING, RUNNING):
+            return False
+        if future._state == PENDING:
+            future._state = RUNNING
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except Exception:  # InvalidStateError: resolved between the check and here
+        return False
+    return True
+
+
+class HogFuture(Future[T]):
+    """A ``concurrent.futures.Future`` for one remote call.
+
+    Attributes:
+        job_id: the id of the job carrying this call (set at submission; calls of one
+            ``map`` chunk share it).
+        task_id: the backend's id for that job: the service's task id where the backend
+            reports one (a Globus Compute task), otherwise the job id.
+        stdout: what the call printed (set when done).
+        stderr: what the call wrote to stderr (set when done).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.job_id: str | None = None
+        self.task_id: str | None = None
+        self.stdout: str | None = None
+        self.stderr: str | None = None
+        self._results: JobResults | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the call if it has not started; a job none of whose calls remain is stopped.
+
+        Returns:
+            bool: whether the call is cancelled (False once it is running or done).
+        """
+        with self._condition:
+            if self._state != PENDING:
+                return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+        if not super().cancel():
+            return False
+        try:
+            self.set_running_or_notify_cancel()  # wake as_completed()/wait() at once
+        except RuntimeError:  # notified concurrently
+            pass
+        if self._results is not None:
+            self._results.call_cancelled()
+        return True
+
+    def stop(self) -> bool:
+        """Cancel the call, or stop it if it runs alone in its job.
+
+        A running call that shares its job (a ``map`` chunk) is left to finish: stopping it
+        would stop its neighbours. Returns whether the call ends cancelled.
+        """
+        if self.cancel():
+            return True
+        results = self._results
+        if results is None or self.done() or len(results.futures) != 1:
+            return False
+        results.stop()
+        return True
+
+    def force_cancel(self) -> None:
+        """Mark the call cancelled even if it is running (its process was stopped)."""
+        with self._condition:
+            if self._state not in (PENDING, RUNNING):
+                return
+            self._state = CANCELLED
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self.set_running_or_notify_cancel()

@@ -1,0 +1,185 @@
+"""From what a job printed to the futures of its calls: ``Output -> Frame -> Outcome -> Future``.
+
+`JobResults` ties one backend `Job` to the futures of the calls it carries. When the job's
+``Future[Output]`` resolves, the output is split into the result frame and the user's own
+output (`hog_executor.bundle.parse_output`), each call's outcome is decoded
+(`hog_executor.payload.decode_outcome`) and settles its future. A job that produced no frame
+becomes one error for all its calls, classified by `process_error`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import types
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from . import payload as _payload
+from .backends import Job, Output
+from .bundle import parse_output
+from .errors import BackendError, HogError, RemoteProcessError, WalltimeExceeded
+from .futures import HogFuture, settle
+from .runner import EXIT_ENV_FAILED, EXIT_SETUP_FAILED, EXIT_WALLTIME
+
+if TYPE_CHECKING:
+    from .state import ExecutorState
+    from .store import ClientStore
+
+__all__ = ["STDERR_TAIL_LINES", "JobResults", "process_error"]
+
+#: Lines of stderr quoted in process errors.
+STDERR_TAIL_LINES = 25
+
+
+def process_error(output: Output, where: str, walltime: float | None,
+                  stdout: str, stderr: str) -> RemoteProcessError:
+    """The error for a job that ended without a result frame, from its exit and state.
+
+    ``where`` names the job for the message (``task ID (script.py:f)``).
+    """
+    rc = output.returncode
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    tail = "\n".join(lines[-STDERR_TAIL_LINES:])
+    logs = f"; logs: {', '.join(output.log_paths)}" if output.log_paths else ""
+    common: dict[str, Any] = dict(
+        returncode=rc, stderr_tail=tail, state=output.state, stdout=stdout, stderr=stderr
+    )
+    if rc == EXIT_WALLTIME or output.state == "TIMEOUT":
+        return WalltimeExceeded(
+            f"{where} exceeded its walltime"
+            + (f" of {walltime:g} s" if walltime else "")
+            + f" and was killed{logs}",
+            walltime=walltime, **common,
+        )
+    if output.state and output.state != "COMPLETED":
+        reason = f"ended in state {output.state} (exit status {rc})"
+    elif rc == EXIT_ENV_FAILED:
+        reason = "could not build its environment"
+    elif rc == EXIT_SETUP_FAILED:
+        reason = "failed before running the call"
+    elif rc < 0 or 128 < rc < 160:  # a signal, as the process or as a shell reports it
+        signum = -rc if rc < 0 else rc - 128
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        hint = " (out of memory?)" if signum == signal.SIGKILL else ""
+        reason = f"was killed by {name}{hint} (exit status {rc})"
+    elif rc == 0:
+        reason = "exited without a result (did the function call sys.exit() or os._exit()?)"
+    else:
+        reason = (f"exited with status {rc} without a result (sys.exit({rc}), os._exit() or "
+                  "a crash in the process)")
+    return RemoteProcessError(f"{where} {reason}{logs}", **common)
+
+
+class JobResults:
+    """Resolves the futures of the calls one job carries.
+
+    Attributes:
+        job: the backend job.
+        futures: one future per call of the job's chunk, in order.
+        marker: the random marker of the job's result frame.
+        module: the client's module of the script (objects of the script map to it).
+        store: the client store results may come through (None: none).
+        keep_stored: results left in the store resolve to handles (graph intermediates).
+        stop_requested: the executor stopped the job; its calls end cancelled.
+    """
+
+    def __init__(self, state: ExecutorState, job: Job, futures: list[HogFuture[Any]],
+                 marker: str, module: types.ModuleType | None,
+                 store: ClientStore | None = None, keep_stored: bool = False) -> None:
+        self.state = state
+        self.job = job
+        self.futures = futures
+        self.marker = marker
+        self.module = module
+        self.store = store
+        self.keep_stored = keep_stored
+        self.stop_requested = False
+        for f in futures:
+            f.job_id = f.task_id = job.id
+            f._results = self
+        job.on_start = self.started
+        job.on_task_id = self.task_id_assigned
+
+    @property
+    def where(self) -> str:
+        """The job, for messages: ``task ID (script.py:f)``."""
+        return f"task {self.job.id} ({self.job.description})"
+
+    def started(self) -> None:
+        """The job's bundle started: its calls are running."""
+        for f in self.futures:
+            if not f.done():
+                try:
+                    f.set_running_or_notify_cancel()
+                except RuntimeError:  # already running or resolved concurrently
+                    pass
+
+    def task_id_assigned(self, task_id: str) -> None:
+        for f in self.futures:
+            f.task_id = task_id
+
+    def call_cancelled(self) -> None:
+        """One call was cancelled; the job stops when none of its calls remain."""
+        if all(f.cancelled() for f in self.futures):
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop the job: its calls that have not finished end cancelled."""
+        self.stop_requested = True
+        self.state.backend.cancel(self.job)
+
+    def finished(self, fut: Future[Output]) -> None:
+        """Resolve every call of the job (a done-callback: it must never leave one pending)."""
+        try:
+            self._finished(fut)
+        except BaseException as exc:
+            err = BackendError(
+                f"{self.where}: its output could not be decoded: {type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            for f in self.futures:
+                settle(f, exception=err)
+
+    def _finished(self, fut: Future[Output]) -> None:
+        self.state.forget(self)
+        if self.stop_requested or fut.cancelled():
+            for f in self.futures:
+                f.force_cancel()
+            return
+        exc = fut.exception()
+        if exc is not None:
+            err = exc if isinstance(exc, HogError) else BackendError(
+                f"{self.where}: {type(exc).__name__}: {exc}")
+            for f in self.futures:
+                settle(f, exception=err)
+            return
+        self.deliver(fut.result())
+
+    def deliver(self, output: Output) -> None:
+        """Decode ``output`` into each call's outcome."""
+        frame = parse_output(output.stdout, self.marker)
+        stderr = output.stderr.decode("utf-8", "replace")
+        for f in self.futures:
+            f.stdout, f.stderr = frame.stdout, stderr
+        if frame.outcomes is None:
+            err = process_error(output, self.where, self.job.walltime, frame.stdout, stderr)
+            for f in self.futures:
+                settle(f, exception=err)
+            return
+        raw = pickle.loads(frame.outcomes)
+        for f, item in zip(self.futures, raw, strict=False):
+            if f.done():
+                continue
+            outcome = _payload.decode_outcome(item, self.module, self.store, self.keep_stored)
+            if outcome.ok:
+                settle(f, result=outcome.value)
+            else:
+                settle(f, exception=outcome.error)
+        if len(raw) < len(self.futures):
+            missing = BackendError(
+                f"{self.where} returned {len(raw)} results for {len(self.futures)} calls")
+            for f in self.futures[len(raw):]:
+                settle(f, exception=missing)
