@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import os
@@ -45,34 +44,25 @@ class EnvSpec:
     source_paths: tuple[str, ...] = ()
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + items + " }" if items else "{}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
 def render_metadata(requires_python: str | None, dependencies: tuple[str, ...],
                     tool_uv: dict[str, Any]) -> str:
-    """A PEP 723 block with exactly these settings (the text uv syncs the environment from)."""
-    lines = ["# /// script"]
+    """A PEP 723 block with exactly these settings (the text uv syncs the environment from).
+
+    Raises:
+        TypeError: a ``tool_uv`` value has no TOML form.
+    """
+    import tomlkit
+
+    doc = tomlkit.document()
     if requires_python:
-        lines.append(f"# requires-python = {_toml_value(requires_python)}")
-    lines.append(f"# dependencies = {_toml_value(list(dependencies))}")
+        doc["requires-python"] = requires_python
+    doc["dependencies"] = list(dependencies)
     if tool_uv:
-        lines.append(f"# tool = {{ uv = {_toml_value(tool_uv)} }}")
-    lines.append("# ///")
-    return "\n".join(lines) + "\n"
+        tool = tomlkit.table(is_super_table=True)  # written as [tool.uv] alone
+        tool["uv"] = tool_uv
+        doc["tool"] = tool
+    lines = ("# " + line if line.strip() else "#" for line in tomlkit.dumps(doc).splitlines())
+    return "\n".join(["# /// script", *lines, "# ///"]) + "\n"
 
 
 @lru_cache(maxsize=1)

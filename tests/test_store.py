@@ -323,6 +323,44 @@ def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any) -> None:
     assert data_files(str(store_dir)) == []
 
 
+def test_the_store_package_imports_only_the_standard_library() -> None:
+    """The runner imports it remotely, where only the standard library may load."""
+    import sys
+
+    code = ("import sys; before = set(sys.modules); import hog_executor.store; "
+            "print(sorted(m for m in set(sys.modules) - before "
+            "if m.split('.')[0] not in sys.stdlib_module_names | {'hog_executor'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_one_adapter_per_kind_of_store(tmp_path: Any) -> None:
+    """A file store is read and written directly, other connectors through themselves."""
+    import pickle
+
+    from hog_executor import store
+
+    meta = pickle.dumps([1, "two"], protocol=5)
+    client = store.ClientStore(store.open_store(str(tmp_path / "s")), explicit=True)
+    try:
+        files = store.frame_store(client.spec)
+        raw = files.put(store.frame_parts(meta))
+        assert files.file_path(raw) == str(tmp_path / "s" / raw[1][0])
+        assert store.loads_frame(files.get(raw)) == [1, "two"]
+        files.evict(raw)
+        files.evict(raw)  # gone already: no error
+        assert files.get(raw) is None and data_files(str(tmp_path / "s")) == []
+    finally:
+        client.close()
+    other = store.frame_store(("proxystore.connectors.local:LocalConnector", {}))
+    raw = other.put(store.frame_parts(meta))
+    assert other.file_path(raw) is None
+    assert store.loads_frame(other.get(raw)) == [1, "two"]
+    other.evict(raw)
+    assert other.get(raw) is None
+
+
 def test_prefetched_arguments_are_read_once(tmp_path: Any) -> None:
     from hog_executor import payload, store
 
@@ -337,6 +375,6 @@ def test_prefetched_arguments_are_read_once(tmp_path: Any) -> None:
         np.testing.assert_array_equal(store.load_ref(ref), value)
         with pytest.raises(KeyError, match="evicted"):
             store.load_ref(gone)
-        assert not store._prefetching and not store._prefetched
+        assert not store.files._prefetching and not store.files._prefetched
     finally:
         client.close()
