@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -165,6 +164,7 @@ def test_bundle_bad_target(capsys):
 
 # -- hog init / hog add -----------------------------------------------------------------------
 
+@pytest.mark.slow  # uv add resolves from the package index; uv run builds an environment
 def test_init_then_add_round_trip_and_uv_accepts_the_script(tmp_path, cache_dir):
     script = tmp_path / "analysis.py"
     assert cli.main(["init", str(script)]) == 0
@@ -308,12 +308,12 @@ def test_doctor_reports_a_broken_config_file(tmp_path, capsys, monkeypatch):
     assert "FAIL  config file" in out and "is not valid TOML" in out
 
 
-def test_help_is_available_for_every_command():
+def test_help_is_available_for_every_command(capsys):
     for command in ("run", "init", "add", "bundle", "endpoints", "cache", "doctor"):
         with pytest.raises(SystemExit) as info:
             cli.main([command, "--help"])
         assert info.value.code == 0
-    assert shutil.which("bash")
+        assert capsys.readouterr().out.startswith(f"usage: hog {command} [-h]")
 
 
 def test_run_in_a_terminal_shows_progress_by_default(cache_dir):

@@ -28,6 +28,8 @@ MB = 1_000_000
 
 @pytest.fixture(scope="module")
 def dex(cache_dir: str):
+    """The executor of these tests. Its environment takes a while to build and each graph
+    makes many remote calls: the tests that use it are marked slow."""
     ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir, dependencies=["numpy"])
     yield ex
     ex.shutdown(wait=True, cancel_futures=True)
@@ -89,6 +91,7 @@ def hog_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
     return _current["ex"](dsk, keys, **kwargs)
 
 
+@pytest.mark.slow
 class TestGetFunction(GetFunctionTestMixin):
     """dask.utils_test.GetFunctionTestMixin, including its 10,000-deep chain."""
 
@@ -101,6 +104,7 @@ class TestGetFunction(GetFunctionTestMixin):
         _current.pop("ex", None)
 
 
+@pytest.mark.slow
 def test_deep_chain_is_one_remote_call(dex: HogExecutor) -> None:
     from dask.utils_test import inc
 
@@ -143,6 +147,7 @@ def total(*arrays: Any) -> float:
     return float(sum(a.sum() for a in arrays))
 
 
+@pytest.mark.slow
 def test_delayed_pipeline_matches_synchronous(dex: HogExecutor) -> None:
     from dask import delayed
 
@@ -155,6 +160,7 @@ def test_delayed_pipeline_matches_synchronous(dex: HogExecutor) -> None:
         assert result.compute() == 21
 
 
+@pytest.mark.slow
 def test_array_reduction_and_map_blocks_match_numpy(dex: HogExecutor) -> None:
     data = np.arange(40_000, dtype=float).reshape(200, 200)
     x = da.from_array(data, chunks=(50, 100))
@@ -165,6 +171,7 @@ def test_array_reduction_and_map_blocks_match_numpy(dex: HogExecutor) -> None:
     np.testing.assert_allclose(y.compute(scheduler=dex), np.sin(data) * 2 + 1)
 
 
+@pytest.mark.slow
 def test_error_keeps_its_type_and_callbacks_see_failure(dex: HogExecutor) -> None:
     from dask import delayed
 
@@ -180,6 +187,7 @@ def test_error_keeps_its_type_and_callbacks_see_failure(dex: HogExecutor) -> Non
     assert dex._state.client_store().live == 0  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_progress_bar_and_callbacks(dex: HogExecutor) -> None:
     from dask import delayed
 
@@ -214,6 +222,7 @@ def test_progress_bar_and_callbacks(dex: HogExecutor) -> None:
     assert events[-1] == ("finish", False)
 
 
+@pytest.mark.slow
 def test_intermediates_stay_remote(dex: HogExecutor) -> None:
     """Four 4 MB intermediates (over proxy_threshold): only handles cross the client."""
     from dask import delayed
@@ -233,6 +242,7 @@ def test_intermediates_stay_remote(dex: HogExecutor) -> None:
     assert store_files(dex) == []
 
 
+@pytest.mark.slow
 def test_large_final_result_comes_through_the_store(dex: HogExecutor) -> None:
     from dask import delayed
 
@@ -243,6 +253,7 @@ def test_large_final_result_comes_through_the_store(dex: HogExecutor) -> None:
     assert store_files(dex) == []
 
 
+@pytest.mark.slow
 def test_persist_keeps_chunks_remote(cache_dir: str) -> None:
     ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir, dependencies=["numpy"])
     try:

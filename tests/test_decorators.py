@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SCRIPTS, session_processes
+from conftest import ROOT, SCRIPTS, session_processes, wait_for
 
 import hog_executor as hog
 from hog_executor import HogFuture, decorators
@@ -33,6 +33,12 @@ def mod():
     import hogtest_decorated
 
     return hogtest_decorated
+
+
+@pytest.fixture
+def script_env(cache_dir):
+    """The environment of a separate Python process: this checkout, the session cache."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HOG_CACHE_DIR": cache_dir}
 
 
 def test_package_exports_the_decorators_lazily():
@@ -132,11 +138,10 @@ def test_harness_marks_entry_points(mod):
     assert list(decorators.harnesses(mod)) == ["main", "one", "sleepy", "direct"]
 
 
-def test_remote_from_a_script_run_with_python(cache_dir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOG_CACHE_DIR": cache_dir}
+def test_remote_from_a_script_run_with_python(script_env):
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "hogtest_decorated.py"), "6"],
-        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, env=script_env, timeout=300, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["remote=36", "pair=2"]
@@ -148,26 +153,22 @@ def test_function_outside_any_script_travels_by_value():
     assert list(doubled.map([1, 2])) == [2, 4]
 
 
-def test_interrupting_remote_stops_the_running_call(cache_dir):
+def test_interrupting_remote_stops_the_running_call(script_env):
     """Ctrl-C during .remote() ends the call's processes too, and hog exits at once."""
     import signal
-    import time
     import uuid
 
     marker = f"hog-nap-{uuid.uuid4().hex}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOG_CACHE_DIR": cache_dir}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hog_executor", "run", str(SCRIPTS / "hogtest_decorated.py"),
          "sleepy", "--", "120", marker],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env,
         stdin=subprocess.DEVNULL,
     )
     try:
         assert proc.stdout.readline() == "started\n"
-        deadline = time.monotonic() + 120
-        while not session_processes(marker):
-            assert time.monotonic() < deadline, "the remote call never started"
-            time.sleep(0.1)
+        started = wait_for(lambda: session_processes(marker), timeout=120, interval=0.1)
+        assert started, "the remote call never started"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -175,7 +176,5 @@ def test_interrupting_remote_stops_the_running_call(cache_dir):
             proc.kill()
     assert proc.returncode == 130, err
     assert "hog: interrupted" in err
-    deadline = time.monotonic() + 30
-    while session_processes(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not session_processes(marker), timeout=30, interval=0.1)
     assert session_processes(marker) == []

@@ -1,7 +1,8 @@
 """Dask integration: client.map through HogCluster, and the dask backend on a LocalCluster.
 
 Real ``distributed.LocalCluster``s (in-process and separate-process workers), real bundles,
-real uv environments.
+real uv environments. Every test that starts a cluster is marked slow; what remains without
+the mark reads tasks and drives ``HogTaskExecutor`` on a local executor.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def hog_client(cache_dir):
         yield client
 
 
+@pytest.mark.slow
 def test_cluster_threads_follow_the_endpoint(cache_dir):
     with HogCluster("local", max_workers=3, cache_dir=cache_dir,
                     cluster_options=NO_DASHBOARD) as cluster:
@@ -92,6 +94,7 @@ def test_bad_endpoint_config_fails_before_starting():
         HogCluster("local", no_such_key=1)
 
 
+@pytest.mark.slow
 def test_map_gather_run_in_other_processes(hog_client):
     futures = hog_client.map(fns.square, range(10))
     assert hog_client.gather(futures) == [x * x for x in range(10)]
@@ -99,6 +102,7 @@ def test_map_gather_run_in_other_processes(hog_client):
     assert os.getpid() not in pids  # the in-process worker handed every task to a bundle
 
 
+@pytest.mark.slow
 def test_submit_scatter_and_dependencies(hog_client):
     data = hog_client.scatter(40)
     a = hog_client.submit(fns.add, data, 2)
@@ -106,6 +110,7 @@ def test_submit_scatter_and_dependencies(hog_client):
     assert b.result(timeout=120) == 84
 
 
+@pytest.mark.slow
 def test_as_completed_and_wait(hog_client):
     futures = hog_client.map(fns.slow_square, range(4), seconds=0.1)
     _, not_done = wait(futures, timeout=120)
@@ -113,6 +118,7 @@ def test_as_completed_and_wait(hog_client):
     assert sorted(f.result() for f in as_completed(futures)) == [0, 1, 4, 9]
 
 
+@pytest.mark.slow
 def test_remote_exceptions_keep_their_type(hog_client):
     with pytest.raises(fns.CustomError, match="broken") as info:
         hog_client.submit(fns.fail, "broken").result(timeout=120)
@@ -122,16 +128,19 @@ def test_remote_exceptions_keep_their_type(hog_client):
         hog_client.submit(fns.fail_key, "k").result(timeout=120)
 
 
+@pytest.mark.slow
 def test_retries_rerun_the_call(hog_client, tmp_path):
     counter = str(tmp_path / "count")
     assert hog_client.submit(fns.flaky, counter, retries=2).result(timeout=120) == 2
 
 
+@pytest.mark.slow
 def test_task_trees_run_with_dask_in_the_remote_environment(hog_client):
     # A nested call is one task the remote side evaluates with dask (added automatically).
     assert hog_client.get({"x": (fns.add, (fns.add, 1, 2), 3)}, "x") == 6
 
 
+@pytest.mark.slow
 def test_annotation_routes_tasks_to_hog(cache_dir):
     with HogCluster("local", max_workers=2, cache_dir=cache_dir, default=False,
                     cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
@@ -142,6 +151,7 @@ def test_annotation_routes_tasks_to_hog(cache_dir):
         assert routed != os.getpid()
 
 
+@pytest.mark.slow
 def test_batch_packs_waiting_tasks_into_shared_bundles(cache_dir):
     with HogCluster("local", max_workers=1, batch=8, cache_dir=cache_dir,
                     cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
@@ -155,6 +165,7 @@ def test_batch_packs_waiting_tasks_into_shared_bundles(cache_dir):
             client.submit(fns.fail, "in a batch").result(timeout=120)
 
 
+@pytest.mark.slow
 def test_cancelled_tasks_waiting_for_a_slot_never_run(cache_dir, tmp_path):
     with HogCluster("local", max_workers=1, batch=2, cache_dir=cache_dir,
                     cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
@@ -171,6 +182,7 @@ def test_cancelled_tasks_waiting_for_a_slot_never_run(cache_dir, tmp_path):
         assert client.submit(fns.square, 4).result(timeout=120) == 16
 
 
+@pytest.mark.slow
 def test_task_executor_on_a_plain_worker(cache_dir):
     from distributed import Scheduler, Worker
 
@@ -209,6 +221,7 @@ def _executor_workdir(dask_worker):
     return (os.getpid(), hog.backend.workdir if hog is not None else None)
 
 
+@pytest.mark.slow
 def test_worker_processes_and_worker_loss_in_the_middle_of_a_map(cache_dir):
     with HogCluster("local", max_workers=2, n_workers=2, processes=True, cache_dir=cache_dir,
                     cluster_options=NO_DASHBOARD) as cluster, Client(cluster) as client:
@@ -246,6 +259,7 @@ def dask_ex(dask_client, cache_dir):
     ex.shutdown(wait=True, cancel_futures=True)
 
 
+@pytest.mark.slow
 def test_dask_backend_runs_calls_and_maps(dask_ex):
     assert dask_ex.backend.workers == 2
     f = dask_ex.submit(fns.square, 7)
@@ -256,10 +270,12 @@ def test_dask_backend_runs_calls_and_maps(dask_ex):
         dask_ex.submit(fns.fail, "bad").result(timeout=120)
 
 
+@pytest.mark.slow
 def test_dask_backend_builds_the_scripts_environment(dask_ex):
     assert dask_ex.submit(deps.six_version).result(timeout=300) == "1.16.0"
 
 
+@pytest.mark.slow
 def test_dask_backend_cancels_queued_and_running_calls(dask_ex, tmp_path):
     # No worker has this resource: the task waits on the scheduler until cancelled.
     queued = dask_ex.options(resources={"HOG_TEST_NONE": 1}).submit(fns.square, 2)
@@ -276,6 +292,7 @@ def test_dask_backend_cancels_queued_and_running_calls(dask_ex, tmp_path):
     assert wait_for(lambda: not alive(pid), timeout=30)  # the bundle's process is stopped
 
 
+@pytest.mark.slow
 def test_dask_backend_config_errors(dask_client):
     with pytest.raises(ConfigError, match="address"):
         HogExecutor("dask")
@@ -287,6 +304,7 @@ def test_dask_backend_config_errors(dask_client):
         HogExecutor("dask", client="tcp://127.0.0.1:1")
 
 
+@pytest.mark.slow
 def test_dask_backend_by_address_with_worker_processes_and_worker_loss(cache_dir, tmp_path):
     # With no allowed failures, a task whose worker dies fails instead of running again.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
@@ -343,6 +361,7 @@ def test_worker_side_functions_need_no_hog_executor(tmp_path):
     assert "HOG_CLIENT_PYTHON" in proc.stdout.decode()
 
 
+@pytest.mark.slow
 def test_dask_task_cancelled_on_the_cluster_is_an_error_not_a_cancellation(dask_ex,
                                                                             dask_client):
     # Waits on the scheduler (no worker has the resource) until something cancels it.
@@ -360,6 +379,7 @@ async def _never_answers(job_ids, dask_worker=None):
     await asyncio.sleep(90)
 
 
+@pytest.mark.slow
 def test_dask_backend_shutdown_does_not_wait_forever_for_the_workers(dask_client, cache_dir,
                                                                      monkeypatch):
     from hog_executor.backends.dask import backend as dask_backend

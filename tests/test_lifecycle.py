@@ -13,26 +13,31 @@ from conftest import alive, session_processes, wait_for
 from hog_executor import HogExecutor
 
 
-def test_cancel_pending_call(cache_dir):
+@pytest.fixture
+def serial(cache_dir):
+    """A local executor with one process slot: a second call waits for the first."""
     with HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
-        blocker = ex.submit(basic.sleep, 2, "done")
-        queued = ex.submit(basic.square, 3)
-        assert queued.cancel()
-        assert queued.cancel()  # cancelling twice is fine
-        assert queued.cancelled()
-        with pytest.raises(cf.CancelledError):
-            queued.result()
-        assert blocker.result() == "done"
-        done, _ = cf.wait([queued, blocker], timeout=5)
-        assert queued in done
+        yield ex
 
 
-def test_cancel_after_start_is_refused_like_the_stdlib(cache_dir):
-    with HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
-        f = ex.submit(basic.sleep, 1, "ok")
-        assert wait_for(f.running)
-        assert not f.cancel()
-        assert f.result() == "ok"
+def test_cancel_pending_call(serial):
+    blocker = serial.submit(basic.sleep, 1, "done")  # holds the only slot
+    queued = serial.submit(basic.square, 3)
+    assert queued.cancel()
+    assert queued.cancel()  # cancelling twice is fine
+    assert queued.cancelled()
+    with pytest.raises(cf.CancelledError):
+        queued.result()
+    assert blocker.result() == "done"
+    done, _ = cf.wait([queued, blocker], timeout=5)
+    assert queued in done
+
+
+def test_cancel_after_start_is_refused_like_the_stdlib(serial):
+    f = serial.submit(basic.sleep, 1, "ok")
+    assert wait_for(f.running)
+    assert not f.cancel()
+    assert f.result() == "ok"
 
 
 def test_shutdown_cancel_futures_stops_running_and_pending_work(cache_dir, tmp_path):
@@ -92,12 +97,11 @@ def test_context_manager_shuts_down(cache_dir):
         ex.submit(basic.square, 1)
 
 
-def test_call_temp_dirs_are_removed(cache_dir):
-    with HogExecutor("local", cache_dir=cache_dir) as ex:
-        ex.submit(basic.square, 5).result()
-        with pytest.raises(ValueError):
-            ex.submit(basic.fail_value, "x").result()
-        assert [n for n in os.listdir(ex.backend.workdir) if n.startswith("hog-call.")] == []
+def test_call_temp_dirs_are_removed(executor):
+    executor.submit(basic.square, 5).result()
+    with pytest.raises(ValueError):
+        executor.submit(basic.fail_value, "x").result()
+    assert [n for n in os.listdir(executor.backend.workdir) if n.startswith("hog-call.")] == []
 
 
 EXIT_SCRIPT = '''# /// script
@@ -122,6 +126,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow  # a second interpreter, the store and three calls of 2 MB
 def test_calls_queued_at_exit_run_and_their_store_is_removed(cache_dir, tmp_path):
     pytest.importorskip("proxystore")
     import subprocess

@@ -9,6 +9,7 @@ from concurrent.futures import Future
 
 import hogtest_basic as basic
 import pytest
+from conftest import wait_for
 
 from hog_executor import decorators, progress
 from hog_executor.progress import ConsoleHandler, Counts, count, format_bar, format_counts
@@ -35,6 +36,16 @@ def console():
     logger.setLevel(saved[0])
     logger.propagate = saved[1]
     logger.handlers[:] = saved[2]
+
+
+@pytest.fixture
+def decorated(cache_dir, monkeypatch):
+    """The decorated test script, its executors building in the session cache."""
+    import hogtest_decorated
+
+    monkeypatch.setenv("HOG_CACHE_DIR", cache_dir)
+    yield hogtest_decorated
+    decorators.shutdown_executors()
 
 
 def _futures(done: int, failed: int, running: int, queued: int) -> list[Future]:
@@ -98,7 +109,7 @@ def test_tracker_plain_lines(console):
     tracker = progress.track(futures, "map f", interval=0.05)
     futures[0].set_running_or_notify_cancel()
     futures[0].set_result(1)
-    threading.Event().wait(0.3)
+    wait_for(lambda: "1/3 done" in stream.getvalue(), timeout=30)  # a line on the way
     futures[1].set_exception(ValueError("x"))
     futures[2].set_result(3)
     tracker.join(timeout=30)
@@ -112,7 +123,7 @@ def test_tracker_draws_a_bar_on_a_terminal(console):
     stream = console(terminal=True)
     futures: list[Future] = [Future() for _ in range(2)]
     tracker = progress.track(futures, "map g")
-    threading.Event().wait(0.5)
+    wait_for(lambda: "0/2 done" in stream.getvalue(), timeout=30)  # a bar is drawn
     futures[0].set_result(0)
     futures[1].set_result(1)
     tracker.join(timeout=30)
@@ -127,11 +138,7 @@ def test_executor_map_shows_progress_when_asked(console, executor):
     stream = console(terminal=False)
     assert list(executor.map(basic.square, range(8), progress=True)) == [
         x * x for x in range(8)]
-    deadline = threading.Event()
-    for _ in range(100):
-        if "8/8 done" in stream.getvalue():
-            break
-        deadline.wait(0.05)
+    wait_for(lambda: "8/8 done" in stream.getvalue(), timeout=5)
     assert "hog: map square: 8/8 done, 0 running, 0 queued, 0 failed" in stream.getvalue()
 
 
@@ -141,17 +148,11 @@ def test_executor_map_is_quiet_by_default(console, executor):
     assert stream.getvalue() == ""
 
 
-def test_remote_status_line_and_replayed_output(console, cache_dir, monkeypatch):
-    import hogtest_decorated as mod
-
-    monkeypatch.setenv("HOG_CACHE_DIR", cache_dir)
+def test_remote_status_line_and_replayed_output(console, decorated):
     stream = console(terminal=False)
-    try:
-        assert mod.shout.remote("hi") == "HI"
-        with pytest.raises(KeyError):
-            mod.fail.remote("k")
-    finally:
-        decorators.shutdown_executors()
+    assert decorated.shout.remote("hi") == "HI"
+    with pytest.raises(KeyError):
+        decorated.fail.remote("k")
     lines = stream.getvalue().splitlines()
     status = [ln for ln in lines if ln.startswith("hog: shout @ site [task ")]
     assert len(status) == 1 and " done in " in status[0]
@@ -161,15 +162,9 @@ def test_remote_status_line_and_replayed_output(console, cache_dir, monkeypatch)
                for ln in lines)
 
 
-def test_remote_status_on_a_terminal_is_redrawn(console, cache_dir, monkeypatch):
-    import hogtest_decorated as mod
-
-    monkeypatch.setenv("HOG_CACHE_DIR", cache_dir)
+def test_remote_status_on_a_terminal_is_redrawn(console, decorated):
     stream = console(terminal=True)
-    try:
-        assert mod.square.remote(3) == 9
-    finally:
-        decorators.shutdown_executors()
+    assert decorated.square.remote(3) == 9
     out = stream.getvalue()
     assert "square @ site [task " in out
     assert out.endswith("\n")

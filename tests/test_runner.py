@@ -17,17 +17,25 @@ from hog_executor.bundle import parse_output
 RUNNER = Path(payload.__file__).with_name("runner.py")
 
 
-def run_runner(tmp_path, fn, calls, script=None, script_name="s.py"):
+MARKER = "m" * 32
+
+
+def start_runner(tmp_path, fn, calls, script=None, script_name="s.py"):
+    """Run the runner on a payload of ``fn`` and ``calls``; the finished process."""
     if script is not None:
         (tmp_path / script_name).write_text(script)
     items = [payload.dumps_call(a, k, None) for a, k in calls]
-    header = json.dumps({"marker": "m" * 32, "script": script_name if script else None,
+    header = json.dumps({"marker": MARKER, "script": script_name if script else None,
                          "by_value": False, "count": len(items)}).encode()
     data = payload.pack_payload(header, cloudpickle.dumps(fn), items, 10**7)
     (tmp_path / "p").write_bytes(data)
-    proc = subprocess.run([sys.executable, str(RUNNER), str(tmp_path / "p")],
+    return subprocess.run([sys.executable, str(RUNNER), str(tmp_path / "p")],
                           capture_output=True, cwd=tmp_path)
-    frame = parse_output(proc.stdout, "m" * 32)
+
+
+def run_runner(tmp_path, fn, calls, script=None, script_name="s.py"):
+    proc = start_runner(tmp_path, fn, calls, script, script_name)
+    frame = parse_output(proc.stdout, MARKER)
     assert frame.outcomes is not None, proc.stderr.decode()
     return [payload.decode_outcome(o, None) for o in pickle.loads(frame.outcomes)], frame
 
@@ -93,6 +101,11 @@ def test_runner_imports_only_stdlib_and_cloudpickle(tmp_path):
 
 
 def test_frame_is_base64_of_a_pickle(tmp_path):
-    _, frame = run_runner(tmp_path, lambda: 1, [((), {})])
-    assert isinstance(pickle.loads(frame.outcomes), list)
-    assert base64.b64encode(frame.outcomes)
+    proc = start_runner(tmp_path, lambda: 1, [((), {})])
+    out = proc.stdout.decode()
+    # the frame on stdout: its own lines, one line of base64 between them
+    body = out.split(f"\n@@HOG-RESULT {MARKER}@@\n", 1)[1]
+    body = body.split(f"\n@@HOG-END {MARKER}@@\n", 1)[0]
+    outcomes = pickle.loads(base64.b64decode(body, validate=True))
+    assert isinstance(outcomes, list) and len(outcomes) == 1
+    assert payload.decode_outcome(outcomes[0], None).value == 1
