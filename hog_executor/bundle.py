@@ -122,11 +122,11 @@ hog_build_env() {
   printf 'hog: building environment %s (first use of these dependencies)\n' "$hog_key" >&2
   if ! { "${hog_uv[@]}" venv --quiet --relocatable --python-preference system \
            --python "$python" "$build" >&2 \
-         && VIRTUAL_ENV="$build" "${hog_uv[@]}" sync --quiet --active \
+         && VIRTUAL_ENV="$build" "${hog_uv[@]}" sync --quiet --active --compile-bytecode \
            --script "$hog_tmp/__ENV_NAME__" >&2 \
          && { [ "${#hog_runtime[@]}" -eq 0 ] \
-              || "${hog_uv[@]}" pip install --quiet --no-deps --python "$build/bin/python" \
-                   "${hog_runtime[@]}" >&2; } \
+              || "${hog_uv[@]}" pip install --quiet --no-deps --compile-bytecode \
+                   --python "$build/bin/python" "${hog_runtime[@]}" >&2; } \
          && { [ "${#hog_paths[@]}" -eq 0 ] || hog_add_paths "$build"; }; }; then
     rm -rf "$build"
     hog_fail "building the environment failed (uv's message is above)" __ENV__
@@ -140,7 +140,13 @@ hog_build_env() {
 : > "$hog_env/.last-used" 2>/dev/null
 """
 
-_RUN = r"""hog_start=$SECONDS
+_RUN = r"""if [ -n "${HOG_SERVE:-}" ]; then
+  # A warm runner: it serves calls read from stdin (kept: this runs in the foreground);
+  # the client enforces each call's walltime and stops the runner's session.
+  "$hog_env/bin/python" "$hog_tmp/__RUNNER__" --serve "$hog_tmp/__PAYLOAD__"
+  exit $?
+fi
+hog_start=$SECONDS
 timeout -k 5 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
   "$hog_tmp/__PAYLOAD__" &
 hog_pid=$!

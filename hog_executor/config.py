@@ -189,6 +189,8 @@ COMMON_KEYS: dict[str, Key] = {
             "a proxystore Store", _store, per_call=False),
         Key("proxy_threshold", "objects whose pickle is larger travel through the store "
             "(bytes or \"1MB\"; default 1 MB)", _size),
+        Key("fresh_process", "run each call (or map chunk) in a process of its own instead of "
+            "a warm runner", _typed(bool, what="true or false")),
     ]
 }
 

@@ -9,6 +9,8 @@ rendered bundle around the payload. `Contexts` builds and caches them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import sys
@@ -80,6 +82,9 @@ class CallContext:
         description: what runs, for humans (``script.py:function``).
         values: the resolved endpoint values.
         chunk_limit: the payload limit for one chunk (the backend's, if lower).
+        runner_key: calls with the same key may share a warm runner: a hash of the
+            environment, the script's text and the process-level settings (None:
+            ``fresh_process``, every job gets a process of its own).
     """
 
     script: str | None
@@ -92,12 +97,23 @@ class CallContext:
     description: str
     values: dict[str, Any]
     chunk_limit: int
+    runner_key: str | None
 
 
 def describe(fn: Any, script: str | None) -> str:
     """``script.py:qualname`` (or the qualname alone) naming a call for humans."""
     name = f"{getattr(fn, '__qualname__', type(fn).__qualname__)}"
     return f"{os.path.basename(script)}:{name}" if script else name
+
+
+def runner_key(spec: BundleSpec, module: types.ModuleType | None) -> str:
+    """What decides whether two calls may share a warm runner process: the environment,
+    the script's name and text, how the script's objects travel, and the process-level
+    settings (environment variables, ``worker_init``, the cache directory)."""
+    parts = [spec.env.key, spec.script_name or "", spec.script_source,
+             str(spec.script_name is not None and module is None), spec.worker_init,
+             spec.cache_dir or "", json.dumps(spec.env_vars, sort_keys=True)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
 class Contexts:
@@ -166,7 +182,8 @@ class Contexts:
         own = self.backend.payload_limit(*parts)
         return CallContext(script, meta, module, _payload.dumps_function(fn, module), spec,
                            parts, limit, description, values,
-                           limit if own is None else min(limit, own))
+                           limit if own is None else min(limit, own),
+                           None if values.get("fresh_process") else runner_key(spec, module))
 
     def _by_reference(self, fn: Any, module: types.ModuleType | None) -> bool:
         """Whether ``fn`` pickles as a name only, so that its cached pickle stays right."""

@@ -17,7 +17,7 @@ from .script import ScriptMetadata
 __all__ = ["EnvSpec", "env_spec", "runtime_requirements"]
 
 #: Changes whenever the layout of cached environments changes.
-ENV_FORMAT = "1"
+ENV_FORMAT = "2"
 
 #: Overrides the requirement that installs hog-executor into remote environments, e.g.
 #: ``-e /path/to/checkout`` or ``hog-executor @ file:///path`` for unreleased checkouts.

@@ -232,7 +232,8 @@ class HogExecutor(Executor):
                                          ctx.limit, store_config, store is not None)
             job = Job(id=uuid.uuid4().hex, head=ctx.parts[0], payload=data, tail=ctx.parts[1],
                       walltime=ctx.spec.walltime, config=ctx.values,
-                      description=ctx.description, calls=len(chunk))
+                      description=ctx.description, calls=len(chunk),
+                      runner_key=ctx.runner_key)
             jobs.append(JobResults(state, job, [futures[i] for i in chunk], marker, ctx.module,
                                    store, keep_stored))
         with state.submit_lock:

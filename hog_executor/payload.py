@@ -22,11 +22,13 @@ import cloudpickle
 
 from .errors import PayloadTooLargeError, RemoteError, RemoteTraceback, SerializationError
 from .runner import (
+    DYNAMIC_CODE,
     OUTCOME_STORED,
     OUTCOME_VALUE,
     PROTOCOL,
     SCRIPT_MODULE,
     STORE_FRAME_MAGIC,
+    code_with_source,
 )
 
 __all__ = ["Outcome", "decode_outcome", "dumps", "loads", "pack_payload"]
@@ -85,6 +87,21 @@ class Proxied:
         return (load_ref, (self.ref,))
 
 
+#: Source files larger than this are not sent along with their code.
+SOURCE_LIMIT = 1_000_000
+
+
+def _source_lines(filename: str) -> list[str] | None:
+    """The lines of ``filename`` as ``linecache`` has them (one list object per file, so a
+    pickle holds it once), or None when unknown or too large."""
+    import linecache
+
+    lines = linecache.getlines(filename)
+    if not lines or sum(map(len, lines)) > SOURCE_LIMIT:
+        return None
+    return lines
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     def __init__(self, file: io.BytesIO, module: types.ModuleType | None,
                  offload: Offload | None = None, threshold: int = 0,
@@ -98,6 +115,11 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
+        if kind is types.CodeType and obj.co_filename != DYNAMIC_CODE:
+            # Code sent by value keeps its file name and source lines (cloudpickle renames
+            # the file): remote tracebacks show the user's code. The stub pickles as usual.
+            return (code_with_source, (obj.replace(co_filename=DYNAMIC_CODE), obj.co_filename,
+                                       _source_lines(obj.co_filename)))
         if kind.__name__ == "Proxy" and kind.__module__ == "proxystore.proxy":
             # Its own reduction: any isinstance() check would resolve the proxy here.
             return obj.__reduce_ex__(PROTOCOL)

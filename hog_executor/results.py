@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import payload as _payload
-from .backends import Job, Output
+from .backends import CallOutput, Job, Output
 from .bundle import parse_output
 from .errors import BackendError, HogError, RemoteProcessError, WalltimeExceeded
 from .futures import HogFuture, settle
@@ -103,6 +103,7 @@ class JobResults:
             f._results = self
         job.on_start = self.started
         job.on_task_id = self.task_id_assigned
+        job.on_call = self.call_finished
 
     @property
     def where(self) -> str:
@@ -158,12 +159,39 @@ class JobResults:
             return
         self.deliver(fut.result())
 
+    def call_finished(self, call: CallOutput) -> None:
+        """One call's answer from a warm runner: settle its future now."""
+        f = self.futures[call.index]
+        if f.done():
+            return
+        f.stdout = call.stdout.decode("utf-8", "replace")
+        f.stderr = call.stderr.decode("utf-8", "replace")
+        if call.outcome is None:
+            assert call.failure is not None
+            settle(f, exception=process_error(call.failure, self.where, self.job.walltime,
+                                              f.stdout, f.stderr))
+            return
+        self._settle(f, call.outcome)
+
+    def _settle(self, f: HogFuture[Any], raw: tuple[Any, ...]) -> None:
+        outcome = _payload.decode_outcome(raw, self.module, self.store, self.keep_stored)
+        if outcome.ok:
+            settle(f, result=outcome.value)
+        else:
+            settle(f, exception=outcome.error)
+
     def deliver(self, output: Output) -> None:
         """Decode ``output`` into each call's outcome."""
+        if output.streamed:  # every call answered through call_finished
+            missing = BackendError(f"{self.where} ended without answering every call")
+            for f in self.futures:
+                settle(f, exception=missing)
+            return
         frame = parse_output(output.stdout, self.marker)
         stderr = output.stderr.decode("utf-8", "replace")
         for f in self.futures:
-            f.stdout, f.stderr = frame.stdout, stderr
+            if not f.done():
+                f.stdout, f.stderr = frame.stdout, stderr
         if frame.outcomes is None:
             err = process_error(output, self.where, self.job.walltime, frame.stdout, stderr)
             for f in self.futures:
@@ -171,13 +199,8 @@ class JobResults:
             return
         raw = pickle.loads(frame.outcomes)
         for f, item in zip(self.futures, raw, strict=False):
-            if f.done():
-                continue
-            outcome = _payload.decode_outcome(item, self.module, self.store, self.keep_stored)
-            if outcome.ok:
-                settle(f, result=outcome.value)
-            else:
-                settle(f, exception=outcome.error)
+            if not f.done():
+                self._settle(f, item)
         if len(raw) < len(self.futures):
             missing = BackendError(
                 f"{self.where} returned {len(raw)} results for {len(self.futures)} calls")

@@ -28,11 +28,14 @@ import base64
 import json
 import os
 import pickle
+import struct
 import sys
+import time
 import traceback
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: the runner must start fast
+    from collections.abc import Iterator
     from typing import Any
 
 # -- the protocol between client and runner -------------------------------------------------
@@ -69,6 +72,21 @@ EXIT_WRAPPER_FAILED = 95
 def frame_lines(marker: bytes) -> tuple[bytes, bytes]:
     """The begin and end lines (with their newlines) of the result frame for ``marker``."""
     return (b"\n" + RESULT_BEGIN + marker + b"@@\n", b"\n" + RESULT_END + marker + b"@@\n")
+
+
+#: The file name cloudpickle (3.1.3 and later) gives code it sends by value.
+DYNAMIC_CODE = "<dynamic-code>"
+
+
+def code_with_source(code: Any, filename: str, lines: list[str] | None) -> Any:
+    """Unpickles a function's code sent by value with its file name, and its source lines
+    known to ``linecache``: tracebacks show the user's file, line and source."""
+    if lines:
+        import linecache
+
+        # mtime None: checkcache() keeps the entry although the file may not exist here.
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    return code.replace(co_filename=filename)
 
 
 def _dumps(obj: object, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
@@ -109,7 +127,27 @@ def _error(exc: BaseException) -> tuple[object, ...]:
     return (OUTCOME_ERROR, data, name, message, text)
 
 
+#: Scripts imported by this process (a warm runner imports its script once): path -> the
+#: module, or the exception its import raised.
+_imported: dict[str, object] = {}
+
+
 def _import_script(path: str, by_value: bool) -> object:
+    done = _imported.get(path)
+    if isinstance(done, BaseException):
+        raise done
+    if done is not None:
+        return done
+    try:
+        module = _load_script(path, by_value)
+    except Exception as exc:
+        _imported[path] = exc
+        raise
+    _imported[path] = module
+    return module
+
+
+def _load_script(path: str, by_value: bool) -> object:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, path)
@@ -164,6 +202,13 @@ class _ResultStore:
 
 def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, ...]]:
     """Run every call of the chunk; return the list of outcomes."""
+    return [outcome for _, outcome in run_calls(header, body, where)]
+
+
+def run_calls(header: dict[str, Any], body: bytes, where: str,
+              start: int = 0) -> Iterator[tuple[int, tuple[object, ...]]]:
+    """Run the calls of the chunk from index ``start``; yield ``(index, outcome)`` for each
+    as it finishes. ``KeyboardInterrupt`` and ``SystemExit`` from a call propagate."""
     if header.get("prefetch"):  # arguments in a file store: read them while importing
         try:
             from hog_executor.store import prefetch
@@ -178,34 +223,34 @@ def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, .
         fn = pickle.loads(fn_bytes)
     except Exception as exc:
         failure = _error(exc)
-        return [failure] * header["count"]
+        for index in range(start, header["count"]):
+            yield index, failure
+        return
     results = _ResultStore(extra[0] if extra else None, header.get("threshold") or 0,
                            header.get("store_optional", False))
-    outcomes = []
-    for item in items:
-        try:
-            args, kwargs = pickle.loads(item)
-            value = fn(*args, **kwargs)
-        except (KeyboardInterrupt, SystemExit):
-            raise  # a signal or sys.exit() ends the process, as it would locally
-        except BaseException as exc:  # also asyncio.CancelledError and user BaseExceptions
-            outcomes.append(_error(exc))
-            continue
-        buffers: list[pickle.PickleBuffer] | None = [] if results.active else None
-        try:
-            data = _dumps(value, buffers)
-        except Exception as exc:
-            wrapped = TypeError(
-                f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"
-            )
-            outcomes.append(_error(wrapped))
-            continue
-        try:
-            outcomes.append(results.outcome(value, data, buffers or []))
-        except Exception as exc:
-            outcomes.append(_error(exc))
-        del value, data, buffers
-    return outcomes
+    for index in range(start, len(items)):
+        yield index, _call(fn, items[index], results)
+
+
+def _call(fn: Any, item: bytes, results: _ResultStore) -> tuple[object, ...]:
+    """Run one call; its outcome."""
+    try:
+        args, kwargs = pickle.loads(item)
+        value = fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise  # a signal or sys.exit() ends the process, as it would locally
+    except BaseException as exc:  # also asyncio.CancelledError and user BaseExceptions
+        return _error(exc)
+    buffers: list[pickle.PickleBuffer] | None = [] if results.active else None
+    try:
+        data = _dumps(value, buffers)
+    except Exception as exc:
+        return _error(TypeError(
+            f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"))
+    try:
+        return results.outcome(value, data, buffers or [])
+    except Exception as exc:
+        return _error(exc)
 
 
 def _show(outcomes: list[tuple[object, ...]]) -> int:
@@ -224,7 +269,171 @@ def _show(outcomes: list[tuple[object, ...]]) -> int:
     return 1 if failed else 0
 
 
+# -- serving: a warm runner ----------------------------------------------------------------
+# ``python runner.py --serve PAYLOAD`` runs the chunk of PAYLOAD like the one-shot mode, then
+# keeps the script imported and serves more chunks read from stdin, until stdin ends or it
+# has run ``HOG_MAX_CALLS`` calls. Messages both ways are a 8-byte big-endian length and
+# that many bytes. A request is a 4-byte index (the first call to run: calls before it
+# already ran elsewhere) and a chunk payload. The answers, pickled tuples, on the original
+# stdout:
+#   (MSG_READY, pid)                          the script is imported, calls start
+#   (MSG_CALL, index, outcome, out, err, t0, t1)  one call finished; its own stdout/stderr
+#   (MSG_DONE,)                               every call of the chunk has an answer
+#   (MSG_EXIT, index, out, err, code)         call ``index`` ended the process (sys.exit())
+#   (MSG_RETIRE, index)                       ``HOG_MAX_CALLS`` reached: calls from
+#                                             ``index`` on were not run; the process exits
+# While serving, fds 1 and 2 point to private spool files, emptied after each call, so
+# what a call prints (also from C code and subprocesses) is that call's own.
+
+MSG_READY = "ready"
+MSG_CALL = "call"
+MSG_DONE = "done"
+MSG_EXIT = "exit"
+MSG_RETIRE = "retire"
+#: Environment variables a serving runner reads: calls before it exits (0: no limit).
+MAX_CALLS_ENV = "HOG_MAX_CALLS"
+#: The index of the first call to run of the chunk in the payload file.
+SERVE_START_ENV = "HOG_SERVE_START"
+#: Bytes of one call's stdout (and of its stderr) sent back; the tail is kept.
+OUTPUT_CAP = 8 * 1024 * 1024
+_LENGTH = struct.Struct(">Q")
+_INDEX = struct.Struct(">I")
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        data = os.read(fd, min(n, 1 << 20))
+        if not data:
+            return None
+        chunks.append(data)
+        n -= len(data)
+    return b"".join(chunks)
+
+
+def read_message(fd: int) -> bytes | None:
+    """One length-prefixed message from ``fd`` (None: the channel ended)."""
+    head = _read_exact(fd, _LENGTH.size)
+    if head is None:
+        return None
+    return _read_exact(fd, _LENGTH.unpack(head)[0])
+
+
+def message(data: bytes) -> bytes:
+    """``data`` framed as a message."""
+    return _LENGTH.pack(len(data)) + data
+
+
+def request(start: int, payload: bytes) -> bytes:
+    """The message asking a serving runner to run a chunk's calls from index ``start``."""
+    return message(_INDEX.pack(start) + payload)
+
+
+def _take(fd: int) -> bytes:
+    """What was written to spool ``fd`` since the last take (its tail past `OUTPUT_CAP`)."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return b""
+    if size <= OUTPUT_CAP:
+        data = os.pread(fd, size, 0)
+    else:
+        note = f"[hog: {size - OUTPUT_CAP:,} earlier bytes of this call's output dropped]\n"
+        data = note.encode() + os.pread(fd, OUTPUT_CAP, size - OUTPUT_CAP)
+    os.ftruncate(fd, 0)
+    return data
+
+
+class _Server:
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.out = os.dup(1)
+        self.channel = os.dup(0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)  # the user's code cannot read the channel
+        os.close(null)
+        self.spools = []
+        for fd, name in ((1, ".hog_out"), (2, ".hog_err")):
+            spool = os.open(os.path.join(where, name),
+                            os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            os.dup2(spool, fd)
+            os.close(spool)
+            self.spools.append(fd)
+        self.max_calls = int(os.environ.get(MAX_CALLS_ENV) or 0)
+        self.calls = 0
+
+    def send(self, *answer: object) -> None:
+        data = message(pickle.dumps(answer, protocol=PROTOCOL))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.out, view):]
+
+    def output(self) -> tuple[bytes, bytes]:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # the user replaced or closed them: fds 1 and 2 still count
+            pass
+        return _take(1), _take(2)
+
+    def serve_chunk(self, header: dict[str, Any], body: bytes, start: int) -> bool:
+        """Run one chunk from ``start``; False: the runner retires (max calls reached)."""
+        index = start
+        calls = run_calls(header, body, self.where, start)
+        try:
+            while True:
+                if self.max_calls and self.calls >= self.max_calls \
+                        and index < header["count"]:
+                    self.send(MSG_RETIRE, index)
+                    return False
+                t0 = time.time()
+                step = next(calls, None)
+                if step is None:
+                    break
+                index, outcome = step
+                out, err = self.output()
+                self.send(MSG_CALL, index, outcome, out, err, t0, time.time())
+                self.calls += 1
+                index += 1
+        except SystemExit as exc:
+            out, err = self.output()
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            self.send(MSG_EXIT, index, out, err, code)
+            raise
+        self.send(MSG_DONE)
+        return True
+
+
+def serve(argv: list[str]) -> int:
+    """Serve chunks: the first from the payload file, the next ones from stdin."""
+    os.environ[REMOTE_CALL_ENV] = "1"
+    path = argv[-1]
+    where = os.path.dirname(os.path.abspath(path))
+    server = _Server(where)
+    with open(path, "rb") as f:
+        line, _, body = f.read().partition(b"\n")
+    header = json.loads(line)
+    if header.get("script"):
+        try:
+            _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
+        except Exception:  # every call of every chunk reports it
+            pass
+    server.send(MSG_READY, os.getpid())
+    start = int(os.environ.pop(SERVE_START_ENV, "") or 0)
+    while server.serve_chunk(header, body, start):
+        if server.max_calls and server.calls >= server.max_calls:
+            return 0  # retire between chunks: the client sees the channel end after DONE
+        data = read_message(server.channel)
+        if data is None:
+            return 0
+        start = _INDEX.unpack_from(data)[0]
+        line, _, body = data[_INDEX.size:].partition(b"\n")
+        header = json.loads(line)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) > 2 and argv[1] == "--serve":
+        return serve(argv)
     out = os.fdopen(os.dup(1), "wb")  # the frame goes here even if the user redirects fd 1
     os.environ[REMOTE_CALL_ENV] = "1"  # decorated functions refuse nested remote calls
     with open(argv[1], "rb") as f:

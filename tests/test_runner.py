@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cloudpickle
-
 from hog_executor import payload
 from hog_executor.bundle import parse_output
 
@@ -27,7 +25,7 @@ def start_runner(tmp_path, fn, calls, script=None, script_name="s.py"):
     items = [payload.dumps_call(a, k, None) for a, k in calls]
     header = json.dumps({"marker": MARKER, "script": script_name if script else None,
                          "by_value": False, "count": len(items)}).encode()
-    data = payload.pack_payload(header, cloudpickle.dumps(fn), items, 10**7)
+    data = payload.pack_payload(header, payload.dumps_function(fn, None), items, 10**7)
     (tmp_path / "p").write_bytes(data)
     return subprocess.run([sys.executable, str(RUNNER), str(tmp_path / "p")],
                           capture_output=True, cwd=tmp_path)

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 from ..config import COMMON_KEYS, Endpoint, Key
 from ..errors import ConfigError
 
-__all__ = ["Backend", "Job", "Output", "backend_class", "backend_keys", "backend_names"]
+__all__ = ["Backend", "CallOutput", "Job", "Output", "backend_class", "backend_keys",
+           "backend_names"]
 
 ENTRY_POINT_GROUP = "hog_executor.backends"
 
@@ -41,6 +42,8 @@ class Output:
         stderr: raw standard error.
         state: the scheduler's final state, when the backend has one.
         log_paths: where the backend keeps this run's logs, if anywhere.
+        streamed: every call's answer already went to ``Job.on_call`` (a warm runner);
+            the other fields then say only how the job ended.
     """
 
     returncode: int
@@ -48,6 +51,30 @@ class Output:
     stderr: bytes
     state: str | None = None
     log_paths: tuple[str, ...] = ()
+    streamed: bool = False
+
+
+@dataclass(frozen=True)
+class CallOutput:
+    """One call's answer from a warm runner (see `Job.on_call`).
+
+    Attributes:
+        index: the call's index in its job's chunk.
+        outcome: the runner's outcome tuple; None when the call ended its process.
+        stdout: what the call printed.
+        stderr: what the call wrote to stderr.
+        started: when the call started (the runner's clock, seconds since the epoch).
+        finished: when it finished.
+        failure: how the process ended, when ``outcome`` is None.
+    """
+
+    index: int
+    outcome: tuple[object, ...] | None
+    stdout: bytes
+    stderr: bytes
+    started: float = 0.0
+    finished: float = 0.0
+    failure: Output | None = None
 
 
 @dataclass(eq=False)
@@ -69,6 +96,11 @@ class Job:
         calls: how many calls the payload carries.
         on_start: called by the backend once when the bundle starts running.
         on_task_id: called by the backend with the id its service assigned to the task.
+        runner_key: jobs with the same key may share a warm runner process (the same
+            environment, script text and process-level settings); None: the job runs in a
+            process of its own.
+        on_call: called by a backend running the job on a warm runner with each call's
+            `CallOutput` as it arrives; the job's output is then marked ``streamed``.
         future: resolved by the backend with an `Output`, or with an exception: a
             `BackendError` when the bundle could not be run, or another `HogError` (such as
             `RemoteProcessError`) that the backend determined itself.
@@ -84,6 +116,8 @@ class Job:
     calls: int = 1
     on_start: Callable[[], None] = field(default=lambda: None, repr=False)
     on_task_id: Callable[[str], None] = field(default=lambda task_id: None, repr=False)
+    runner_key: str | None = None
+    on_call: Callable[[CallOutput], None] = field(default=lambda call: None, repr=False)
     future: Future[Output] = field(default_factory=Future, repr=False)
 
     @property
