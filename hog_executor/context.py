@@ -106,6 +106,20 @@ def describe(fn: Any, script: str | None) -> str:
     return f"{os.path.basename(script)}:{name}" if script else name
 
 
+def _identity(fn: Any) -> Any:
+    """What a cached context is keyed on: the function's code, never an object it is bound
+    to (a context must not keep a submitted bound method's object alive)."""
+    if isinstance(fn, types.MethodType):
+        return ("method", fn.__func__)
+    bound = getattr(fn, "__self__", None)
+    if isinstance(fn, types.BuiltinMethodType) and not isinstance(bound, (types.ModuleType,
+                                                                           type(None))):
+        return ("method", type(bound), fn.__name__)
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return fn
+    return ("instance", type(fn))
+
+
 def runner_key(spec: BundleSpec, module: types.ModuleType | None) -> str:
     """What decides whether two calls may share a warm runner process: the environment,
     the script's name and text, how the script's objects travel, and the process-level
@@ -137,7 +151,7 @@ class Contexts:
         script = script_for(fn, self.explicit_script)
         meta = load_script(script) if script else ScriptMetadata()
         try:
-            key: tuple[Any, ...] | None = (fn, script, extras)
+            key: tuple[Any, ...] | None = (_identity(fn), script, extras)
             ctx = self._cache.get(key)  # type: ignore[arg-type]
         except TypeError:  # an unhashable callable
             key, ctx = None, None

@@ -9,6 +9,7 @@ outcomes) and `futures` (`HogFuture`). `state` holds what an executor shares wit
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import secrets
@@ -132,44 +133,58 @@ class HogExecutor(Executor):
         return self._submit_calls(fn, [(args, kwargs)], chunksize=1)[0]
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | None = None, progress: bool | None = None) -> Iterator[T]:
+            chunksize: int | None = None, buffersize: int | None = None,
+            progress: bool | None = None) -> Iterator[T]:
         """Like ``concurrent.futures.Executor.map``; calls are packed into chunks.
 
         Each chunk runs in one remote process. With ``chunksize=None`` the chunk size keeps
         every worker busy (about two chunks per worker) while amortizing start-up. Results
         come in order; the first failing call raises when its result is reached; ``timeout``
-        counts from this call and raises ``TimeoutError``. ``progress=True`` shows a live
-        progress bar (plain log lines when not on a terminal); None shows it under ``hog run``.
+        counts from this call and raises ``TimeoutError``. With ``buffersize`` (as in Python
+        3.14), at most that many calls are submitted ahead of the results consumed, and the
+        iterables are read lazily. Results are not kept once yielded. ``progress=True`` shows
+        a live progress bar (plain log lines when not on a terminal); None shows it under
+        ``hog run``.
 
         Raises:
             SerializationError, PayloadTooLargeError: before anything runs.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1.
         """
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError("buffersize must be None or a positive integer")
         deadline = None if timeout is None else time.monotonic() + timeout
-        calls: list[tuple[Sequence[Any], dict[str, Any]]] = [
-            (item, {}) for item in zip(*iterables, strict=False)]
-        futures = self._submit_calls(fn, calls, chunksize=chunksize)
+        args = zip(*iterables, strict=False)
+        if buffersize is None:
+            calls: list[tuple[Sequence[Any], dict[str, Any]]] = [(item, {}) for item in args]
+        else:
+            calls = [(item, {}) for item in itertools.islice(args, buffersize)]
+        pending = self._submit_calls(fn, calls, chunksize=chunksize)
+        tracked: list[Future[Any]] = (
+            list(pending) if progress is not False and buffersize is None else [])
+        pending.reverse()
+        del calls
+
+        def refill() -> None:
+            item = next(args, None)
+            if item is not None:
+                pending.insert(0, self._submit_calls(fn, [(item, {})], chunksize=1)[0])
 
         def results() -> Iterator[T]:
-            pending = list(reversed(futures))
             try:
                 while pending:
-                    f = pending[-1]
-                    if deadline is None:
-                        value = f.result()
-                    else:
-                        value = f.result(max(0.0, deadline - time.monotonic()))
-                    pending.pop()
-                    yield value
+                    if buffersize is not None:
+                        refill()
+                    yield _result_or_cancel(pending.pop(), deadline)
             finally:
                 for f in pending:
                     f.cancel()
 
-        if progress is not False:
+        if tracked:
             from .progress import track_map
 
-            return track_map(list(futures), progress, fn, results())
+            return track_map(tracked, progress, fn, results())
         return results()
 
     def _submit_calls(self, fn: Callable[..., Any], calls: Calls, chunksize: int | None, *,
@@ -354,6 +369,18 @@ def swap_backend(ex: HogExecutor, backend: Backend) -> Backend:
     previous, ex._state.backend = ex._state.backend, backend
     ex._contexts.backend = backend
     return previous
+
+
+def _result_or_cancel(f: HogFuture[T], deadline: float | None) -> T:
+    """``f``'s result (waiting until ``deadline``); cancels it on a timeout. The caller keeps
+    no reference to ``f`` or its value (``map`` must not keep results alive)."""
+    try:
+        try:
+            return f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        finally:
+            f.cancel()
+    finally:
+        del f
 
 
 def _offloader(state: ExecutorState, refs: list[Any]) -> Callable[[bytes, list[Any]], Any]:

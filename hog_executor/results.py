@@ -134,7 +134,11 @@ class JobResults:
         self.state.backend.cancel(self.job)
 
     def finished(self, fut: Future[Output]) -> None:
-        """Resolve every call of the job (a done-callback: it must never leave one pending)."""
+        """Resolve every call of the job (a done-callback: it must never leave one pending).
+
+        Then the futures and this record forget each other: a call's future, or its value,
+        must not stay alive through its neighbours in the chunk.
+        """
         try:
             self._finished(fut)
         except BaseException as exc:
@@ -143,6 +147,10 @@ class JobResults:
             err.__cause__ = exc
             for f in self.futures:
                 settle(f, exception=err)
+        finally:
+            for f in self.futures:
+                f._results = None
+            self.futures = []
 
     def _finished(self, fut: Future[Output]) -> None:
         self.state.forget(self)
