@@ -36,3 +36,19 @@ def die_on(x, bad):
     if x == bad:
         os.kill(os.getpid(), 9)
     return x
+
+
+class Dummy:
+    """A result whose lifetime the tests watch."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+def make_dummy(x):
+    return Dummy(x)
+
+
+class Holder:
+    def method(self, x):
+        return x + 1
