@@ -14,7 +14,7 @@ def test_map_does_not_keep_results_alive(executor):
     for obj in executor.map(warm.make_dummy, range(10)):
         ref = weakref.ref(obj)
         del obj
-        assert wait_for(lambda: (gc.collect(), ref())[1] is None, timeout=30)
+        assert wait_for(lambda ref=ref: (gc.collect(), ref())[1] is None, timeout=30)
 
 
 def test_a_submitted_bound_method_does_not_keep_its_object_alive(executor):
@@ -47,7 +47,7 @@ def test_submit_after_shutdown_raises_runtime_error(cache_dir):
 
     ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
     ex.shutdown()
-    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+    with pytest.raises(RuntimeError, match=r"^cannot schedule new futures after shutdown$"):
         ex.submit(warm.pid)
-    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+    with pytest.raises(RuntimeError, match=r"^cannot schedule new futures after shutdown$"):
         ex.map(warm.pid, range(2))
