@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stop the throwaway Slurm cluster started by ci/slurm-start.sh: cancel the jobs still in its
-# queue, then stop exactly the daemons whose PIDs that script recorded (SIGTERM, SIGKILL after
-# 10 s). Processes it did not start are never signalled. Safe to run when nothing runs.
+# Stop the throwaway Slurm cluster started by tests/services/slurm-start.sh: cancel the jobs
+# still in its queue, then stop exactly the daemons whose PIDs that script recorded (SIGTERM,
+# SIGKILL after 10 s). Processes it did not start are never signalled. Safe to run when nothing
+# runs.
 set -uo pipefail
 
 STATE=${HOG_SLURM_STATE:-/tmp/hog-slurm}
