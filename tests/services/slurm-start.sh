@@ -77,6 +77,8 @@ chmod 700 "$STATE"
 rm -rf "$STATE/ctld" "$STATE/spool"
 mkdir -p "$STATE/ctld" "$STATE/spool"
 : > "$STATE/pids"
+# The tests' fixture marks a cluster it started (tests/conftest.py); this one is not yet.
+rm -f "$STATE/started-by-tests"
 
 if [ -e "$CONF" ] && ! head -n 1 "$CONF" | grep -qxF -e "$MARK" -e "$OLD_MARK"; then
   die "$CONF exists and was not written by this script; not replacing it"

@@ -12,7 +12,7 @@ say() { printf 'slurm-stop: %s\n' "$*" >&2; }
 
 if [ ! -s "$PIDS" ]; then
   say "no daemons recorded in $PIDS; nothing to stop"
-  rm -f "$PIDS"
+  rm -f "$PIDS" "$STATE/started-by-tests"
   exit 0
 fi
 
@@ -56,4 +56,4 @@ for entry in "${entries[@]}"; do
     say "$name ($pid) is not running"
   fi
 done
-rm -f "$PIDS"
+rm -f "$PIDS" "$STATE/started-by-tests"  # the tests' mark of a cluster they started, if any
