@@ -11,7 +11,8 @@ hog-executor with ``chunksize=1`` (one array task per call, like submitit), and 
 default ``poll_interval`` (2 s, backing off), submitit with its own. Goal: hog-executor's
 ``map`` at most 1.0x submitit's wall time, with one ``sbatch`` call.
 
-Needs a cluster: ``bash ci/slurm-start.sh`` (as root on Debian) starts a single-node one.
+Needs a cluster: ``bash tests/services/slurm-start.sh`` (as root on Debian) starts a
+single-node one.
 Run: ``python benchmarks/bench_slurm.py [--repeat N]``.
 """
 
@@ -68,7 +69,8 @@ def sbatch_shim(bench: Path) -> Path:
     """A directory holding an ``sbatch`` that logs its arguments, then runs the real one."""
     real = shutil.which("sbatch")
     if real is None:
-        sys.exit("bench_slurm: sbatch not found; start a cluster with bash ci/slurm-start.sh")
+        sys.exit("bench_slurm: sbatch not found; start a cluster with "
+                 "bash tests/services/slurm-start.sh")
     shim = c.fresh_dir(bench / "sbatch-shim")
     log = bench / "sbatch-calls.log"
     script = shim / "sbatch"

@@ -10,9 +10,9 @@
 # ///
 """Run a map as one Slurm job array, and see what a failing job looks like.
 
-    bash ci/slurm-start.sh            # a throwaway single-node cluster (as root, on Debian)
+    bash tests/services/slurm-start.sh   # a throwaway single-node cluster (as root, on Debian)
     python examples/slurm_array.py
-    bash ci/slurm-stop.sh
+    bash tests/services/slurm-stop.sh
 
 On a real cluster, change ``partition`` (and add ``account``) in the block above, and run it
 on a login node. Job files go under ``$SCRATCH/.hog-executor/slurm`` (or ``~/...``); set

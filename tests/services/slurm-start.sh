@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Start a throwaway single-node Slurm cluster on this Debian machine, as root.
 #
-#   bash ci/slurm-start.sh     # installs slurmctld slurmd slurm-client munge if missing
-#   bash ci/slurm-stop.sh      # stops exactly the daemons this script started
+#   bash tests/services/slurm-start.sh   # installs slurmctld slurmd slurm-client munge if missing
+#   bash tests/services/slurm-stop.sh    # stops exactly the daemons this script started
 #
 # The cluster has one node, "localhost", configured with more CPUs than the machine has so
 # that array tasks run side by side, and one partition, "debug" (the default). munged runs
 # as the munge user, slurmctld and slurmd as root. The PIDs of the daemons started here are
-# recorded in $HOG_SLURM_STATE (default /tmp/hog-slurm) for ci/slurm-stop.sh, which stops
-# those and no other process. If a cluster already answers `sinfo`, nothing is started.
+# recorded in $HOG_SLURM_STATE (default /tmp/hog-slurm) for tests/services/slurm-stop.sh, which
+# stops those and no other process. If a cluster already answers `sinfo`, nothing is started.
 #
 # Written for throwaway machines (CI, a developer's container): it writes
 # /etc/slurm/slurm.conf, and refuses to replace one it did not write.
@@ -16,7 +16,8 @@ set -euo pipefail
 
 STATE=${HOG_SLURM_STATE:-/tmp/hog-slurm}
 CONF=/etc/slurm/slurm.conf
-MARK="# written by hog-executor ci/slurm-start.sh"
+MARK="# written by hog-executor tests/services/slurm-start.sh"
+OLD_MARK="# written by hog-executor ci/slurm-start.sh"  # the same script, at its former path
 PARTITION=debug
 
 say() { printf 'slurm-start: %s\n' "$*" >&2; }
@@ -44,7 +45,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]}"
   # Keep the packages' maintainer scripts from starting daemons of their own: every daemon
-  # of this cluster is started below, so that ci/slurm-stop.sh knows all of them.
+  # of this cluster is started below, so that slurm-stop.sh knows all of them.
   policy=/usr/sbin/policy-rc.d
   made_policy=
   if [ ! -e "$policy" ]; then
@@ -65,7 +66,8 @@ fi
 if [ -s "$STATE/pids" ]; then
   while read -r name pid; do
     if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then
-      die "$name ($pid), started earlier by this script, still runs: bash ci/slurm-stop.sh"
+      die "$name ($pid), started earlier by this script, still runs:" \
+        "bash tests/services/slurm-stop.sh"
     fi
   done < "$STATE/pids"
   say "forgetting the daemons of an earlier start that are no longer running"
@@ -75,8 +77,10 @@ chmod 700 "$STATE"
 rm -rf "$STATE/ctld" "$STATE/spool"
 mkdir -p "$STATE/ctld" "$STATE/spool"
 : > "$STATE/pids"
+# The tests' fixture marks a cluster it started (tests/conftest.py); this one is not yet.
+rm -f "$STATE/started-by-tests"
 
-if [ -e "$CONF" ] && ! head -n 1 "$CONF" | grep -qxF "$MARK"; then
+if [ -e "$CONF" ] && ! head -n 1 "$CONF" | grep -qxF -e "$MARK" -e "$OLD_MARK"; then
   die "$CONF exists and was not written by this script; not replacing it"
 fi
 nproc=$(nproc)
@@ -85,7 +89,7 @@ mem_mb=$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 * 0.9 }' /proc/meminfo)
 mkdir -p /etc/slurm
 cat > "$CONF.tmp" <<EOF
 $MARK
-# A throwaway single-node cluster for hog-executor's tests; ci/slurm-stop.sh stops it.
+# A throwaway single-node cluster for hog-executor's tests; slurm-stop.sh stops it.
 ClusterName=hogtest
 SlurmctldHost=localhost
 SlurmUser=root
@@ -184,7 +188,8 @@ case "$state" in
   idle|mixed|allocated) ;;
   *)
     tail -n 20 "$STATE/slurmctld.log" "$STATE/slurmd.log" >&2 || true
-    die "node localhost is '${state:-not listed}' after 60 s (logs above; stop with ci/slurm-stop.sh)" ;;
+    die "node localhost is '${state:-not listed}' after 60 s" \
+      "(logs above; stop with tests/services/slurm-stop.sh)" ;;
 esac
 say "cluster up in $((SECONDS - start_time)) s: partition $PARTITION, node localhost ($cpus CPUs)," \
   "daemons $(awk '{ printf "%s%s=%s", sep, $1, $2; sep=" " }' "$STATE/pids")"
