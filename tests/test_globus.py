@@ -28,7 +28,7 @@ from hog_executor import (
     WalltimeExceeded,
 )
 from hog_executor.backends.globus import GlobusBackend
-from hog_executor.backends.globus.backend import REQUEST_LIMIT
+from hog_executor.backends.globus.sdk import REQUEST_LIMIT
 from hog_executor.backends.globus.shell import (
     ARG_LIMIT,
     SANDBOX_WARNING,
@@ -269,7 +269,7 @@ def test_user_endpoint_config_groups_calls(make, client):
     assert [uep for uep, _ in client.batch_configs] == [{"account": "proj-a"},
                                                          {"account": "proj-b"}]
     given = ex.endpoint.values["globus_executor"]
-    created = list(ex.backend._executors.values())
+    created = ex.backend._sdk.executors
     assert len(created) == 2 and given not in created  # its config is not proj-a's
     ex.shutdown(wait=True)
     # The executors it created are shut down; the one it was handed is left to its owner.
