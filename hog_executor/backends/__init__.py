@@ -42,8 +42,9 @@ class Output:
     The executor reads it without knowing any scheduler's vocabulary, so a backend maps what
     its scheduler reports onto these fields:
 
-    - a job stopped because it ran out of time (the scheduler's time limit, as the bundle's own
-      walltime does) has ``returncode`` `~hog_executor.runner.EXIT_WALLTIME`;
+    - a job killed at its scheduler's time limit has ``returncode``
+      `~hog_executor.runner.EXIT_WALLTIME`, the status a bundle exits with when a call
+      overruns its own walltime;
     - ``state`` is set only when the scheduler's final state explains a failure (such as
       ``"OUT_OF_MEMORY"``, ``"CANCELLED"``, ``"TIMEOUT"``); it is None for a job that ended
       normally (Slurm's ``COMPLETED``), whatever its exit status, and for backends without a
