@@ -45,14 +45,14 @@ def process_error(output: Output, where: str, walltime: float | None,
     common: dict[str, Any] = dict(
         returncode=rc, stderr_tail=tail, state=output.state, stdout=stdout, stderr=stderr
     )
-    if rc == EXIT_WALLTIME or output.state == "TIMEOUT":
+    if rc == EXIT_WALLTIME:
         return WalltimeExceeded(
             f"{where} exceeded its walltime"
             + (f" of {walltime:g} s" if walltime else "")
             + f" and was killed{logs}",
             walltime=walltime, **common,
         )
-    if output.state and output.state != "COMPLETED":
+    if output.state:
         reason = f"ended in state {output.state} (exit status {rc})"
     elif rc == EXIT_ENV_FAILED:
         reason = "could not build its environment"

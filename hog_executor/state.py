@@ -3,11 +3,11 @@ the shutdown flag, and the lifetime of the store large data travels through."""
 
 from __future__ import annotations
 
-import atexit
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from .backends.lifecycle import at_exit_after
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class ExecutorState:
                     ) from exc
                 # Closed when the executor is collected, or at exit once its calls are done.
                 weakref.finalize(self, self._store.close).atexit = False
-                _with_stores.add(self)
+                at_exit_after(self.backend, self.close_store)
         return self._store
 
     def close_store(self) -> None:
@@ -109,20 +109,3 @@ class ExecutorState:
     def in_flight(self) -> list[JobResults]:
         with self.lock:
             return list(self.jobs)
-
-
-#: Executors' states holding a store, closed at exit by `_close_stores_at_exit`.
-_with_stores: weakref.WeakSet[ExecutorState] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_stores_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
-    # Registered when this module loads; a backend that runs its queue to the end at exit
-    # is drained here first, whatever order the other exit handlers run in.
-    for state in list(_with_stores):
-        try:
-            if state.backend.drains_at_exit:
-                state.backend.shutdown(wait=True)
-        except Exception:  # exit: nothing left to report to
-            pass
-        state.close_store()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+import threading
 
 import hogtest_basic as basic
 import pytest
@@ -22,29 +23,31 @@ def _touch(path, data):
 
 
 def test_a_call_cancelled_while_its_process_starts_never_runs(cache_dir, tmp_path):
-    # A large inline argument makes the bundle slow to write: the backend's future is running
-    # while the process is not started yet. A cancel then must stop the call, not lose it.
-    big = b"x" * 6_000_000
-    ex = HogExecutor("local", max_workers=1, proxy_threshold="100MB", cache_dir=cache_dir)
+    # The backend's future is running while the process is not started yet: a cancel then
+    # must stop the call, not lose it. The backend's test hook holds the job in that window.
+    ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
     try:
         assert ex.submit(_touch, str(tmp_path / "warm"), b"").result(timeout=300) == 0
-        hits = 0
-        for attempt in range(10):
-            if hits == 2:
-                break
-            marker = tmp_path / f"ran-{attempt}"
-            fut = ex.submit(_touch, str(marker), big)
-            job_future = fut._results.job.future
-            while not (job_future.running() or job_future.done()):
-                pass
-            if not fut.cancel():
-                fut.result(timeout=300)  # it had started: it runs to the end
-                continue
-            hits += 1
-            assert wait_for(job_future.done, timeout=300)
-            assert fut.cancelled()
-            assert not marker.exists(), "a call reported cancelled ran anyway"
-        assert hits, "no cancel arrived before the process started"
+        backend = ex.backend
+        assert isinstance(backend, LocalBackend)
+        taken, release = threading.Event(), threading.Event()
+
+        def hold(job):
+            taken.set()
+            release.wait(60)
+
+        backend.starting_hook = hold
+        marker = tmp_path / "ran"
+        fut = ex.submit(_touch, str(marker), b"")
+        job_future = fut._results.job.future
+        assert taken.wait(60), "the job was never taken"
+        assert job_future.running()
+        assert fut.cancel()
+        release.set()
+        assert wait_for(job_future.done, timeout=60)
+        assert fut.cancelled()
+        assert b"stopped before start" in job_future.result().stderr
+        assert not marker.exists(), "a call reported cancelled ran anyway"
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
@@ -66,6 +69,7 @@ def test_an_unused_local_executor_creates_no_directory(private_tmp, cache_dir):
     assert not list(private_tmp.glob("hog-local-*"))
 
 
+@pytest.mark.slow  # idle worker threads exit after local.IDLE_EXIT seconds
 def test_a_local_executor_dropped_without_shutdown_removes_its_directory(private_tmp,
                                                                           cache_dir):
     ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir)

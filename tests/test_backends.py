@@ -92,3 +92,120 @@ def test_unknown_backend_in_a_table(cache_dir, tmp_path, monkeypatch):
 def test_unknown_endpoint_name_from_the_executor():
     with pytest.raises(ConfigError, match=r"unknown endpoint 'nowhere'; known endpoints: .*local"):
         HogExecutor("nowhere")
+
+
+# -- what every backend shares (hog_executor.backends.lifecycle) ------------------------------
+
+def test_resolve_is_quiet_about_futures_done_already():
+    from concurrent.futures import Future
+
+    from hog_executor.backends import Output
+    from hog_executor.backends.lifecycle import resolve
+
+    out = Output(0, b"", b"")
+    f: Future[Output] = Future()
+    assert resolve(f, out)
+    assert not resolve(f, error=RuntimeError("late"))  # resolved already: no exception
+    assert f.result() is out
+    assert not resolve(f, cancel=True)
+    failed: Future[Output] = Future()
+    assert resolve(failed, error=RuntimeError("boom"))
+    assert isinstance(failed.exception(), RuntimeError)
+
+
+def test_a_future_cancelled_through_resolve_wakes_its_waiters():
+    from concurrent.futures import Future, wait
+
+    from hog_executor.backends import Output
+    from hog_executor.backends.lifecycle import mark_running, resolve
+
+    f: Future[Output] = Future()
+    assert resolve(f, cancel=True)
+    assert resolve(f, cancel=True)  # cancelled it stays
+    assert wait([f], timeout=1).done == {f}  # notified: wait() counts it as done
+    assert not resolve(f, Output(0, b"", b""))
+    assert not mark_running(f)  # no RuntimeError for a future notified already
+    plain: Future[Output] = Future()
+    plain.cancel()  # cancelled, as anyone may, but not notified
+    assert not resolve(plain, Output(0, b"", b""))
+    assert wait([plain], timeout=1).done == {plain}
+    running: Future[Output] = Future()
+    assert mark_running(running) and running.running()
+    assert not mark_running(running)
+    assert not resolve(running, cancel=True)  # a running future is not cancelled
+
+
+EXIT_SCRIPT = '''
+import gc
+from hog_executor.backends import Backend
+from hog_executor.backends.lifecycle import at_exit_after, stop_at_exit
+from hog_executor.config import Endpoint
+
+
+class Recording(Backend):
+    drains_at_exit = False
+
+    def __init__(self, name):
+        super().__init__(Endpoint(name, "recording"))
+        self.name = name
+
+    @property
+    def workers(self):
+        return 1
+
+    def submit(self, jobs):
+        pass
+
+    def cancel(self, job):
+        return False
+
+    def shutdown(self, wait=True, *, cancel=False):
+        print(f"shutdown {self.name} wait={wait} cancel={cancel}", flush=True)
+
+
+class Draining(Recording):
+    drains_at_exit = True
+
+
+class Store:
+    def __init__(self, name):
+        self.name = name
+
+    def close(self):
+        print(f"close {self.name}", flush=True)
+
+
+draining, cancelling, unregistered = Draining("d"), Recording("c"), Recording("u")
+stop_at_exit(draining)
+stop_at_exit(cancelling)
+stores = [Store("d-store"), Store("u-store"), Store("dropped")]
+at_exit_after(draining, stores[0].close)
+at_exit_after(unregistered, stores[1].close)
+at_exit_after(cancelling, stores[2].close)
+at_exit_after(cancelling, lambda: print("lambda after c", flush=True))
+del stores[2]  # a bound method is held weakly: its object may go
+gc.collect()
+collected = Recording("gone")
+stop_at_exit(collected)  # a backend collected before exit is not shut down
+del collected
+gc.collect()
+print("exit", flush=True)
+'''
+
+
+def test_backends_are_drained_or_cancelled_at_exit_and_callbacks_run_after(tmp_path):
+    import subprocess
+
+    script = tmp_path / "exits.py"
+    script.write_text(EXIT_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "exit",
+        "shutdown d wait=True cancel=False",
+        "close d-store",
+        "shutdown c wait=True cancel=True",
+        "lambda after c",
+        "close u-store",
+    ]

@@ -28,7 +28,7 @@ from hog_executor import (
     WalltimeExceeded,
 )
 from hog_executor.backends.globus import GlobusBackend
-from hog_executor.backends.globus.backend import REQUEST_LIMIT
+from hog_executor.backends.globus.sdk import REQUEST_LIMIT
 from hog_executor.backends.globus.shell import (
     ARG_LIMIT,
     SANDBOX_WARNING,
@@ -123,6 +123,7 @@ def test_uuid_endpoint_resolves_to_globus_and_keys_are_checked(client, tmp_path)
         sdk.shutdown(wait=False)
 
 
+@pytest.mark.slow
 def test_submit_and_map_return_values_and_task_ids(make, client):
     ex = make()
     f = ex.submit(basic.add, 1, 2, c=3)
@@ -143,6 +144,7 @@ def test_remote_exceptions_keep_their_type(make):
         ex.submit(basic.fail_value, "bad").result(timeout=60)
 
 
+@pytest.mark.slow
 def test_walltime_is_walltime_exceeded(make):
     ex = make(walltime=2)
     with pytest.raises(WalltimeExceeded) as info:
@@ -181,6 +183,7 @@ def test_ten_thousand_printed_lines_before_the_result(make):
     assert "9999 @@HOG-RESULT {x}" in f.stdout
 
 
+@pytest.mark.slow
 def test_many_submits_travel_in_few_batches(make, client):
     ex = make()
     futures = [ex.submit(basic.identity, i) for i in range(80)]
@@ -237,6 +240,7 @@ def test_too_large_payload_is_refused_before_anything_is_sent(make, client):
     assert client.batch_runs == []
 
 
+@pytest.mark.slow
 def test_big_maps_are_split_into_tasks_and_requests_under_the_limits(make, client):
     ex = make()
     items = [bytes([i]) * 60_000 for i in range(40)]  # 2.4 MB of arguments
@@ -269,7 +273,7 @@ def test_user_endpoint_config_groups_calls(make, client):
     assert [uep for uep, _ in client.batch_configs] == [{"account": "proj-a"},
                                                          {"account": "proj-b"}]
     given = ex.endpoint.values["globus_executor"]
-    created = list(ex.backend._executors.values())
+    created = ex.backend._sdk.executors
     assert len(created) == 2 and given not in created  # its config is not proj-a's
     ex.shutdown(wait=True)
     # The executors it created are shut down; the one it was handed is left to its owner.

@@ -139,6 +139,7 @@ def test_big_results_come_back_locally(executor):
     assert len(big) == 15_000_000
 
 
+@pytest.mark.slow
 def test_walltime_kills_the_whole_process_group(cache_dir, tmp_path):
     pidfile = tmp_path / "pids"
     with HogExecutor("local", cache_dir=cache_dir, walltime=2) as ex:
@@ -156,6 +157,7 @@ def test_walltime_kills_the_whole_process_group(cache_dir, tmp_path):
         assert not alive(pid), f"process {pid} survived the walltime"
 
 
+@pytest.mark.slow
 def test_walltime_when_the_call_ignores_sigterm(cache_dir):
     with HogExecutor("local", cache_dir=cache_dir, walltime=1) as ex, pytest.raises(
         WalltimeExceeded
@@ -267,6 +269,7 @@ def test_as_completed_wait_and_asyncio(executor):
     assert asyncio.run(main()) == 81
 
 
+@pytest.mark.slow
 def test_many_threads_submitting(executor):
     results: list[int] = []
     lock = threading.Lock()

@@ -3,6 +3,12 @@
 A backend knows nothing about Python functions: it receives `Job` objects (bash text
 plus an id), runs them, and resolves one ``Future[Output]`` per job. Backends are registered
 by name in the ``hog_executor.backends`` entry-point group, so a site can ship its own.
+
+Words used throughout: a *call* is one function invocation; a *chunk* is the calls of a
+``map`` packed into one payload; a *job* is what a backend runs for one bundle, that is one
+chunk (a `Job` here; a process, a Slurm job or array task, a Dask or Globus Compute task
+there). :mod:`.lifecycle` holds what all backends share around their jobs: resolving their
+futures, and their shutdown at interpreter exit.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..config import COMMON_KEYS, Endpoint, Key
-from ..errors import ConfigError
+from ..errors import BackendError, ConfigError
 
 __all__ = ["Backend", "CallOutput", "Job", "Output", "backend_class", "backend_keys",
            "backend_names"]
@@ -28,19 +34,28 @@ BUILTIN: dict[str, str] = {
     "globus": "hog_executor.backends.globus:GlobusBackend",
     "dask": "hog_executor.backends.dask:DaskBackend",
 }
-#: Backend names that are not installed but known, with what to do: named in error messages.
-_HINTS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
 class Output:
     """What a bundle run produced.
 
+    The executor reads it without knowing any scheduler's vocabulary, so a backend maps what
+    its scheduler reports onto these fields:
+
+    - a job killed at its scheduler's time limit has ``returncode``
+      `~hog_executor.runner.EXIT_WALLTIME`, the status a bundle exits with when a call
+      overruns its own walltime;
+    - ``state`` is set only when the scheduler's final state explains a failure (such as
+      ``"OUT_OF_MEMORY"``, ``"CANCELLED"``, ``"TIMEOUT"``); it is None for a job that ended
+      normally (Slurm's ``COMPLETED``), whatever its exit status, and for backends without a
+      scheduler.
+
     Attributes:
         returncode: exit status (negative: killed by that signal).
         stdout: raw standard output.
         stderr: raw standard error.
-        state: the scheduler's final state, when the backend has one.
+        state: the scheduler's final state when it explains a failure, else None.
         log_paths: where the backend keeps this run's logs, if anywhere.
         streamed: every call's answer already went to ``Job.on_call`` (a warm runner);
             the other fields then say only how the job ended.
@@ -79,14 +94,14 @@ class CallOutput:
 
 @dataclass(eq=False)
 class Job:
-    """One bundle to run: one call, or one chunk of a ``map``.
+    """One job: a bundle to run, carrying one call or one chunk of a ``map``.
 
     The bundle text is ``head + payload_line(payload) + tail``; ``head`` and ``tail`` are the
     same for every call of one function through one executor view, so a backend that can
     keep them remotely (a registered Globus function) needs to send only the payload.
 
     Attributes:
-        id: a unique task id (shown on futures).
+        id: a unique job id (shown on the calls' futures as ``task_id``).
         head: the bundle up to the payload line.
         payload: the serialized call(s).
         tail: the bundle after the payload line.
@@ -95,7 +110,7 @@ class Job:
         description: what runs, for humans (``script.py:function``).
         calls: how many calls the payload carries.
         on_start: called by the backend once when the bundle starts running.
-        on_task_id: called by the backend with the id its service assigned to the task.
+        on_task_id: called by the backend with the id its service assigned to the job.
         runner_key: jobs with the same key may share a warm runner process (the same
             environment, script text and process-level settings); None: the job runs in a
             process of its own.
@@ -133,12 +148,24 @@ class Backend(abc.ABC):
 
     #: Configuration keys this backend understands besides `COMMON_KEYS`.
     keys: ClassVar[Mapping[str, Key]] = {}
-    #: Whether the backend runs its queued bundles to the end at interpreter exit (as a
-    #: process pool does); the executor then keeps their store open until they have.
+    #: What a backend registered with `~.lifecycle.stop_at_exit` does at interpreter exit:
+    #: run its queued jobs to the end (True, as a process pool does), or cancel them.
     drains_at_exit: ClassVar[bool] = False
+    #: Set by ``shutdown``; `_ensure_open` refuses new jobs from then on.
+    _closed: bool = False
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
+        self._closed = False
+
+    def _ensure_open(self) -> None:
+        """Refuse to take jobs once shut down.
+
+        Raises:
+            BackendError: ``shutdown`` was called.
+        """
+        if self._closed:
+            raise BackendError(f"the {self.endpoint.backend} backend is shut down")
 
     @property
     @abc.abstractmethod
@@ -169,18 +196,6 @@ class Backend(abc.ABC):
         """Release resources; with ``cancel``, stop queued and running jobs first."""
 
 
-def run_finalizer(finalizer: Any) -> None:
-    """Run a ``weakref.finalize`` clean-up now, once; also at interpreter exit.
-
-    Calling the finalizer itself does nothing once weakref's own exit hook has run, which
-    may be before the backends' exit handlers: detach it and call its function instead.
-    """
-    detached = finalizer.detach() if finalizer is not None else None
-    if detached is not None:
-        _, func, args, kwargs = detached
-        func(*args, **kwargs)
-
-
 def backend_names() -> list[str]:
     """Names of every installed backend."""
     return sorted({*BUILTIN, *_entry_points()})
@@ -207,9 +222,8 @@ def backend_class(name: str) -> type[Backend]:
     else:
         ep = _entry_points().get(name)
         if ep is None:
-            hint = f" ({_HINTS[name]})" if name in _HINTS else ""
             raise ConfigError(
-                f"no backend named {name!r} is installed{hint}; installed backends: "
+                f"no backend named {name!r} is installed; installed backends: "
                 f"{', '.join(backend_names())}"
             )
         cls = ep.load()

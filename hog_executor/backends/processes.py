@@ -1,4 +1,5 @@
-"""Bundle processes on this machine: stopping a bundle's whole session, hints for its bash.
+"""Bundle processes on this machine: running bundle files, stopping a bundle's whole session,
+hints for its bash.
 
 Standard library only: the ``dask`` backend ships this module to its workers by value, so a
 worker needs no hog-executor installation to run bundles and stop them.
@@ -9,14 +10,141 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
+from collections.abc import Callable, Mapping
 
-__all__ = ["KILL_GRACE", "same_machine_hints", "session_members", "signal_session",
-           "stop_session", "uv_binary"]
+__all__ = ["KILL_GRACE", "STOPPED_BEFORE_START", "BundleProcesses", "same_machine_hints",
+           "session_members", "signal_session", "stop_session", "uv_binary", "write_private"]
 
 #: Seconds between SIGTERM and SIGKILL when a running bundle is stopped.
 KILL_GRACE = 3.0
+#: What `BundleProcesses.run` returns for a job stopped before its process started: the
+#: returncode, stdout and stderr of a bundle stopped by SIGTERM.
+STOPPED_BEFORE_START = (-signal.SIGTERM, b"", b"hog: stopped before start\n")
+#: Ids of jobs stopped before they started that one `BundleProcesses` remembers; beyond, it
+#: forgets them all (with ``remember``, ids of jobs that run elsewhere pile up otherwise).
+MAX_REMEMBERED_STOPS = 10_000
+
+
+def write_private(path: str, text: str) -> None:
+    """Create the file ``path`` (it must not exist), readable by this user only, with ``text``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(text)
+
+
+class BundleProcesses:
+    """The bundle processes of one owner (a local backend, a Dask worker), by job id.
+
+    `run` writes a bundle file, runs it with bash in a session of its own and waits for it;
+    `stop` stops a job's whole session, or keeps it from starting when its process is not
+    started yet. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, subprocess.Popen[bytes]] = {}
+        self._expected: set[str] = set()  # about to run: a stop keeps them from starting
+        self._stopped: set[str] = set()  # stopped before their process started
+        self._closed = False  # stop_all was called: nothing starts any more
+
+    def expect(self, job_id: str) -> None:
+        """``job_id`` is about to `run`: a `stop` from now on keeps its process from starting."""
+        with self._lock:
+            self._expected.add(job_id)
+
+    def forget(self, job_id: str) -> None:
+        """``job_id`` will not `run` after all (see `expect`)."""
+        with self._lock:
+            self._expected.discard(job_id)
+            self._stopped.discard(job_id)
+
+    def run(self, job_id: str, bundle: str, path: str, env: Mapping[str, str], *,
+            on_start: Callable[[], object] | None = None,
+            die_with_parent: bool = False) -> tuple[int, bytes, bytes]:
+        """Run ``bundle`` from the new private file ``path``; return its exit status and output.
+
+        Args:
+            job_id: the job's id, for `stop`.
+            bundle: the bash text (written to ``path``, removed when the process has ended).
+            path: where to write it; must not exist.
+            env: the process's whole environment.
+            on_start: called once the process has started (it must not raise).
+            die_with_parent: stop the bundle (SIGTERM) if the thread that started it dies,
+                where ``setpriv`` is installed.
+
+        Returns:
+            ``(returncode, stdout, stderr)``; `STOPPED_BEFORE_START` when the job was stopped
+            before its process started.
+        """
+        cmd = ["bash", path]
+        setpriv = shutil.which("setpriv") if die_with_parent else None
+        if setpriv:
+            cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
+        written = False
+        try:
+            write_private(path, bundle)
+            written = True
+            with self._lock:  # a stop is seen either before the start or after it
+                self._expected.discard(job_id)
+                if self._closed or job_id in self._stopped:
+                    self._stopped.discard(job_id)
+                    return STOPPED_BEFORE_START
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, env=env, start_new_session=True,
+                )
+                self._running[job_id] = proc
+            try:
+                if on_start is not None:
+                    on_start()
+                out, err = proc.communicate()
+            except BaseException:
+                stop_session(proc.pid)  # nobody waits for its output any more
+                raise
+            return proc.returncode, out, err
+        finally:
+            with self._lock:
+                self._expected.discard(job_id)
+                self._running.pop(job_id, None)
+            if written:
+                os.unlink(path)
+
+    def stop(self, job_id: str, *, remember: bool = False) -> bool:
+        """Stop the bundle of ``job_id``: its whole session (SIGTERM, then SIGKILL after
+        `KILL_GRACE` seconds), or its start when it is expected (see `expect`).
+
+        Args:
+            remember: keep an id unknown here too, so that its bundle never starts here (for
+                a bundle that may still come; at most `MAX_REMEMBERED_STOPS` are kept).
+
+        Returns:
+            Whether a running bundle was stopped or an expected one kept from starting.
+        """
+        with self._lock:
+            proc = self._running.get(job_id)
+            if proc is None:
+                expected = job_id in self._expected
+                if expected or remember:
+                    if len(self._stopped) >= MAX_REMEMBERED_STOPS:
+                        self._stopped.clear()
+                    self._stopped.add(job_id)
+                return expected
+        if proc.poll() is not None:
+            return False
+        stop_session(proc.pid)
+        return True
+
+    def stop_all(self) -> None:
+        """Stop every running bundle, and start none from now on."""
+        with self._lock:
+            self._closed = True
+            procs = list(self._running.values())
+        for proc in procs:
+            if proc.poll() is None:
+                stop_session(proc.pid)
 
 
 def session_members(sid: int) -> list[int]:
@@ -39,12 +167,12 @@ def signal_session(sid: int, sig: int) -> None:
     for pid in session_members(sid):
         try:
             os.kill(pid, sig)
-        except OSError:
-            pass
+        except OSError:  # it exited since it was listed
+            continue
     try:
         os.killpg(sid, sig)
-    except OSError:
-        pass
+    except OSError:  # the group is empty: every member has exited, or left it
+        return
 
 
 def stop_session(sid: int, grace: float = KILL_GRACE) -> None:

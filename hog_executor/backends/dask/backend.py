@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from typing import Any, ClassVar
 
 from ...config import Endpoint, Key
 from ...errors import BackendError, ConfigError, RemoteProcessError
 from .. import Backend, Job, Output
 from .. import processes as _processes
+from ..lifecycle import mark_running, resolve
 from . import worker as _worker
 
 __all__ = ["DaskBackend"]
@@ -22,6 +22,10 @@ __all__ = ["DaskBackend"]
 CONNECT_TIMEOUT = 30.0
 #: Seconds ``shutdown(cancel=True)`` waits for the workers to confirm that bundles are stopped.
 KILL_TIMEOUT = 30.0
+#: Characters of a job's description kept in its Dask task key.
+KEY_LABEL_LENGTH = 60
+
+logger = logging.getLogger(__name__)
 
 _LABEL = re.compile(r"[^A-Za-z0-9_.:]+")
 
@@ -78,8 +82,8 @@ class _Shipped:
         return (cloudpickle.loads, (self.blob,))
 
 
-class _Task:
-    """The client's view of one job: its Dask future and whether its bundle started."""
+class _DaskTask:
+    """The Dask task running one job: its Dask future, and whether its bundle started."""
 
     __slots__ = ("dfuture", "job", "started", "user_cancelled")
 
@@ -99,6 +103,8 @@ class DaskBackend(Backend):
     the worker. A task whose workers keep dying fails with `RemoteProcessError`.
     """
 
+    # Not registered with lifecycle.stop_at_exit: the cluster outlives this process, and at
+    # exit the scheduler drops the tasks of a client that went away.
     keys: ClassVar[Mapping[str, Key]] = {
         "address": Key("address", "the Dask scheduler's address (tcp://host:8786)", _address,
                        per_call=False),
@@ -138,8 +144,7 @@ class DaskBackend(Backend):
             self._own_client = False
         self._client = client
         self._lock = threading.Lock()
-        self._tasks: dict[str, _Task] = {}
-        self._closed = False
+        self._tasks: dict[str, _DaskTask] = {}
         self._last_workers = 1
         self._topic = f"hog-started-{uuid.uuid4().hex}"
         self._run = _Shipped(_worker.run_bundle)
@@ -156,24 +161,24 @@ class DaskBackend(Backend):
         """Worker threads of the cluster now (at least 1: an adaptive cluster may have none)."""
         try:
             self._last_workers = max(1, sum(self._client.nthreads().values()))
-        except Exception:
-            pass
+        except Exception:  # the scheduler does not answer now: the last count will do
+            logger.debug("could not ask the Dask scheduler for its workers", exc_info=True)
         return self._last_workers
 
     def submit(self, jobs: Sequence[Job]) -> None:
         with self._lock:
-            if self._closed:
-                raise BackendError("the dask backend is shut down")
-        submitted: list[_Task] = []
+            self._ensure_open()
+        submitted: list[_DaskTask] = []
         try:
             for job in jobs:
-                label = _LABEL.sub("_", job.description or "call").strip("_")[:60] or "call"
+                label = (_LABEL.sub("_", job.description or "call").strip("_")[:KEY_LABEL_LENGTH]
+                         or "call")
                 dfuture = self._client.submit(
                     self._run, job.id, job.bundle, self._topic,
                     key=f"hog-{label}-{job.id}", pure=False,
                     resources=job.config.get("resources"),
                 )
-                task = _Task(job, dfuture)
+                task = _DaskTask(job, dfuture)
                 submitted.append(task)
                 with self._lock:
                     self._tasks[job.id] = task
@@ -183,8 +188,8 @@ class DaskBackend(Backend):
                     self._tasks.pop(task.job.id, None)
             try:
                 self._client.cancel([t.dfuture for t in submitted])
-            except Exception:
-                pass
+            except Exception:  # best effort: the submission fails with the first error anyway
+                logger.debug("could not cancel a failed submission's tasks", exc_info=True)
             raise BackendError(f"could not submit to the Dask cluster: {exc}") from exc
         for task in submitted:
             task.dfuture.add_done_callback(
@@ -201,15 +206,15 @@ class DaskBackend(Backend):
             if task is None or task.started:
                 return
             task.started = True
-            if not task.job.future.set_running_or_notify_cancel():
+            if not mark_running(task.job.future):
                 return
         task.job.on_start()
 
-    def _finished(self, task: _Task, dfuture: Any) -> None:
+    def _finished(self, task: _DaskTask, dfuture: Any) -> None:
         job = task.job
         with self._lock:
             self._tasks.pop(job.id, None)
-            started, task.started = task.started, True
+            task.started = True
             asked = task.user_cancelled
         status = dfuture.status
         output: Output | None = None
@@ -221,7 +226,7 @@ class DaskBackend(Backend):
             except Exception as exc:
                 error = BackendError(f"could not fetch the output of task {job.id}: {exc}")
         elif status == "cancelled":
-            if asked and _cancel(job.future):
+            if asked and resolve(job.future, cancel=True):
                 return
             error = BackendError(
                 f"the Dask task of {job.id} ({job.description}) was cancelled on the cluster, "
@@ -230,7 +235,7 @@ class DaskBackend(Backend):
             )
         else:
             error = self._task_error(job, dfuture)
-        _resolve(job.future, output, error, started)
+        resolve(job.future, output, error=error)
 
     def _task_error(self, job: Job, dfuture: Any) -> BaseException:
         try:
@@ -258,11 +263,12 @@ class DaskBackend(Backend):
             if task is None or task.dfuture.done():
                 return False
             task.user_cancelled = True
-        _cancel(job.future)
+        resolve(job.future, cancel=True)
         try:
             self._client.cancel([task.dfuture])
             self._client.run(self._kill, [job.id], wait=False)
         except Exception:
+            logger.debug("could not cancel Dask task of job %s", job.id, exc_info=True)
             return False
         return True
 
@@ -276,11 +282,11 @@ class DaskBackend(Backend):
                     task.user_cancelled = True
         if cancel and tasks:
             for task in tasks:
-                _cancel(task.job.future)
+                resolve(task.job.future, cancel=True)
             try:
                 self._client.cancel([t.dfuture for t in tasks])
-            except Exception:
-                pass
+            except Exception:  # best effort: the workers are still told to stop the bundles
+                logger.debug("could not cancel the Dask tasks", exc_info=True)
             self._kill_bundles([t.job.id for t in tasks])
         if already:
             return
@@ -294,55 +300,31 @@ class DaskBackend(Backend):
 
         ``Client.run`` takes no timeout: it runs on a thread this call stops waiting for.
         """
+        confirmed = threading.Event()
+
         def run() -> None:
             try:
                 self._client.run(self._kill, job_ids, wait=True, on_error="ignore")
             except Exception:
-                pass
+                logger.warning("could not ask the Dask workers to stop the cancelled bundles",
+                               exc_info=True)
+            confirmed.set()
 
-        thread = threading.Thread(target=run, name="hog-dask-kill", daemon=True)
-        thread.start()
-        thread.join(KILL_TIMEOUT)
-        if thread.is_alive():
-            print(f"hog-executor: the Dask workers did not confirm within {KILL_TIMEOUT:.0f} s "
-                  "that the cancelled bundles stopped", file=sys.stderr)
+        threading.Thread(target=run, name="hog-dask-kill", daemon=True).start()
+        if not confirmed.wait(KILL_TIMEOUT):
+            logger.warning("the Dask workers did not confirm within %.0f s that the cancelled "
+                           "bundles stopped", KILL_TIMEOUT)
 
-    def _close(self, tasks: list[_Task]) -> None:
+    def _close(self, tasks: list[_DaskTask]) -> None:
         from concurrent.futures import wait
 
         wait([t.job.future for t in tasks])
         try:
             self._client.unsubscribe_topic(self._topic)
-        except Exception:
-            pass
+        except Exception:  # the connection is gone already: nothing left to unsubscribe
+            logger.debug("could not unsubscribe from the Dask start events", exc_info=True)
         if self._own_client:
             try:
                 self._client.close()
-            except Exception:
-                pass
-
-
-def _cancel(f: Future[Output]) -> bool:
-    """Cancel ``f`` if it has not started, and wake whoever waits for it (``wait()`` counts
-    a cancelled future as done only once notified)."""
-    if not f.cancel():
-        return False
-    try:
-        f.set_running_or_notify_cancel()
-    except RuntimeError:  # notified already
-        pass
-    return True
-
-
-def _resolve(f: Future[Output], output: Output | None, error: BaseException | None,
-             running: bool) -> None:
-    """Resolve ``f`` unless it was cancelled or resolved already."""
-    try:
-        if f.done() or (not running and not f.set_running_or_notify_cancel()):
-            return
-        if error is not None:
-            f.set_exception(error)
-        else:
-            f.set_result(output)  # type: ignore[arg-type]
-    except Exception:  # resolved concurrently
-        pass
+            except Exception:  # closing a client whose scheduler went away may fail
+                logger.debug("closing the Dask client failed", exc_info=True)

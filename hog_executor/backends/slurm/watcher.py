@@ -1,17 +1,17 @@
 """One thread per process that watches every Slurm job of every slurm backend.
 
 Each round asks the controller about all watched jobs at once (one ``squeue`` for any number
-of jobs and array tasks), then reports what changed to the tasks: :meth:`Watched.started`
-once a task runs, :meth:`Watched.settle` while it is finished or missing from the queue. The
-delay between rounds starts at the smallest ``poll_interval`` of the watched tasks and grows
+of jobs and array tasks), then reports what changed to the jobs: :meth:`Watched.started`
+once a job runs, :meth:`Watched.settle` while it is finished or missing from the queue. The
+delay between rounds starts at the smallest ``poll_interval`` of the watched jobs and grows
 while nothing changes (up to ``BACKOFF_SPAN`` times that, at most ``MAX_INTERVAL``), so long
 jobs cost the controller little; a new submission brings it back down.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,13 +52,15 @@ QUERY_TIMEOUT = 60.0
 #: Jobs named per squeue command line.
 QUERY_BATCH = 500
 
+logger = logging.getLogger(__name__)
+
 
 class SlurmQueryError(RuntimeError):
     """squeue failed (the controller did not answer, or the command is missing)."""
 
 
 class Watched(Protocol):
-    """A task (one plain job or one array task) the watcher follows."""
+    """A Slurm job the watcher follows: a plain job, or one task of a job array."""
 
     @property
     def slurm_id(self) -> str:
@@ -70,30 +72,32 @@ class Watched(Protocol):
 
     @property
     def poll_interval(self) -> float:
-        """The shortest delay between rounds this task's backend wants."""
+        """The shortest delay between rounds this job's backend wants."""
 
     def started(self) -> None:
-        """Called once, when the task is first seen running."""
+        """Called once, when the job is first seen running."""
 
     def settle(self, state: str | None, missing_for: float, settling_for: float) -> bool:
-        """The task has ended (``state``) or is missing from squeue (``state`` None).
+        """The job has ended (``state``) or is missing from squeue (``state`` None).
 
         Args:
-            state: the final state, or None when squeue no longer lists the task.
-            missing_for: seconds the task has been missing from squeue (0 when listed).
-            settling_for: seconds since settle was first called for this task.
+            state: the final state, or None when squeue no longer lists the job.
+            missing_for: seconds the job has been missing from squeue (0 when listed).
+            settling_for: seconds since settle was first called for this job.
 
         Returns:
-            True when the task is finished with; False to be asked again next round.
+            True when the job is finished with; False to be asked again next round.
         """
 
     def abandon(self, message: str) -> None:
-        """The watcher gives up on the task (the controller has not answered for long)."""
+        """The watcher gives up on the job (the controller has not answered for long)."""
 
 
 @dataclass(eq=False)
-class _Entry:
-    task: Watched
+class _Followed:
+    """A followed job and what the watcher has seen of it."""
+
+    job: Watched
     state: str | None = None
     started: bool = False
     missing_since: float | None = None
@@ -142,21 +146,21 @@ def query_states(job_ids: Iterable[str], run: Callable[..., subprocess.Completed
 
 
 class Watcher:
-    """Follows tasks until they settle; one instance per process (see :func:`watcher`)."""
+    """Follows Slurm jobs until they settle; one instance per process (see :func:`watcher`)."""
 
     def __init__(self, query: Callable[[Iterable[str]], dict[str, tuple[str, str]]]
                  = query_states) -> None:
         self._query = query
         self._cond = threading.Condition()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Followed] = {}
         self._kicked = False
         self._thread: threading.Thread | None = None
 
-    def track(self, tasks: Sequence[Watched]) -> None:
-        """Start following ``tasks`` (the delay between rounds drops to its minimum)."""
+    def track(self, jobs: Sequence[Watched]) -> None:
+        """Start following ``jobs`` (the delay between rounds drops to its minimum)."""
         with self._cond:
-            for task in tasks:
-                self._entries[task.slurm_id] = _Entry(task)
+            for job in jobs:
+                self._entries[job.slurm_id] = _Followed(job)
             self._kicked = True
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="hog-slurm-watcher",
@@ -176,18 +180,18 @@ class Watcher:
             return self._cond.wait_for(predicate, timeout)
 
     def watching(self) -> int:
-        """How many tasks are followed."""
+        """How many jobs are followed."""
         with self._cond:
             return len(self._entries)
 
-    def _wait_round(self, last: float, interval: float) -> tuple[list[_Entry], float, float]:
+    def _wait_round(self, last: float, interval: float) -> tuple[list[_Followed], float, float]:
         """Wait for the next round; return the entries, the base interval and the interval."""
         with self._cond:
             while True:
                 while not self._entries:
                     self._cond.wait()
                     last = 0.0
-                base = min(e.task.poll_interval for e in self._entries.values())
+                base = min(e.job.poll_interval for e in self._entries.values())
                 if self._kicked:
                     self._kicked = False
                     interval = base
@@ -214,23 +218,23 @@ class Watcher:
                     failing_since = None
                 changed = False
             except Exception as exc:  # a bug: never let the thread die silently
-                print(f"hog-executor: the Slurm watcher failed: {exc!r}", file=sys.stderr)
+                logger.exception("the Slurm watcher failed")
                 self._give_up(entries, f"the Slurm watcher failed: {exc!r}")
                 changed = True
             interval = base if changed else min(interval * BACKOFF, cap)
             last = time.monotonic()
-            # Hold no settled task while waiting: each references its backend, which must be
+            # Hold no settled job while waiting: each references its backend, which must be
             # free to be collected (and clean up) once its owner drops it.
             del entries
             with self._cond:
                 self._cond.notify_all()
 
-    def _round(self, entries: list[_Entry]) -> bool:
-        states = self._query({e.task.array_id for e in entries})
+    def _round(self, entries: list[_Followed]) -> bool:
+        states = self._query({e.job.array_id for e in entries})
         now = time.monotonic()
         changed = False
         for entry in entries:
-            listed = states.get(entry.task.slurm_id)
+            listed = states.get(entry.job.slurm_id)
             state = listed[0] if listed else None
             if state != entry.state:
                 changed = True
@@ -240,10 +244,10 @@ class Watcher:
                 if state in STARTED_STATES and not entry.started:
                     entry.started = True
                     try:
-                        entry.task.started()
-                    except Exception as exc:
-                        print(f"hog-executor: start callback of Slurm job "
-                              f"{entry.task.slurm_id} failed: {exc!r}", file=sys.stderr)
+                        entry.job.started()
+                    except Exception:  # a bug: the job is followed all the same
+                        logger.exception("the start callback of Slurm job %s failed",
+                                         entry.job.slurm_id)
                 if state not in TERMINAL_STATES:
                     continue
             elif entry.missing_since is None:
@@ -252,11 +256,10 @@ class Watcher:
                 entry.settling_since = now
             missing_for = 0.0 if entry.missing_since is None else now - entry.missing_since
             try:
-                settled = entry.task.settle(state, missing_for, now - entry.settling_since)
-            except Exception as exc:  # a bug: fail this task, keep watching the others
-                print(f"hog-executor: settling Slurm job {entry.task.slurm_id} failed: {exc!r}",
-                      file=sys.stderr)
-                self._give_up([entry], f"settling Slurm job {entry.task.slurm_id} failed: "
+                settled = entry.job.settle(state, missing_for, now - entry.settling_since)
+            except Exception as exc:  # a bug: fail this job, keep watching the others
+                logger.exception("settling Slurm job %s failed", entry.job.slurm_id)
+                self._give_up([entry], f"settling Slurm job {entry.job.slurm_id} failed: "
                                        f"{exc!r}")
                 settled = False
                 changed = True
@@ -265,19 +268,18 @@ class Watcher:
                 changed = True
         return changed
 
-    def _give_up(self, entries: list[_Entry], message: str) -> None:
+    def _give_up(self, entries: list[_Followed], message: str) -> None:
         for entry in entries:
             self._forget(entry)
             try:
-                entry.task.abandon(message)
-            except Exception as exc:
-                print(f"hog-executor: abandoning Slurm job {entry.task.slurm_id} failed: {exc}",
-                      file=sys.stderr)
+                entry.job.abandon(message)
+            except Exception:  # a bug: the other jobs are given up on all the same
+                logger.exception("abandoning Slurm job %s failed", entry.job.slurm_id)
 
-    def _forget(self, entry: _Entry) -> None:
+    def _forget(self, entry: _Followed) -> None:
         with self._cond:
-            if self._entries.get(entry.task.slurm_id) is entry:
-                del self._entries[entry.task.slurm_id]
+            if self._entries.get(entry.job.slurm_id) is entry:
+                del self._entries[entry.job.slurm_id]
             self._cond.notify_all()
 
 
