@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import payload as _payload
 from .backends import CallOutput, Job, Output
+from .backends.lifecycle import mark_running
 from .bundle import parse_output
 from .errors import BackendError, HogError, RemoteProcessError, WalltimeExceeded
 from .futures import HogFuture, settle
@@ -113,11 +114,7 @@ class JobResults:
     def started(self) -> None:
         """The job's bundle started: its calls are running."""
         for f in self.futures:
-            if not f.done():
-                try:
-                    f.set_running_or_notify_cancel()
-                except RuntimeError:  # already running or resolved concurrently
-                    pass
+            mark_running(f)
 
     def task_id_assigned(self, task_id: str) -> None:
         for f in self.futures:

@@ -45,6 +45,9 @@ class ExecutorState:
         self.default_store = default_store
         self.no_default_store = False
         self._store: ClientStore | None = None
+        # An executor dropped without shutdown lets its backend go: warm runners leave, and
+        # the work directory is removed once the jobs still queued are done.
+        weakref.finalize(self, backend.shutdown, False).atexit = False
 
     def check_open(self) -> None:
         """Raise ``RuntimeError`` once the executor is shut down."""

@@ -98,10 +98,16 @@ def test_context_manager_shuts_down(cache_dir):
 
 
 def test_call_temp_dirs_are_removed(executor):
-    executor.submit(basic.square, 5).result()
+    fresh = executor.options(fresh_process=True)  # a process of its own: gone with the call
+    fresh.submit(basic.square, 5).result()
     with pytest.raises(ValueError):
-        executor.submit(basic.fail_value, "x").result()
+        fresh.submit(basic.fail_value, "x").result()
     assert [n for n in os.listdir(executor.backend.workdir) if n.startswith("hog-call.")] == []
+    executor.submit(basic.square, 5).result()  # a warm runner keeps its directory while it lives
+    workdir = executor.backend.workdir
+    assert [n for n in os.listdir(workdir) if n.startswith("hog-call.")]
+    executor.shutdown(wait=True)
+    assert not os.path.exists(workdir)
 
 
 EXIT_SCRIPT = '''# /// script

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
+import sys
 import textwrap
 import threading
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import alive, wait_for
 
 from hog_executor import HogExecutor, RemoteProcessError, WalltimeExceeded
+from hog_executor.executor import submit_calls
 
 
 @pytest.fixture
@@ -66,7 +68,8 @@ def test_max_calls_per_process(make):
     assert pids[0] == pids[1] == pids[2] != pids[3]
     assert pids[3] == pids[4] == pids[5] != pids[6]
     # inside one chunk too: the rest of the chunk moves to a new runner
-    chunked = list(ex.map(warm.pid, range(7), chunksize=7))
+    chunked = list(make(max_workers=1, max_calls_per_process=3).map(warm.pid, range(7),
+                                                                     chunksize=7))
     assert [len(set(chunked[i:i + 3])) for i in (0, 3)] == [1, 1]
     assert len(set(chunked)) == 3
 
@@ -133,14 +136,13 @@ def test_walltime_fails_only_its_own_call(make):
     assert not alive(pid)
     assert len(after) == 1 and pid not in after
     # inside a chunk: only the slow call fails
-    values = ex.options(walltime=2).map(basic.sleep, [0, 30, 0], [1, 2, 3], chunksize=3)
-    results = []
-    for _ in range(3):
-        try:
-            results.append(next(values))
-        except WalltimeExceeded:
-            results.append("walltime")
-    assert results == [1, "walltime", 3]
+    chunk = submit_calls(ex.options(walltime=2), basic.sleep,
+                         [((0, 1), {}), ((30, 2), {}), ((0, 3), {})], chunksize=3)
+    assert len({f.job_id for f in chunk}) == 1
+    assert chunk[0].result(timeout=60) == 1
+    with pytest.raises(WalltimeExceeded):
+        chunk[1].result(timeout=60)
+    assert chunk[2].result(timeout=60) == 3
 
 
 def test_a_killed_runner_fails_its_call_alone(make):
@@ -198,15 +200,21 @@ def test_an_edited_script_gets_a_new_runner(make, tmp_path):
         def f():
             return ("VERSION", os.getpid())
     """)
-    path.write_text(source.replace("VERSION", "one"))
-    spec = importlib.util.spec_from_file_location("hogtest_edited", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    ex = make(max_workers=1, script=str(path))
-    v1, p1 = ex.submit(mod.f).result(timeout=120)
-    path.write_text(source.replace("VERSION", "two"))
-    ex2 = make(max_workers=1, script=str(path))
-    v2, p2 = ex2.submit(mod.f).result(timeout=120)
+    def load(version):  # the client runs the script as it is now, as a new process would
+        path.write_text(source.replace("VERSION", version))
+        spec = importlib.util.spec_from_file_location("hogtest_edited", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["hogtest_edited"] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+    try:
+        f = load("one").f
+        v1, p1 = make(max_workers=1, script=str(path)).submit(f).result(timeout=120)
+        f = load("two").f
+        v2, p2 = make(max_workers=1, script=str(path)).submit(f).result(timeout=120)
+    finally:
+        sys.modules.pop("hogtest_edited", None)
     assert (v1, v2) == ("one", "two") and p1 != p2
 
 
@@ -217,17 +225,16 @@ def test_cancel_of_a_running_call_stops_its_runner(make):
     assert wait_for(f.running, timeout=60)
     assert f.stop()
     assert wait_for(lambda: not alive(pid), timeout=30)
-    assert f.cancelled()
+    assert wait_for(f.done, timeout=30) and f.cancelled()
     assert ex.submit(warm.pid).result(timeout=120) != pid
 
 
 def test_sigkill_of_the_client_ends_its_runners(tmp_path, cache_dir):
     import subprocess
-    import sys
-    import time
 
     code = textwrap.dedent(f"""
         import sys
+        import time
         sys.path.insert(0, {str(os.path.dirname(warm.__file__))!r})
         import hogtest_warm as warm
         from hog_executor import HogExecutor
@@ -235,7 +242,7 @@ def test_sigkill_of_the_client_ends_its_runners(tmp_path, cache_dir):
         print(ex.submit(warm.pid).result(timeout=120), flush=True)
         time.sleep(600)
     """)
-    client = subprocess.Popen([sys.executable, "-c", "import time\n" + code],
+    client = subprocess.Popen([sys.executable, "-c", code],
                               stdout=subprocess.PIPE, text=True)
     try:
         pid = int(client.stdout.readline())
@@ -245,4 +252,3 @@ def test_sigkill_of_the_client_ends_its_runners(tmp_path, cache_dir):
         assert wait_for(lambda: not alive(pid), timeout=30)
     finally:
         client.kill()
-        time.sleep(0)

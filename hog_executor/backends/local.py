@@ -1,4 +1,12 @@
-"""The ``local`` backend: bundles run as bash subprocesses on this machine."""
+"""The ``local`` backend: bundles run as bash subprocesses on this machine.
+
+Jobs with a ``runner_key`` run on warm runners (`hog_executor.backends.runners`): at most
+``max_workers`` slots, each a thread holding at most one runner process. A slot takes the
+first queued job of its runner's key; a job no idle runner can serve goes to an empty slot,
+else to the slot idle longest, whose runner is stopped first. A runner idle for
+``idle_timeout`` seconds leaves. Jobs without a key (``fresh_process``) run as one bash
+process each.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +14,26 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
-from ..config import Endpoint, Key, positive_int
+from ..config import Endpoint, Key, parse_walltime, positive_int
 from ..errors import BackendError
 from . import Backend, Job, Output
 from .lifecycle import mark_running, resolve, run_finalizer, stop_at_exit
 from .processes import KILL_GRACE, BundleProcesses, same_machine_hints
+from .runners import WarmSlot
 
 __all__ = ["KILL_GRACE", "LocalBackend", "same_machine_hints"]
 
 #: Seconds an idle worker thread waits for work before it exits (a new submit starts
 #: threads again); idle threads must not keep a backend nobody uses alive.
 IDLE_EXIT = 2.0
+#: Default seconds an idle warm runner waits for a call before it leaves.
+IDLE_TIMEOUT = 300.0
 
 
 class LocalBackend(Backend):
@@ -35,10 +47,14 @@ class LocalBackend(Backend):
 
     drains_at_exit: ClassVar[bool] = True
     keys: ClassVar[Mapping[str, Key]] = {
-        "max_workers": Key(
-            "max_workers", "bundles running at once (default: CPU count)", positive_int,
-            per_call=False,
-        )
+        k.name: k for k in [
+            Key("max_workers", "bundles (warm runners) running at once (default: CPU count)",
+                positive_int, per_call=False),
+            Key("idle_timeout", f"seconds an idle warm runner waits for a call before it "
+                f"leaves (default {IDLE_TIMEOUT:g})", parse_walltime, per_call=False),
+            Key("max_calls_per_process", "calls a warm runner serves before it is replaced "
+                "(default: no limit)", positive_int, per_call=False),
+        ]
     }
     #: Test hook: called with each job on its worker thread once the job's future is running
     #: and before its process starts (a test holds the job there to cancel it).
@@ -52,6 +68,10 @@ class LocalBackend(Backend):
         self._processes = BundleProcesses()
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        self._idle_timeout = float(endpoint.values.get("idle_timeout") or IDLE_TIMEOUT)
+        self._max_calls: int | None = endpoint.values.get("max_calls_per_process")
+        self._slots: list[WarmSlot] = []  # one per thread
+        self._warm: dict[str, WarmSlot] = {}  # job id -> the slot running it
         self._workdir: str | None = None
         self._env: dict[str, str] = {}
         self._cleanup: weakref.finalize[..., LocalBackend] | None = None
@@ -99,53 +119,125 @@ class LocalBackend(Backend):
             self._ensure_open()
             self.workdir  # noqa: B018 - created here, so errors reach the caller
             self._queue.extend(jobs)
-            wanted = min(self.workers, len(self._threads) - self._idle + len(self._queue))
+            # A new slot for each queued job that no idle slot can take without replacing
+            # its runner, as far as max_workers allows.
+            idle = [s for s in self._slots if s.job is None]
+            served = {s.key for s in idle}
+            unserved = sum(1 for j in self._queue if j.runner_key is None
+                           or j.runner_key not in served)
+            spare = sum(1 for s in idle if s.key is None)
+            wanted = min(self.workers, len(self._threads) + max(0, unserved - spare))
             while len(self._threads) < wanted:
-                t = threading.Thread(target=self._work, name=f"hog-local-{len(self._threads)}",
-                                     daemon=True)
+                slot = WarmSlot(lambda: self.workdir, lambda: self._env, self._max_calls)
+                t = threading.Thread(target=self._work, args=(slot,), daemon=True,
+                                     name=f"hog-local-{len(self._threads)}")
                 self._threads.append(t)
+                self._slots.append(slot)
                 t.start()
-            self._lock.notify(len(jobs))
+            self._lock.notify_all()  # a job may suit one idle slot and not another
 
-    def _next(self) -> Job | None:
-        """The next job, its future marked running; None: this thread exits."""
+    def _pick(self, slot: WarmSlot) -> Job | None:
+        """The queued job ``slot`` should run now (called with the lock held)."""
+        queue = self._queue
+        if not queue:
+            return None
+        key = slot.key
+        if key is not None:
+            for i, job in enumerate(queue):
+                if job.runner_key == key:
+                    del queue[i]
+                    return job
+        idle = [s for s in self._slots if s.job is None]
+        served = {s.key for s in idle if s.key is not None}
+        for i, job in enumerate(queue):
+            if job.runner_key is not None and job.runner_key in served:
+                continue  # an idle runner of its key takes it
+            # An empty slot first, then the one idle longest (its runner is replaced).
+            free = [s for s in idle if s.key is None or s.key not in
+                    {j.runner_key for j in queue}]
+            if free and min(free, key=lambda s: (s.key is not None, s.idle_since)) is slot:
+                del queue[i]
+                return job
+            return None
+        return None
+
+    def _next(self, slot: WarmSlot) -> Job | None:
+        """The slot's next job, its future marked running; None: this thread exits."""
         with self._lock:
             while True:
-                while not self._queue:
-                    if self._closed:
-                        self._threads.remove(threading.current_thread())
+                job = self._pick(slot)
+                while job is None:
+                    if self._closed and not self._queue:
+                        self._leave(slot)
                         return None
                     self._idle += 1
-                    woken = self._lock.wait(IDLE_EXIT)
+                    timeout = self._idle_timeout if slot.key is not None else IDLE_EXIT
+                    woken = self._lock.wait(timeout)
                     self._idle -= 1
-                    if not woken and not self._queue:
-                        self._threads.remove(threading.current_thread())
+                    job = self._pick(slot)
+                    if job is None and not woken and not self._queue:
+                        self._leave(slot)
                         return None
-                job = self._queue.popleft()
-                # Expected before it is running: a cancel that finds it running can stop it.
-                self._processes.expect(job.id)
+                slot.job = job
+                slot.stopping = False
+                if job.runner_key is not None:
+                    self._warm[job.id] = slot
+                else:  # expected before it is running: a cancel that finds it can stop it
+                    self._processes.expect(job.id)
                 if mark_running(job.future):
                     return job
-                self._processes.forget(job.id)
+                self._done(slot, job)
 
-    def _work(self) -> None:
-        while (job := self._next()) is not None:
-            try:
-                if self.starting_hook is not None:
-                    self.starting_hook(job)
-                rc, out, err = self._processes.run(
-                    job.id, job.bundle, os.path.join(self.workdir, f"{job.id}.sh"), self._env,
-                    on_start=job.on_start,
-                )
-            except BaseException as exc:
-                self._processes.forget(job.id)
-                resolve(job.future,
-                        error=BackendError(f"local backend could not run task {job.id}: {exc}"))
-            else:
-                resolve(job.future, Output(rc, out, err))
+    def _leave(self, slot: WarmSlot) -> None:
+        """This slot's thread exits (lock held); its runner is let go outside the lock."""
+        self._threads.remove(threading.current_thread())
+        self._slots.remove(slot)
+
+    def _done(self, slot: WarmSlot, job: Job) -> None:
+        """``slot`` has finished ``job`` (lock held)."""
+        self._warm.pop(job.id, None)
+        if job.runner_key is None:
+            self._processes.forget(job.id)
+        slot.job = None
+        slot.idle_since = time.monotonic()
+
+    def _work(self, slot: WarmSlot) -> None:
+        try:
+            while (job := self._next(slot)) is not None:
+                try:
+                    if self.starting_hook is not None:
+                        self.starting_hook(job)
+                    output = self._run(slot, job)
+                except BaseException as exc:
+                    resolve(job.future, error=BackendError(
+                        f"local backend could not run task {job.id}: {exc}"))
+                else:
+                    resolve(job.future, output)
+                finally:
+                    with self._lock:
+                        self._done(slot, job)
+                        self._lock.notify_all()  # its runner may serve a queued job now
+                    del job  # while the slot waits, nothing may keep the job's calls alive
+        finally:
+            slot.close()
+
+    def _run(self, slot: WarmSlot, job: Job) -> Output:
+        if job.runner_key is not None:
+            return slot.run(job)
+        slot.close()  # a one-shot bundle takes the slot's process
+        rc, out, err = self._processes.run(
+            job.id, job.bundle, os.path.join(self.workdir, f"{job.id}.sh"), self._env,
+            on_start=job.on_start,
+        )
+        return Output(rc, out, err)
 
     def cancel(self, job: Job) -> bool:
         if resolve(job.future, cancel=True):
+            return True
+        with self._lock:
+            slot = self._warm.get(job.id)
+        if slot is not None:
+            slot.stop_job()
             return True
         return self._processes.stop(job.id)
 
@@ -160,6 +252,10 @@ class LocalBackend(Backend):
             threads = list(self._threads)
         if cancel:
             self._processes.stop_all()
+            with self._lock:
+                busy = list(self._warm.values())
+            for slot in busy:
+                slot.stop_job()
             for job in dropped:
                 resolve(job.future, cancel=True)
         if wait:

@@ -47,7 +47,7 @@ from ..runner import (
     request,
 )
 from . import CallOutput, Job, Output
-from .processes import stop_session
+from .processes import STOPPED_BEFORE_START, stop_session, write_private
 
 __all__ = ["SERVE_ENV", "Runner", "WarmSlot"]
 
@@ -173,12 +173,6 @@ class Runner:
         _unlink(self.bundle_path, self.stderr_path)
 
 
-def write_private(path: str, text: str) -> None:
-    """Write ``text`` to a new file only the user can read."""
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        f.write(text)
-
-
 def _unlink(*paths: str) -> None:
     for path in paths:
         try:
@@ -236,6 +230,8 @@ class WarmSlot:
         exit status and stderr, for all calls).
         """
         index = 0
+        if self.stopping:  # stopped before any runner took it
+            return Output(*STOPPED_BEFORE_START, streamed=True)
         while index < job.calls:
             if self.stopping:
                 return _stopped()
@@ -253,7 +249,9 @@ class WarmSlot:
     def _runner_for(self, job: Job, index: int) -> tuple[Runner, bool]:
         with self.lock:
             runner = self.runner
-        if runner is not None and runner.key == job.runner_key and runner.alive:
+        spent = self.max_calls is not None and runner is not None \
+            and runner.calls >= self.max_calls  # it leaves after its last chunk
+        if runner is not None and runner.key == job.runner_key and runner.alive and not spent:
             return runner, False
         if runner is not None:
             self.close()
