@@ -229,12 +229,11 @@ class WarmSlot:
         marked ``streamed`` unless the runner could not start (then it is the bundle's own
         exit status and stderr, for all calls).
         """
-        index = 0
-        if self.stopping:  # stopped before any runner took it
-            return Output(*STOPPED_BEFORE_START, streamed=True)
+        index, ran = 0, False
         while index < job.calls:
-            if self.stopping:
-                return _stopped()
+            if self.stopping:  # before any runner took it, or between two runners
+                return _stopped() if ran else Output(*STOPPED_BEFORE_START, streamed=True)
+            ran = True
             runner, fresh = self._runner_for(job, index)
             try:
                 outcome = self._drive(runner, job, index, fresh)
