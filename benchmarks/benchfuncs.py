@@ -29,5 +29,20 @@ def dependency_version(name):
     return importlib.metadata.version(name)
 
 
+def churn(n):
+    """Allocate and free about ``n`` KiB (the runner memory benchmark)."""
+    blocks = [bytearray(1024) for _ in range(n)]
+    return len(blocks)
+
+
+def rss_kib(_=None):
+    """This process's resident memory, in KiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 if __name__ == "__main__":
     print("benchfuncs.py holds the functions the benchmarks run; run a bench_*.py file instead.")

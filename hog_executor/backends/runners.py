@@ -284,6 +284,7 @@ class WarmSlot:
             job.on_start()
         started = time.monotonic()
         walltime = job.walltime
+        prelude = b""  # what the runner wrote while starting: given to its first call
         while True:
             deadline = None if walltime is None or not runner.ready else started + walltime
             try:
@@ -303,12 +304,14 @@ class WarmSlot:
             if tag == MSG_CALL:
                 _, i, outcome, out, err, t0, t1 = answer
                 runner.calls += 1
-                job.on_call(CallOutput(i, outcome, out, err, t0, t1))
+                job.on_call(CallOutput(i, outcome, out, prelude + err, t0, t1))
+                prelude = b""
                 index = int(i) + 1
                 started = time.monotonic()
             elif tag == MSG_READY:
                 runner.ready = True
                 started = time.monotonic()
+                prelude = runner.stderr_tail()  # building the environment, for instance
                 if fresh:
                     job.on_start()
             elif tag == MSG_DONE:
