@@ -296,8 +296,11 @@ MAX_CALLS_ENV = "HOG_MAX_CALLS"
 SERVE_START_ENV = "HOG_SERVE_START"
 #: Bytes of one call's stdout (and of its stderr) sent back; the tail is kept.
 OUTPUT_CAP = 8 * 1024 * 1024
-_LENGTH = struct.Struct(">Q")
-_INDEX = struct.Struct(">I")
+# Formats, not struct.Struct objects: this module also travels by value (to Dask workers).
+_LENGTH = ">Q"
+_INDEX = ">I"
+_LENGTH_SIZE = 8
+_INDEX_SIZE = 4
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -313,20 +316,20 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 
 def read_message(fd: int) -> bytes | None:
     """One length-prefixed message from ``fd`` (None: the channel ended)."""
-    head = _read_exact(fd, _LENGTH.size)
+    head = _read_exact(fd, _LENGTH_SIZE)
     if head is None:
         return None
-    return _read_exact(fd, _LENGTH.unpack(head)[0])
+    return _read_exact(fd, struct.unpack(_LENGTH, head)[0])
 
 
 def message(data: bytes) -> bytes:
     """``data`` framed as a message."""
-    return _LENGTH.pack(len(data)) + data
+    return struct.pack(_LENGTH, len(data)) + data
 
 
 def request(start: int, payload: bytes) -> bytes:
     """The message asking a serving runner to run a chunk's calls from index ``start``."""
-    return message(_INDEX.pack(start) + payload)
+    return message(struct.pack(_INDEX, start) + payload)
 
 
 def _take(fd: int) -> bytes:
@@ -360,6 +363,7 @@ class _Server:
             self.spools.append(fd)
         self.max_calls = int(os.environ.get(MAX_CALLS_ENV) or 0)
         self.calls = 0
+        self.busy = True  # running a chunk (False: waiting for the next request)
 
     def send(self, *answer: object) -> None:
         data = message(pickle.dumps(answer, protocol=PROTOCOL))
@@ -403,6 +407,41 @@ class _Server:
         return True
 
 
+def _end_session() -> None:
+    """Kill what this runner's call started (every process of the bundle's session but the
+    bundle's bash), then exit: bash then removes the bundle's temporary directory."""
+    sid = os.getsid(0)
+    spare = {os.getpid(), os.getppid()}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit() and int(entry) not in spare:
+            try:
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), 9)
+            except OSError:  # it exited meanwhile
+                continue
+    os._exit(137)
+
+
+def _watch_client(server: _Server) -> None:
+    """End the session as soon as the client's end of the channel closes during a call (the
+    client died).
+
+    Polls for a hang-up only, never reading: between calls the main loop reads the channel
+    and leaves at its end; this thread covers a client that goes away while a call runs.
+    """
+    import select
+    import threading
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(server.channel, 0)  # no events: only POLLHUP and POLLERR come back
+        poller.poll()
+        if server.busy:
+            _end_session()
+
+    threading.Thread(target=watch, name="hog-client-watch", daemon=True).start()
+
+
 def serve(argv: list[str]) -> int:
     """Serve chunks: the first from the payload file, the next ones from stdin."""
     os.environ[REMOTE_CALL_ENV] = "1"
@@ -417,16 +456,19 @@ def serve(argv: list[str]) -> int:
             _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
         except Exception:  # every call of every chunk reports it
             pass
+    _watch_client(server)
     server.send(MSG_READY, os.getpid())
     start = int(os.environ.pop(SERVE_START_ENV, "") or 0)
     while server.serve_chunk(header, body, start):
         if server.max_calls and server.calls >= server.max_calls:
             return 0  # retire between chunks: the client sees the channel end after DONE
+        server.busy = False
         data = read_message(server.channel)
         if data is None:
             return 0
-        start = _INDEX.unpack_from(data)[0]
-        line, _, body = data[_INDEX.size:].partition(b"\n")
+        server.busy = True
+        start = struct.unpack_from(_INDEX, data)[0]
+        line, _, body = data[_INDEX_SIZE:].partition(b"\n")
         header = json.loads(line)
     return 0
 

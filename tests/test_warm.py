@@ -128,7 +128,7 @@ def test_map_chunk_futures_resolve_one_by_one(make):
 def test_walltime_fails_only_its_own_call(make):
     ex = make(max_workers=1)
     pid = ex.submit(warm.pid).result(timeout=120)
-    slow = ex.options(walltime=1).submit(basic.sleep, 30)
+    slow = ex.options(walltime=1).submit(warm.nap, 30)  # same script: same runner key
     queued = [ex.submit(warm.pid) for _ in range(3)]
     with pytest.raises(WalltimeExceeded):
         slow.result(timeout=60)

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..runner import (
     EXIT_WALLTIME,
@@ -46,8 +46,11 @@ from ..runner import (
     read_message,
     request,
 )
-from . import CallOutput, Job, Output
+from .outputs import CallOutput, Output
 from .processes import STOPPED_BEFORE_START, stop_session, write_private
+
+if TYPE_CHECKING:
+    from . import Job
 
 __all__ = ["SERVE_ENV", "Runner", "WarmSlot"]
 
