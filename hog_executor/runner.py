@@ -9,7 +9,8 @@ Usage: ``python runner.py PAYLOAD``. The payload is one JSON header line (``mark
 ``script``, ``by_value``, ``count``; with a store ``threshold`` and ``store_optional``;
 ``prefetch``, files of a file store to start reading before the script is imported)
 followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The result frame, written
-to the original stdout after everything else, is::
+to the original stdout after everything else, is (the pickled list holds one outcome per
+call, then a dict of timings: see `process_times`, plus ``calls``, each call's start and end)::
 
     @@HOG-RESULT <marker>@@
     <base64 of a pickled list of outcomes>
@@ -67,6 +68,12 @@ EXIT_ENV_FAILED = 96
 EXIT_SETUP_FAILED = 97
 #: A Slurm job script that failed before running its bundles.
 EXIT_WRAPPER_FAILED = 95
+
+
+#: Set by the bundle: when the environment was ready (epoch seconds), and "1" when this
+#: bundle built it.
+ENV_READY_ENV = "HOG_ENV_READY"
+ENV_BUILT_ENV = "HOG_ENV_BUILT"
 
 
 def frame_lines(marker: bytes) -> tuple[bytes, bytes]:
@@ -144,7 +151,24 @@ def _import_script(path: str, by_value: bool) -> object:
         _imported[path] = exc
         raise
     _imported[path] = module
+    _times["imported"] = time.time()
     return module
+
+
+#: When this process got ready (the frame's or the ready message's timing record).
+_times: dict[str, Any] = {}
+
+
+def process_times() -> dict[str, Any]:
+    """This runner's start-up, for the client's per-call timings: when the environment was
+    ready (and whether this bundle built it), when the script was imported, and where."""
+    ready = os.environ.get(ENV_READY_ENV, "")
+    return {
+        "env_ready": float(ready.replace(",", ".")) if ready else None,
+        "env_built": os.environ.get(ENV_BUILT_ENV) == "1",
+        "imported": _times.get("imported"),
+        "worker": f"{os.uname().nodename}:{os.getpid()}",
+    }
 
 
 def _load_script(path: str, by_value: bool) -> object:
@@ -276,7 +300,8 @@ def _show(outcomes: list[tuple[object, ...]]) -> int:
 # that many bytes. A request is a 4-byte index (the first call to run: calls before it
 # already ran elsewhere) and a chunk payload. The answers, pickled tuples, on the original
 # stdout:
-#   (MSG_READY, pid)                          the script is imported, calls start
+#   (MSG_READY, pid, times)                   the script is imported, calls start; ``times``
+#                                             as in `process_times`
 #   (MSG_CALL, index, outcome, out, err, t0, t1)  one call finished; its own stdout/stderr
 #   (MSG_DONE,)                               every call of the chunk has an answer
 #   (MSG_EXIT, index, out, err, code)         call ``index`` ended the process (sys.exit())
@@ -457,7 +482,7 @@ def serve(argv: list[str]) -> int:
         except Exception:  # every call of every chunk reports it
             pass
     _watch_client(server)
-    server.send(MSG_READY, os.getpid())
+    server.send(MSG_READY, os.getpid(), process_times())
     start = int(os.environ.pop(SERVE_START_ENV, "") or 0)
     while server.serve_chunk(header, body, start):
         if server.max_calls and server.calls >= server.max_calls:
@@ -482,8 +507,16 @@ def main(argv: list[str]) -> int:
         data = f.read()
     line, _, body = data.partition(b"\n")
     header = json.loads(line)
-    outcomes = run(header, body, os.path.dirname(os.path.abspath(argv[1])))
-    frame = base64.b64encode(pickle.dumps(outcomes, protocol=PROTOCOL))
+    outcomes: list[tuple[object, ...]] = []
+    calls = []
+    began = time.time()
+    for _, outcome in run_calls(header, body, os.path.dirname(os.path.abspath(argv[1]))):
+        ended = time.time()
+        calls.append((max(began, _times.get("imported") or began), ended))
+        outcomes.append(outcome)
+        began = ended
+    times = {**process_times(), "calls": calls}
+    frame = base64.b64encode(pickle.dumps([*outcomes, times], protocol=PROTOCOL))
     marker = header["marker"].encode()
     try:
         sys.stdout.flush()

@@ -56,6 +56,9 @@ class CallOutput:
         started: when the call started (the runner's clock, seconds since the epoch).
         finished: when it finished.
         failure: how the process ended, when ``outcome`` is None.
+        worker: the runner that answered (``host:pid``).
+        startup: for the first call a new runner answers, how it started (``env_ready``,
+            ``env_built``, ``imported``: see ``hog_executor.runner.process_times``).
     """
 
     index: int
@@ -65,3 +68,5 @@ class CallOutput:
     started: float = 0.0
     finished: float = 0.0
     failure: Output | None = None
+    worker: str | None = None
+    startup: dict[str, object] | None = None

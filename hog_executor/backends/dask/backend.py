@@ -266,9 +266,10 @@ class DaskBackend(Backend):
     def _replay(job: Job, answers: list[tuple[Any, ...]],
                 end: tuple[int, bytes, bytes, bool]) -> Output:
         """Hand a warm job's call answers to the job; its final output."""
-        for index, outcome, out, err, started, finished, failure in answers:
+        for index, outcome, out, err, started, finished, failure, worker, startup in answers:
             job.on_call(CallOutput(index, outcome, out, err, started, finished,
-                                   None if failure is None else Output(*failure)))
+                                   None if failure is None else Output(*failure), worker,
+                                   startup))
         rc, out, err, streamed = end
         return Output(int(rc), bytes(out), bytes(err), streamed=bool(streamed))
 

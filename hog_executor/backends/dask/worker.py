@@ -95,7 +95,8 @@ class _WarmJob:
         failure = call.failure
         self.answers.append((call.index, call.outcome, call.stdout, call.stderr, call.started,
                              call.finished, None if failure is None else
-                             (failure.returncode, failure.stdout, failure.stderr)))
+                             (failure.returncode, failure.stdout, failure.stderr),
+                             call.worker, call.startup))
 
 
 class WorkerRunners:
