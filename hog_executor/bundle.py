@@ -71,6 +71,7 @@ def _b64(data: bytes | str) -> str:
 
 _PRELUDE = r"""set -o pipefail
 umask 077
+export HOG_JOB_STARTED="${HOG_JOB_STARTED:-${EPOCHREALTIME:-}}"  # the queue wait ends here
 hog_fail() { printf 'hog: %s\n' "$1" >&2; exit "$2"; }
 hog_tmp=$(mktemp -d "${HOG_WORK_DIR:-${TMPDIR:-/tmp}}/hog-call.XXXXXXXX") \
   || hog_fail "cannot create a temporary directory" __SETUP__

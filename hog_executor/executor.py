@@ -386,7 +386,8 @@ def _result_or_cancel(f: HogFuture[T], deadline: float | None) -> T:
         try:
             return f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
         finally:
-            f.cancel()
+            if not f.done():
+                f.cancel()
     finally:
         del f
 

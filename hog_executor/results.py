@@ -81,6 +81,9 @@ def _startup(timings: CallTimings, startup: dict[str, Any]) -> None:
     timings.env_built = startup.get("env_built")
     timings.imported = startup.get("imported")
     timings.worker = timings.worker or startup.get("worker")
+    # The bundle's own clock says when its job started: a backend that polls its scheduler
+    # (or has none to ask) sees that late, or never.
+    timings.queued = startup.get("job_started") or timings.queued
 
 
 def _frame_timings(futures: list[HogFuture[Any]], times: dict[str, Any]) -> None:

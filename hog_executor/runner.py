@@ -70,8 +70,9 @@ EXIT_SETUP_FAILED = 97
 EXIT_WRAPPER_FAILED = 95
 
 
-#: Set by the bundle: when the environment was ready (epoch seconds), and "1" when this
-#: bundle built it.
+#: Set by the bundle: when it started (the end of any queue wait), when the environment was
+#: ready (epoch seconds), and "1" when this bundle built it.
+JOB_STARTED_ENV = "HOG_JOB_STARTED"
 ENV_READY_ENV = "HOG_ENV_READY"
 ENV_BUILT_ENV = "HOG_ENV_BUILT"
 
@@ -163,7 +164,9 @@ def process_times() -> dict[str, Any]:
     """This runner's start-up, for the client's per-call timings: when the environment was
     ready (and whether this bundle built it), when the script was imported, and where."""
     ready = os.environ.get(ENV_READY_ENV, "")
+    began = os.environ.get(JOB_STARTED_ENV, "")
     return {
+        "job_started": float(began.replace(",", ".")) if began else None,
         "env_ready": float(ready.replace(",", ".")) if ready else None,
         "env_built": os.environ.get(ENV_BUILT_ENV) == "1",
         "imported": _times.get("imported"),
@@ -391,8 +394,9 @@ class _Server:
         self.busy = True  # running a chunk (False: waiting for the next request)
 
     def send(self, *answer: object) -> None:
-        data = message(pickle.dumps(answer, protocol=PROTOCOL))
-        view = memoryview(data)
+        """Write an answer at once: one that waited could be lost with the process, and the
+        client must know which call was running when a runner dies."""
+        view = memoryview(message(pickle.dumps(answer, protocol=PROTOCOL)))
         while view:
             view = view[os.write(self.out, view):]
 

@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..runner import (
@@ -43,7 +43,6 @@ from ..runner import (
     MSG_READY,
     MSG_RETIRE,
     SERVE_START_ENV,
-    read_message,
     request,
 )
 from .outputs import CallOutput, Output
@@ -58,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 #: Set for a bundle that should serve (a warm runner) instead of running one chunk.
 SERVE_ENV = "HOG_SERVE"
+#: Bytes of a message's length prefix, and bytes read from a runner at a time.
+LENGTH_SIZE = 8
+READ_SIZE = 1 << 16
 #: Bytes of a dead runner's stderr quoted in the failure of its call.
 STDERR_TAIL_BYTES = 64 * 1024
 #: Seconds a runner told to leave (stdin closed) gets before its session is stopped.
@@ -79,6 +81,7 @@ class Runner:
     ready: bool = False
     calls: int = 0
     worker: str | None = None
+    buffer: bytearray = field(default_factory=bytearray)
 
     @classmethod
     def start(cls, job: Job, start: int, workdir: str, env: Mapping[str, str],
@@ -125,15 +128,22 @@ class Runner:
         """
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        if deadline is not None:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                return None
-        data = read_message(fd)
-        if data is None:
-            raise _Gone()
-        answer: tuple[Any, ...] = pickle.loads(data)
-        return answer
+        buf = self.buffer
+        while True:  # answers come several at a time: read what is there, in one go
+            if len(buf) >= LENGTH_SIZE:
+                size = LENGTH_SIZE + int.from_bytes(buf[:LENGTH_SIZE], "big")
+                if len(buf) >= size:
+                    answer: tuple[Any, ...] = pickle.loads(memoryview(buf)[LENGTH_SIZE:size])
+                    del buf[:size]
+                    return answer
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([fd], [], [], left)[0]:
+                    return None
+            data = os.read(fd, READ_SIZE)
+            if not data:
+                raise _Gone()
+            buf += data
 
     def stop(self) -> None:
         """Stop the runner's whole session now."""
