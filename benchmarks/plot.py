@@ -36,8 +36,8 @@ def chart_path(out_dir: Path, bench: str) -> Path:
     return out_dir / f"bench-{bench.replace('_', '-')}.svg"
 
 
-def _label(text: str, width: int = 46) -> str:
-    lines = textwrap.wrap(text.replace("`", ""), width) or [""]
+def _label(text: str, width: int = 34) -> str:
+    lines = textwrap.wrap(text.replace("`", ""), width, break_long_words=False) or [""]
     return "\n".join(lines[:2]) + ("…" if len(lines) > 2 else "")
 
 
@@ -47,7 +47,7 @@ def _times(text: str) -> str:
 
 
 def _tick(value: float, _: Any = None) -> str:
-    if value >= 1e4:
+    if value >= 1e5:
         return f"1e{round(math.log10(value))}{TIMES}"
     return f"{value:,g}{TIMES}"
 
@@ -77,7 +77,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
     with matplotlib.rc_context({"svg.hashsalt": "hog-bench", "svg.fonttype": "none",
                                 "font.size": 9}):
-        fig = Figure(figsize=(9, 1.3 + 0.42 * len(rows)), layout="constrained")
+        fig = Figure(figsize=(7.2, 1.3 + 0.42 * len(rows)), layout="constrained")
         canvas = FigureCanvasAgg(fig)  # measures the texts below
         fig.patch.set_facecolor("white")
         ax = fig.add_subplot()
@@ -89,11 +89,11 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             key = "baseline" if baseline else r.get("met") if r.get("goal") else "none"
             colour = COLOURS.get(key, COLOURS["none"])
             ax.barh(y, r["ratio"] - low, left=low, height=0.62, color=colour)
-            text = _times(r.get("ratio_text") or f"{r['ratio']:g}x")
+            text = f"{r['ratio']:,g}{TIMES} {r.get('unit') or ''}".rstrip()
             if r.get("goal"):
                 ax.plot([r["goal"]] * 2, [y - 0.42, y + 0.42], color="#222222",
                         linestyle=(0, (3, 2)), linewidth=1.6)
-                text += f"   (goal {_times(r['goal_text'])})"
+                text += f"  (goal {_times(r['direction'] or '')} {r['goal']:,g}{TIMES})"
             notes.append(ax.annotate(text, (max(r["ratio"], r.get("goal") or 0), y),
                                      xytext=(5, 0), textcoords="offset points", va="center",
                                      fontsize=8, annotation_clip=False))

@@ -15,16 +15,16 @@ SVG image through matplotlib. In a notebook, ``show(futures)`` displays the time
 
 The phases of a call, between consecutive known moments:
 
-========================  ============================================================
-sending                   submitted → sent: the client pickled the call, the backend took it
-queue wait                sent → queued (or → started when the backend cannot tell)
-environment build         queued → env_ready, when the environment was built for this call
-environment (cached)      queued → env_ready, when it was found already built
-import                    env_ready → imported: the runner imported the script
-waiting                   imported → started: reading arguments; in a chunk, earlier calls
-run                       started → finished: the function itself
-result transfer           finished → received: from the end of the call to the client
-========================  ============================================================
+| phase | span |
+|---|---|
+| sending | submitted → sent: the client pickled the call, the backend took it |
+| queue wait | sent → queued (or → started when the backend cannot tell) |
+| environment build | queued → env_ready, when the environment was built for this call |
+| environment (cached) | queued → env_ready, when it was found already built |
+| import | env_ready → imported: the runner imported the script |
+| waiting | imported → started: reading arguments; in a chunk, earlier calls |
+| run | started → finished: the function itself |
+| result transfer | finished → received: from the end of the call to the client |
 
 Where a moment in between is unknown, the span is drawn as *start-up* or *remote* (not
 broken down). Calls of one chunk share their process: each call's bar starts where the

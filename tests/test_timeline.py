@@ -245,3 +245,35 @@ def test_hog_timeline_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "no timing records" in capsys.readouterr().err
     assert main(["timeline", str(src), "-o", str(tmp_path / "t.txt")]) == 1
     assert ".html" in capsys.readouterr().err
+
+
+def test_benchmark_tables_as_charts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A benchmark's printed table is recorded as numbers and drawn by benchmarks/plot.py."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        need("matplotlib", "benchmarks/plot.py needs matplotlib")
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    import _common as c  # type: ignore[import-not-found]
+    import plot  # type: ignore[import-not-found]
+
+    monkeypatch.setattr(c, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setitem(c._record, "tables", [])
+    c.header("bench_demo", "a demonstration")
+    c.print_table([
+        c.Row("baseline", [0.08], ratio="1.00x floor"),
+        c.Row("ours", [0.09], ratio="1.07x floor", goal="<= 3x floor", met=True),
+        c.Row("theirs", [0.5], ratio="6.34x floor; ours 5.91x faster",
+              goal="ours >= 6x faster", met=False),
+        c.Row("skipped", goal="<= 2x", note="no cluster"),
+    ])
+    record = json.loads((tmp_path / "results" / "demo.json").read_text())
+    rows = record["tables"][0]["rows"]
+    assert [(r["ratio"], r["goal"], r["direction"]) for r in rows] == [
+        (1.0, None, None), (1.07, 3.0, "<="), (5.91, 6.0, ">="), (None, 2.0, "<=")]
+    assert plot.main([str(tmp_path / "results" / "demo.json"), "--out", str(tmp_path)]) == 0
+    svg = (tmp_path / "bench-demo.svg").read_text()
+    assert "5.91" in svg and "goal missed" in svg and "skipped" not in svg
+    capsys.readouterr()
