@@ -133,27 +133,58 @@ def _as_record(obj: Any) -> dict[str, Any] | None:
     return None
 
 
+def _ok(future: Any) -> bool | None:
+    """Whether a done future has a value (None: not done, or not a future)."""
+    try:
+        if not future.done():
+            return None
+        return not future.cancelled() and future.exception(timeout=0) is None
+    except Exception:
+        return None
+
+
+def _from_future(future: Any, seen: dict[str, int]) -> dict[str, Any] | None:
+    """A future's timing record, with what the future itself knows filled in where the
+    record lacks it: the call id (``<job id>:<index>``, counting the futures of each job in
+    the order given), the description of its job while it is known, and ``ok``."""
+    record = _as_record(getattr(future, "timings", None))
+    if record is None:
+        return None
+    job = getattr(future, "job_id", None)
+    if isinstance(job, str):
+        index = seen.get(job, 0)
+        seen[job] = index + 1
+        record.setdefault("call", f"{job}:{index}")
+    results = getattr(future, "_results", None)
+    description = getattr(getattr(results, "job", None), "description", None)
+    if isinstance(description, str):
+        record.setdefault("description", description)
+    if "ok" not in record:
+        record["ok"] = _ok(future)
+    return record
+
+
 def timings_of(futures: Iterable[Any]) -> list[dict[str, Any]]:
     """The timing records of ``futures`` (`HogFuture` objects), as plain dicts.
 
     Each future's ``timings`` is an object with an ``as_dict()`` method, or a dict. Futures
     without timings (a plain ``concurrent.futures.Future``, a call not yet sent) are skipped.
+    What the record leaves out and the future knows is added: ``call`` (the job id and the
+    call's place among the given futures of that job, so pass a ``map``'s futures in
+    order), ``description`` and ``ok``.
     """
-    records = []
-    for future in futures:
-        record = _as_record(getattr(future, "timings", None))
-        if record is not None:
-            records.append(record)
-    return records
+    seen: dict[str, int] = {}
+    return [r for f in futures if (r := _from_future(f, seen)) is not None]
 
 
 def _records(items: Iterable[Any]) -> list[dict[str, Any]]:
     """Records from records, timing objects or futures, mixed."""
     out = []
+    seen: dict[str, int] = {}
     for item in items:
         record = _as_record(item)
         if record is None:
-            record = _as_record(getattr(item, "timings", None))
+            record = _from_future(item, seen)
         if record is not None:
             out.append(record)
     return out

@@ -172,6 +172,20 @@ def test_timings_of_and_show() -> None:
         futures.append(f)
     futures += [Future(), object()]  # no timings: skipped
     assert timeline.timings_of(futures) == records
+    # A record without the call's identity or outcome (as a bare timing object gives it):
+    # the future fills them in.
+    bare = {k: v for k, v in records[0].items() if k not in ("call", "description", "ok")}
+    chunk: list[Any] = []
+    for _ in range(3):
+        g: Future[Any] = Future()
+        g.timings = _Timings(bare)  # type: ignore[attr-defined]
+        g.job_id = "abc"  # type: ignore[attr-defined]
+        chunk.append(g)
+    chunk[0].set_result(1)
+    chunk[1].set_exception(ValueError())
+    filled = timeline.timings_of(chunk)
+    assert [(r["call"], r["ok"]) for r in filled] == [
+        ("abc:0", True), ("abc:1", False), ("abc:2", None)]
     shown = timeline.show(futures, title="notebook")
     assert shown.records == records
     fragment = shown._repr_html_()
