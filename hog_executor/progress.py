@@ -291,7 +291,9 @@ class Tracker:
         if transient:
             logger.info(format_bar(self.label, c, 30), extra=extra)
         else:
-            logger.info("%s: %s", self.label, format_counts(c), extra=extra)
+            split = total_split(self.futures) if final else ""
+            logger.info("%s: %s%s", self.label, format_counts(c),
+                        f" (summed over calls: {split})" if split else "", extra=extra)
 
 
 def track(futures: list[Future[Any]], label: str, interval: float | None = None) -> Tracker:
@@ -337,6 +339,18 @@ def phase_split(timings: Any) -> str:
     parts = timings.split()
     return ", ".join(f"{name} {_duration(parts[name])}"
                      for name in ("queue", "env", "import", "run") if name in parts)
+
+
+def total_split(futures: list[Future[Any]]) -> str:
+    """The phases of ``futures`` added up (see `phase_split`); "" when none are known."""
+    totals: dict[str, float] = {}
+    for f in futures:
+        timings = getattr(f, "timings", None)
+        if timings is not None:
+            for name, seconds in timings.split().items():
+                totals[name] = totals.get(name, 0.0) + seconds
+    return ", ".join(f"{name} {_duration(totals[name])}"
+                     for name in ("queue", "env", "import", "run") if name in totals)
 
 
 def wait_with_status(future: Future[Any], label: str) -> Any:
