@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import payload as _payload
 from .backends import Backend, Job, backend_class, backend_keys, backend_names
@@ -306,31 +306,49 @@ class HogExecutor(Executor):
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting calls; optionally cancel what has not finished.
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 terminate: bool = False) -> None:
+        """Stop accepting calls; optionally cancel or stop what has not finished.
+
+        As with the standard library's executors, calls already running are left to finish
+        unless ``terminate`` is set.
 
         Args:
             wait: block until every submitted call has finished (or been cancelled).
-            cancel_futures: cancel pending calls and stop running ones (their futures end
-                cancelled; no process or job is left behind).
+            cancel_futures: cancel the calls that have not started.
+            terminate: also stop the running calls: their processes (or cluster jobs) are
+                stopped and their futures end cancelled; nothing is left behind.
         """
         state = self._state
         with state.submit_lock:
             state.shutdown = True
         jobs = state.in_flight()
-        if cancel_futures:
+        if terminate:
             for results in jobs:
                 results.stop_requested = True
-        state.backend.shutdown(wait=wait, cancel=cancel_futures)
+        elif cancel_futures:
+            for results in jobs:
+                for f in list(results.futures):
+                    f.cancel()  # a job none of whose calls remain leaves the queue
+        state.backend.shutdown(wait=wait, cancel=terminate)
         if wait:
             for results in jobs:
-                for f in results.futures:
+                for f in list(results.futures):
                     try:
                         f.exception()
                     except BaseException:  # cancelled: nothing to wait for
                         pass
-        if wait or cancel_futures:
+        if wait or terminate:
             state.close_store()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> Literal[False]:
+        """Shut down, waiting for the calls; on Ctrl-C (``KeyboardInterrupt``) or
+        ``SystemExit``, stop them instead (pending ones cancelled, running ones stopped)."""
+        interrupted = exc_type is not None and issubclass(exc_type,
+                                                          (KeyboardInterrupt, SystemExit))
+        self.shutdown(wait=True, cancel_futures=interrupted, terminate=interrupted)
+        return False
 
     def __repr__(self) -> str:
         state = "shut down" if self._state.shutdown else "running"

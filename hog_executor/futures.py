@@ -8,7 +8,7 @@ A call's future moves through the states of ``concurrent.futures``::
 
 ``cancel()`` succeeds only while the call has not started, as in the standard library.
 `HogFuture.force_cancel` is the one way a running call's future ends cancelled: the executor
-uses it when it stopped the call's process itself (``shutdown(cancel_futures=True)``, or a
+uses it when it stopped the call's process itself (``shutdown(terminate=True)``, or a
 cancel of the only call of a job). `HogFuture.stop` asks for that.
 """
 

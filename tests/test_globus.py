@@ -87,7 +87,7 @@ def make(client: LoopbackClient, cache_dir: str):
 
     yield make_executor
     for ex, sdk in made:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
         sdk.shutdown(wait=False, cancel_futures=True)
 
 

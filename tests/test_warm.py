@@ -29,7 +29,7 @@ def make(cache_dir):
 
     yield make
     for ex in made:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def test_a_warm_runner_is_reused_for_calls_of_one_key(make):

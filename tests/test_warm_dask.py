@@ -26,7 +26,7 @@ def cluster():
 def dex(cluster, cache_dir):
     ex = HogExecutor("dask", address=cluster.scheduler_address, cache_dir=cache_dir)
     yield ex
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def test_a_workers_runner_is_reused_and_not_shared_across_keys(dex):
