@@ -182,3 +182,16 @@ def test_cache_writable_by_others_is_refused(tmp_path, where):
     assert "writable by other users" in info.value.stderr_tail
     assert stat.S_IMODE(target.stat().st_mode) == 0o777  # refused, not changed
     assert list((root / "envs").iterdir()) == []  # nothing was built there
+
+
+@pytest.mark.slow
+def test_work_directories_are_private(cache):
+    def modes():
+        import os
+        import sys
+
+        call_dir = os.path.dirname(os.path.abspath(sys.modules["__hog_script__"].__file__))
+        return [os.stat(d).st_mode & 0o777 for d in (os.environ["HOG_WORK_DIR"], call_dir)]
+
+    with HogExecutor("local", cache_dir=str(cache), script=basic.__file__) as ex:
+        assert ex.submit(modes).result(timeout=300) == [0o700, 0o700]
