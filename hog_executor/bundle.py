@@ -180,6 +180,7 @@ hog_build_env() {
     python=$HOG_CLIENT_PYTHON
   fi
   printf 'hog: building environment %s (first use of these dependencies)\n' "$hog_key" >&2
+  hog_built=1
   if ! { "${hog_uv[@]}" venv --quiet --relocatable --python-preference system \
            --python "$python" "$build" >&2 \
          && VIRTUAL_ENV="$build" "${hog_uv[@]}" sync --quiet --active --compile-bytecode \
@@ -292,6 +293,8 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
         .replace("__OK__", ENV_OK_NAME)
         .rstrip("\n")
     )
+    # When the environment was ready, and whether this bundle built it (per-call timings).
+    out.append('export HOG_ENV_READY="${EPOCHREALTIME:-}" HOG_ENV_BUILT="${hog_built:-0}"')
     out.append(
         _RUN.replace("__RUNNER__", RUNNER_NAME)
         .replace("__PAYLOAD__", PAYLOAD_NAME)

@@ -25,7 +25,7 @@ from .backends import Backend, Job, backend_class, backend_keys, backend_names
 from .chunks import chunk_size, payload_header, plan_chunks
 from .config import Endpoint, resolve_endpoint
 from .context import CallContext, Contexts, script_for
-from .futures import HogFuture
+from .futures import CallTimings, HogFuture
 from .results import JobResults
 from .script import ScriptMetadata, load_script
 from .state import ExecutorState
@@ -197,6 +197,7 @@ class HogExecutor(Executor):
         state.check_open()
         if not calls:
             return []
+        submitted = time.time()
         # The local endpoint's default store is created only once something needs it.
         store = state.client_store(create=keep_stored)
         can_store = state.may_store
@@ -217,7 +218,7 @@ class HogExecutor(Executor):
             if extras:
                 ctx = self._contexts.get(fn, tuple(dict.fromkeys(extras)))
             return self._submit_items(ctx, items, call_refs, chunksize, store, threshold,
-                                      keep_stored, optional=not extras)
+                                      keep_stored, optional=not extras, submitted=submitted)
         except BaseException:
             if store is not None:
                 for refs in call_refs:
@@ -227,11 +228,14 @@ class HogExecutor(Executor):
 
     def _submit_items(self, ctx: CallContext, items: list[bytes], call_refs: list[list[Any]],
                       chunksize: int | None, store: ClientStore | None, threshold: int,
-                      keep_stored: bool, optional: bool) -> list[HogFuture[Any]]:
+                      keep_stored: bool, optional: bool,
+                      submitted: float) -> list[HogFuture[Any]]:
         state = self._state
         size = chunksize or chunk_size(len(items), state.backend.workers)
         chunks = plan_chunks([len(i) for i in items], size, len(ctx.fn_bytes), ctx.chunk_limit)
         futures: list[HogFuture[Any]] = [HogFuture() for _ in items]
+        for f in futures:
+            f.timings = CallTimings(submitted)
         jobs = []
         store_config = store.config_bytes if store is not None else None
         by_value = ctx.script is not None and ctx.module is None
@@ -259,6 +263,10 @@ class HogExecutor(Executor):
             except Exception:
                 state.forget(*jobs)
                 raise
+        sent = time.time()
+        for f in futures:
+            if f.timings is not None:
+                f.timings.sent = sent
         if store is not None:
             for f, refs in zip(futures, call_refs, strict=True):
                 if refs:

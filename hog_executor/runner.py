@@ -9,7 +9,8 @@ Usage: ``python runner.py PAYLOAD``. The payload is one JSON header line (``mark
 ``script``, ``by_value``, ``count``; with a store ``threshold`` and ``store_optional``;
 ``prefetch``, files of a file store to start reading before the script is imported)
 followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The result frame, written
-to the original stdout after everything else, is::
+to the original stdout after everything else, is (the pickled list holds one outcome per
+call, then a dict of timings: see `process_times`, plus ``calls``, each call's start and end)::
 
     @@HOG-RESULT <marker>@@
     <base64 of a pickled list of outcomes>
@@ -72,6 +73,12 @@ EXIT_WRAPPER_FAILED = 95
 EXIT_RUNTIME_FAILED = 98
 #: In a cached environment: written once its Python imported cloudpickle (see the bundle).
 ENV_OK_NAME = ".hog-ok"
+
+
+#: Set by the bundle: when the environment was ready (epoch seconds), and "1" when this
+#: bundle built it.
+ENV_READY_ENV = "HOG_ENV_READY"
+ENV_BUILT_ENV = "HOG_ENV_BUILT"
 
 
 def frame_lines(marker: bytes) -> tuple[bytes, bytes]:
@@ -149,7 +156,24 @@ def _import_script(path: str, by_value: bool) -> object:
         _imported[path] = exc
         raise
     _imported[path] = module
+    _times["imported"] = time.time()
     return module
+
+
+#: When this process got ready (the frame's or the ready message's timing record).
+_times: dict[str, Any] = {}
+
+
+def process_times() -> dict[str, Any]:
+    """This runner's start-up, for the client's per-call timings: when the environment was
+    ready (and whether this bundle built it), when the script was imported, and where."""
+    ready = os.environ.get(ENV_READY_ENV, "")
+    return {
+        "env_ready": float(ready.replace(",", ".")) if ready else None,
+        "env_built": os.environ.get(ENV_BUILT_ENV) == "1",
+        "imported": _times.get("imported"),
+        "worker": f"{os.uname().nodename}:{os.getpid()}",
+    }
 
 
 def _load_script(path: str, by_value: bool) -> object:
@@ -328,7 +352,8 @@ def _show(outcomes: list[tuple[object, ...]]) -> int:
 # that many bytes. A request is a 4-byte index (the first call to run: calls before it
 # already ran elsewhere) and a chunk payload. The answers, pickled tuples, on the original
 # stdout:
-#   (MSG_READY, pid)                          the script is imported, calls start
+#   (MSG_READY, pid, times)                   the script is imported, calls start; ``times``
+#                                             as in `process_times`
 #   (MSG_CALL, index, outcome, out, err, t0, t1)  one call finished; its own stdout/stderr
 #   (MSG_DONE,)                               every call of the chunk has an answer
 #   (MSG_EXIT, index, out, err, code)         call ``index`` ended the process (sys.exit())
@@ -348,8 +373,11 @@ MAX_CALLS_ENV = "HOG_MAX_CALLS"
 SERVE_START_ENV = "HOG_SERVE_START"
 #: Bytes of one call's stdout (and of its stderr) sent back; the tail is kept.
 OUTPUT_CAP = 8 * 1024 * 1024
-_LENGTH = struct.Struct(">Q")
-_INDEX = struct.Struct(">I")
+# Formats, not struct.Struct objects: this module also travels by value (to Dask workers).
+_LENGTH = ">Q"
+_INDEX = ">I"
+_LENGTH_SIZE = 8
+_INDEX_SIZE = 4
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -365,20 +393,20 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 
 def read_message(fd: int) -> bytes | None:
     """One length-prefixed message from ``fd`` (None: the channel ended)."""
-    head = _read_exact(fd, _LENGTH.size)
+    head = _read_exact(fd, _LENGTH_SIZE)
     if head is None:
         return None
-    return _read_exact(fd, _LENGTH.unpack(head)[0])
+    return _read_exact(fd, struct.unpack(_LENGTH, head)[0])
 
 
 def message(data: bytes) -> bytes:
     """``data`` framed as a message."""
-    return _LENGTH.pack(len(data)) + data
+    return struct.pack(_LENGTH, len(data)) + data
 
 
 def request(start: int, payload: bytes) -> bytes:
     """The message asking a serving runner to run a chunk's calls from index ``start``."""
-    return message(_INDEX.pack(start) + payload)
+    return message(struct.pack(_INDEX, start) + payload)
 
 
 def _take(fd: int) -> bytes:
@@ -412,6 +440,7 @@ class _Server:
             self.spools.append(fd)
         self.max_calls = int(os.environ.get(MAX_CALLS_ENV) or 0)
         self.calls = 0
+        self.busy = True  # running a chunk (False: waiting for the next request)
 
     def send(self, *answer: object) -> None:
         data = message(pickle.dumps(answer, protocol=PROTOCOL))
@@ -455,6 +484,41 @@ class _Server:
         return True
 
 
+def _end_session() -> None:
+    """Kill what this runner's call started (every process of the bundle's session but the
+    bundle's bash), then exit: bash then removes the bundle's temporary directory."""
+    sid = os.getsid(0)
+    spare = {os.getpid(), os.getppid()}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit() and int(entry) not in spare:
+            try:
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), 9)
+            except OSError:  # it exited meanwhile
+                continue
+    os._exit(137)
+
+
+def _watch_client(server: _Server) -> None:
+    """End the session as soon as the client's end of the channel closes during a call (the
+    client died).
+
+    Polls for a hang-up only, never reading: between calls the main loop reads the channel
+    and leaves at its end; this thread covers a client that goes away while a call runs.
+    """
+    import select
+    import threading
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(server.channel, 0)  # no events: only POLLHUP and POLLERR come back
+        poller.poll()
+        if server.busy:
+            _end_session()
+
+    threading.Thread(target=watch, name="hog-client-watch", daemon=True).start()
+
+
 def serve(argv: list[str]) -> int:
     """Serve chunks: the first from the payload file, the next ones from stdin."""
     os.environ[REMOTE_CALL_ENV] = "1"
@@ -469,16 +533,19 @@ def serve(argv: list[str]) -> int:
             _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
         except Exception:  # every call of every chunk reports it
             pass
-    server.send(MSG_READY, os.getpid())
+    _watch_client(server)
+    server.send(MSG_READY, os.getpid(), process_times())
     start = int(os.environ.pop(SERVE_START_ENV, "") or 0)
     while server.serve_chunk(header, body, start):
         if server.max_calls and server.calls >= server.max_calls:
             return 0  # retire between chunks: the client sees the channel end after DONE
+        server.busy = False
         data = read_message(server.channel)
         if data is None:
             return 0
-        start = _INDEX.unpack_from(data)[0]
-        line, _, body = data[_INDEX.size:].partition(b"\n")
+        server.busy = True
+        start = struct.unpack_from(_INDEX, data)[0]
+        line, _, body = data[_INDEX_SIZE:].partition(b"\n")
         header = json.loads(line)
     return 0
 
@@ -492,8 +559,16 @@ def main(argv: list[str]) -> int:
         data = f.read()
     line, _, body = data.partition(b"\n")
     header = json.loads(line)
-    outcomes = run(header, body, os.path.dirname(os.path.abspath(argv[1])))
-    frame = base64.b64encode(pickle.dumps(outcomes, protocol=PROTOCOL))
+    outcomes: list[tuple[object, ...]] = []
+    calls = []
+    began = time.time()
+    for _, outcome in run_calls(header, body, os.path.dirname(os.path.abspath(argv[1]))):
+        ended = time.time()
+        calls.append((max(began, _times.get("imported") or began), ended))
+        outcomes.append(outcome)
+        began = ended
+    times = {**process_times(), "calls": calls}
+    frame = base64.b64encode(pickle.dumps([*outcomes, times], protocol=PROTOCOL))
     marker = header["marker"].encode()
     try:
         sys.stdout.flush()

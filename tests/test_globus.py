@@ -329,3 +329,12 @@ def test_example_endpoint_tables_resolve(client):
         assert debug.endpoint.values["walltime"] == 60.0
     finally:
         sdk.shutdown(wait=False)
+
+
+@pytest.mark.slow
+def test_timings_come_back_through_the_endpoint(make):
+    from test_timings import check
+
+    f = make().submit(basic.add, 1, 2)
+    assert f.result(timeout=120) == 3
+    check(f.timings, queued=False)  # the service does not say when a task started

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..runner import (
     EXIT_WALLTIME,
@@ -46,8 +46,11 @@ from ..runner import (
     read_message,
     request,
 )
-from . import CallOutput, Job, Output
+from .outputs import CallOutput, Output
 from .processes import STOPPED_BEFORE_START, stop_session, write_private
+
+if TYPE_CHECKING:
+    from . import Job
 
 __all__ = ["SERVE_ENV", "Runner", "WarmSlot"]
 
@@ -75,6 +78,7 @@ class Runner:
     stderr_path: str
     ready: bool = False
     calls: int = 0
+    worker: str | None = None
 
     @classmethod
     def start(cls, job: Job, start: int, workdir: str, env: Mapping[str, str],
@@ -281,10 +285,11 @@ class WarmSlot:
             except _Gone:
                 self._drop(runner)
                 return index  # it left before taking the job (retired, idle): start anew
-            job.on_start()
+        job.on_start()  # its process runs (a new runner still finds its environment)
         started = time.monotonic()
         walltime = job.walltime
         prelude = b""  # what the runner wrote while starting: given to its first call
+        startup: dict[str, Any] | None = None  # how it started: given to its first call
         while True:
             deadline = None if walltime is None or not runner.ready else started + walltime
             try:
@@ -304,16 +309,17 @@ class WarmSlot:
             if tag == MSG_CALL:
                 _, i, outcome, out, err, t0, t1 = answer
                 runner.calls += 1
-                job.on_call(CallOutput(i, outcome, out, prelude + err, t0, t1))
-                prelude = b""
+                job.on_call(CallOutput(i, outcome, out, prelude + err, t0, t1,
+                                       worker=runner.worker, startup=startup))
+                prelude, startup = b"", None
                 index = int(i) + 1
                 started = time.monotonic()
             elif tag == MSG_READY:
                 runner.ready = True
                 started = time.monotonic()
                 prelude = runner.stderr_tail()  # building the environment, for instance
-                if fresh:
-                    job.on_start()
+                startup = answer[2] if len(answer) > 2 else None
+                runner.worker = startup.get("worker") if startup else None
             elif tag == MSG_DONE:
                 return Output(0, b"", b"", streamed=True)
             elif tag == MSG_RETIRE:
