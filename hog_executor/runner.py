@@ -444,6 +444,7 @@ class _Server:
         self.max_calls = int(os.environ.get(MAX_CALLS_ENV) or 0)
         self.calls = 0
         self.busy = True  # running a chunk (False: waiting for the next request)
+        self.baseline: set[int] = set()  # children of the script's import, left alone
 
     def send(self, *answer: object) -> None:
         """Write an answer at once: one that waited could be lost with the process, and the
@@ -475,6 +476,7 @@ class _Server:
                 if step is None:
                     break
                 index, outcome = step
+                end_children(self.baseline)  # what the call left running ends with it
                 out, err = self.output()
                 self.send(MSG_CALL, index, outcome, out, err, t0, time.time())
                 self.calls += 1
@@ -486,6 +488,70 @@ class _Server:
             raise
         self.send(MSG_DONE)
         return True
+
+
+# -- what a call leaves behind ---------------------------------------------------------------
+# The runner makes itself a subreaper (Linux): processes a call started, and their children
+# once orphaned (also those that started a session of their own), are its children, and are
+# killed when the call ends, so that neither its result nor its slot waits for them.
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except Exception:  # no prctl: children that leave the session may outlive the call
+        return
+    import signal
+
+    def on_term(signum: int, frame: Any) -> None:  # a walltime or a stop: children first
+        end_children(set())
+        os._exit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        pass
+
+
+def children() -> set[int]:
+    """This process's children (Linux ``/proc``; elsewhere none are known)."""
+    found: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                found.update(int(p) for p in f.read().split())
+        except OSError:  # the thread ended, or the kernel has no children files
+            continue
+    return found
+
+
+def end_children(keep: set[int], rounds: int = 20) -> None:
+    """Kill this process's children but ``keep`` and reap them; orphans that come to this
+    process meanwhile (it is a subreaper) are killed in the next round."""
+    for _ in range(rounds):
+        doomed = children() - keep
+        if not doomed:
+            return
+        for pid in doomed:
+            try:
+                os.kill(pid, 9)
+            except OSError:  # it exited meanwhile
+                continue
+        for pid in doomed:
+            try:
+                os.waitpid(pid, 0)
+            except OSError:  # reaped elsewhere (a Popen of the user's)
+                continue
 
 
 def _end_session() -> None:
@@ -529,6 +595,7 @@ def serve(argv: list[str]) -> int:
     path = argv[-1]
     where = os.path.dirname(os.path.abspath(path))
     server = _Server(where)
+    _become_subreaper()
     with open(path, "rb") as f:
         line, _, body = f.read().partition(b"\n")
     header = json.loads(line)
@@ -537,6 +604,7 @@ def serve(argv: list[str]) -> int:
             _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
         except Exception:  # every call of every chunk reports it
             pass
+    server.baseline = children()  # started by the import: they stay
     _watch_client(server)
     server.send(MSG_READY, os.getpid(), process_times())
     start = int(os.environ.pop(SERVE_START_ENV, "") or 0)
@@ -563,6 +631,7 @@ def main(argv: list[str]) -> int:
         data = f.read()
     line, _, body = data.partition(b"\n")
     header = json.loads(line)
+    _become_subreaper()
     outcomes: list[tuple[object, ...]] = []
     calls = []
     began = time.time()
@@ -571,6 +640,7 @@ def main(argv: list[str]) -> int:
         calls.append((max(began, _times.get("imported") or began), ended))
         outcomes.append(outcome)
         began = ended
+    end_children(set())  # the result waits for nothing the calls left running
     times = {**process_times(), "calls": calls}
     frame = base64.b64encode(pickle.dumps([*outcomes, times], protocol=PROTOCOL))
     marker = header["marker"].encode()

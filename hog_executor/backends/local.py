@@ -227,7 +227,7 @@ class LocalBackend(Backend):
         slot.close()  # a one-shot bundle takes the slot's process
         rc, out, err = self._processes.run(
             job.id, job.bundle, os.path.join(self.workdir, f"{job.id}.sh"), self._env,
-            on_start=job.on_start,
+            on_start=job.on_start, die_with_parent=True,
         )
         return Output(rc, out, err)
 

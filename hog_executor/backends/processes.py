@@ -83,34 +83,50 @@ class BundleProcesses:
         setpriv = shutil.which("setpriv") if die_with_parent else None
         if setpriv:
             cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
-        written = False
+        # Output goes to files, not pipes: the result never waits for a process the call
+        # left behind holding them (only for the bundle's own bash).
+        outputs = (path + ".out", path + ".err")
+        written: list[str] = []
         try:
             write_private(path, bundle)
-            written = True
+            written.append(path)
+            files = []
+            for name in outputs:
+                files.append(os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+                written.append(name)
             with self._lock:  # a stop is seen either before the start or after it
                 self._expected.discard(job_id)
                 if self._closed or job_id in self._stopped:
                     self._stopped.discard(job_id)
+                    for fd in files:
+                        os.close(fd)
                     return STOPPED_BEFORE_START
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, env=env, start_new_session=True,
-                )
+                try:
+                    proc = subprocess.Popen(
+                        cmd, stdin=subprocess.DEVNULL, stdout=files[0], stderr=files[1],
+                        env=env, start_new_session=True,
+                    )
+                finally:
+                    for fd in files:
+                        os.close(fd)
                 self._running[job_id] = proc
             try:
                 if on_start is not None:
                     on_start()
-                out, err = proc.communicate()
+                proc.wait()
             except BaseException:
                 stop_session(proc.pid)  # nobody waits for its output any more
                 raise
+            if session_members(proc.pid):  # what the call left running ends with it
+                stop_session(proc.pid)
+            out, err = (_read(name) for name in outputs)
             return proc.returncode, out, err
         finally:
             with self._lock:
                 self._expected.discard(job_id)
                 self._running.pop(job_id, None)
-            if written:
-                os.unlink(path)
+            for name in written:
+                os.unlink(name)
 
     def stop(self, job_id: str, *, remember: bool = False) -> bool:
         """Stop the bundle of ``job_id``: its whole session (SIGTERM, then SIGKILL after
@@ -145,6 +161,11 @@ class BundleProcesses:
         for proc in procs:
             if proc.poll() is None:
                 stop_session(proc.pid)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def session_members(sid: int) -> list[int]:

@@ -57,3 +57,29 @@ class Holder:
 def nap(seconds, value=None):
     time.sleep(seconds)
     return value
+
+
+def spawn(kind, then_sleep=0):
+    """Start ``sleep 60`` in the background and return its pid, leaving it running.
+
+    ``kind``: "child" (a plain child), "session" (its own session), "daemon" (double fork:
+    orphaned at once, in its own session).
+    """
+    import subprocess
+
+    if kind == "daemon":
+        r, w = os.pipe()
+        if os.fork() == 0:  # the intermediate process
+            os.setsid()
+            proc = subprocess.Popen(["sleep", "60"])
+            os.write(w, str(proc.pid).encode())
+            os._exit(0)
+        os.close(w)
+        pid = int(os.read(r, 64))
+        os.close(r)
+        os.wait()
+    else:
+        pid = subprocess.Popen(["sleep", "60"], start_new_session=kind == "session",
+                               stdout=None, stderr=None).pid
+    time.sleep(then_sleep)
+    return pid
