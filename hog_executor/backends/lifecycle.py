@@ -96,11 +96,48 @@ def stop_at_exit(backend: Backend) -> None:
     """Shut ``backend`` down at interpreter exit, unless it is collected before.
 
     ``shutdown(wait=True)`` when its class ``drains_at_exit``, else
-    ``shutdown(wait=True, cancel=True)``. A backend shut down already is asked again:
-    ``shutdown`` must accept that (it then only waits for what is left).
+    ``shutdown(wait=True, cancel=True)``; and always the latter when the interpreter exits
+    because of Ctrl-C (an uncaught ``KeyboardInterrupt``) or SIGTERM: the client's death
+    stops its work. A backend shut down already is asked again: ``shutdown`` must accept
+    that (it then only waits for what is left).
     """
     with _lock:
         _stopped_at_exit[backend] = None
+    _handle_sigterm()
+
+
+#: The signal that is ending the interpreter (SIGTERM through `_handle_sigterm`), if any.
+_ending: list[int] = []
+
+
+def _handle_sigterm() -> None:
+    """SIGTERM raises ``SystemExit`` in the main thread (as Ctrl-C raises
+    ``KeyboardInterrupt``), so that ``with`` blocks and exit handlers stop the work; only
+    where nobody installed a handler of their own."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def on_term(signum: int, frame: Any) -> None:
+            _ending.append(signum)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends at once
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_term)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        return
+
+
+def interrupted() -> bool:
+    """Whether the interpreter is ending because of Ctrl-C or SIGTERM."""
+    import sys
+
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return bool(_ending) or isinstance(last, KeyboardInterrupt)
 
 
 def at_exit_after(backend: Backend, fn: Callable[[], object]) -> None:
@@ -121,7 +158,7 @@ def at_exit_after(backend: Backend, fn: Callable[[], object]) -> None:
 
 def _shut_down(backend: Backend) -> None:
     try:
-        backend.shutdown(wait=True, cancel=not backend.drains_at_exit)
+        backend.shutdown(wait=True, cancel=not backend.drains_at_exit or interrupted())
     except Exception:
         logger.warning("shutting down the %s backend at exit failed", type(backend).__name__,
                        exc_info=True)
