@@ -14,7 +14,7 @@ except ImportError:
     pass
 
 try:
-    import yaml  # noqa: F401  (guarded: missing remotely is handled)
+    import yaml  # guarded: a missing package is handled
 except ModuleNotFoundError:
     yaml = None
 
