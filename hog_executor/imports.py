@@ -93,10 +93,12 @@ _local_cache: dict[tuple[str, str | None], bool] = {}
 def is_local_module(name: str) -> bool:
     """Whether module ``name`` is local code that the remote side cannot import by name.
 
-    True for ``__main__`` and for a module whose file is outside the standard library and
-    every installed site-packages directory (a sibling ``helpers.py``, a test module, a
-    notebook's helpers), hog-executor itself excepted. False for installed and built-in
-    modules, and for a module that is not imported (nothing of it can be pickled).
+    True for ``__main__`` and for a module whose file is outside the standard library,
+    every installed site-packages directory and any directory holding installed
+    distributions' metadata (``pip install --target``): a sibling ``helpers.py``, a test
+    module, a notebook's helpers, an editable checkout. hog-executor itself is never local.
+    False for installed and built-in modules, and for a module that is not imported
+    (nothing of it can be pickled).
     """
     if name in ("__main__", "__mp_main__"):
         return True
@@ -119,7 +121,21 @@ def _compute_local(name: str, module: object, path: str | None) -> bool:
     if path is None:  # built in, frozen, or a namespace package: look at its directories
         dirs = [p for p in (getattr(module, "__path__", None) or ()) if isinstance(p, str)]
         return bool(dirs) and not any(_under_installed_root(d) for d in dirs)
-    return not _under_installed_root(path)
+    if _under_installed_root(path):
+        return False
+    # Installed elsewhere (pip install --target DIR, on PYTHONPATH): DIR holds .dist-info.
+    depth = name.count(".") + 1 + (os.path.basename(path).startswith("__init__."))
+    root = os.path.dirname(os.path.abspath(path))
+    for _ in range(depth - 1):
+        root = os.path.dirname(root)
+    return not _holds_distributions(root)
+
+
+@lru_cache(maxsize=256)
+def _holds_distributions(directory: str) -> bool:
+    """Whether ``directory`` is where distributions are installed (it holds their
+    ``.dist-info`` or ``.egg-info`` metadata)."""
+    return any(n.endswith((".dist-info", ".egg-info")) for n in _listdir(directory))
 
 
 # -- reading imports ---------------------------------------------------------------------------
@@ -134,8 +150,9 @@ class ImportSite:
         names: for ``from M import a, b``: ``("a", "b")``; else ``()``.
         level: the number of leading dots of a relative import (0: absolute).
         line: the line number.
-        guarded: inside ``try`` whose handlers catch ``ImportError`` (or inside
-            ``if TYPE_CHECKING:``): a missing package is handled, not an error.
+        guarded: not checked: inside ``try`` whose handlers catch ``ImportError``, or
+            ``if TYPE_CHECKING:`` (a missing package is handled), or code that runs only on
+            the client (``if __name__ == "__main__":``, a ``@hog.harness()`` function).
     """
 
     module: str
@@ -166,6 +183,25 @@ def _is_type_checking(test: ast.expr) -> bool:
     return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
 
 
+def _is_main_guard(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round): code that runs only on the client."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+            and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
+
+
+def _is_harness(decorator: ast.expr) -> bool:
+    """``@hog.harness()``, ``@harness``...: the function runs on the client (``hog run``)."""
+    if isinstance(decorator, ast.Call):
+        decorator = decorator.func
+    if isinstance(decorator, ast.Attribute):
+        return decorator.attr == "harness"
+    return isinstance(decorator, ast.Name) and decorator.id == "harness"
+
+
 class _Collector(ast.NodeVisitor):
     def __init__(self) -> None:
         self.sites: list[ImportSite] = []
@@ -183,8 +219,17 @@ class _Collector(ast.NodeVisitor):
     visit_Try = _try
     visit_TryStar = _try  # Python 3.11+
 
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        client = any(_is_harness(d) for d in node.decorator_list)
+        self.guarded += client
+        self.generic_visit(node)
+        self.guarded -= client
+
+    visit_FunctionDef = _function
+    visit_AsyncFunctionDef = _function
+
     def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):
+        if _is_type_checking(node.test) or _is_main_guard(node.test):
             self.guarded += 1
             for stmt in node.body:
                 self.visit(stmt)

@@ -197,3 +197,28 @@ def test_dask_tasks_with_local_functions_as_arguments(cache_dir):
         assert not registered_test_modules()
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_local_packages_with_relative_imports_travel_with_the_script(executor, tmp_path,
+                                                                    monkeypatch):
+    import importlib
+
+    pkg = tmp_path / "hogtest_tmppkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .tools import scale\n")
+    (pkg / "tools.py").write_text("from .sub.deep import BASE\n\ndef scale(x):\n"
+                                  "    return BASE * x\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "deep.py").write_text("BASE = 7\n")
+    (tmp_path / "hogtest_tmpscript.py").write_text(
+        "# /// script\n# dependencies = []\n# ///\n"
+        "import hogtest_tmppkg\n\ndef run(x):\n    return hogtest_tmppkg.scale(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("hogtest_tmp")]:
+        monkeypatch.delitem(sys.modules, name)
+    script = importlib.import_module("hogtest_tmpscript")
+    try:
+        assert executor.submit(script.run, 3).result(timeout=300) == 21
+    finally:
+        for name in [m for m in sys.modules if m.startswith("hogtest_tmp")]:
+            del sys.modules[name]

@@ -96,13 +96,22 @@ def test_imports_are_read_at_module_level_and_inside_functions():
             class C:
                 def g(self):
                     from xarray import DataArray
+
+        @hog.harness()
+        def main():
+            import matplotlib
+
+        if __name__ == "__main__":
+            import seaborn
     """))
     found = {s.module: s for s in sites}
     assert set(found) == {"os", "scipy.linalg", "numpy", "", "yaml", "a1", "a2", "pandas",
-                          "h5py", "xarray"}
+                          "h5py", "xarray", "matplotlib", "seaborn"}
     assert found["numpy"].names == ("array",)
     assert found[""].level == 1
     assert found["yaml"].guarded and found["a1"].guarded and found["pandas"].guarded
+    # Code that runs only on the client: a harness, the __main__ block.
+    assert found["matplotlib"].guarded and found["seaborn"].guarded
     assert not found["a2"].guarded and not found["h5py"].guarded
     assert found["xarray"].line == 24
 
