@@ -201,6 +201,9 @@ class Contexts:
         Raises:
             SerializationError: ``fn`` cannot be pickled.
             MetadataError: the script's block is malformed.
+            UndeclaredImportError: the script (or a local module travelling with it)
+                imports an installed package its block does not declare (unless the
+                ``check_imports`` key is false).
         """
         script = script_for(fn, self.explicit_script)
         meta = load_script(script) if script else ScriptMetadata()
