@@ -219,6 +219,9 @@ COMMON_KEYS: dict[str, Key] = {
             "(bytes or \"1MB\"; default 1 MB)", _size),
         Key("fresh_process", "run each call (or map chunk) in a process of its own instead of "
             "a warm runner", _typed(bool, what="true or false")),
+        Key("check_imports", "at submit, an import of an installed package the script's "
+            "PEP 723 block does not declare is an error (default true)",
+            _typed(bool, what="true or false")),
     ]
 }
 

@@ -4,23 +4,32 @@
 function; `CallContext` is everything the calls of one function through one executor view
 share: the script, its client-side module, the pickled function, the environment and the
 rendered bundle around the payload. `Contexts` builds and caches them.
+
+Building a context is also where a script's imports are checked against its block
+(`hog_executor.imports`), where its local modules join the bundle, and where a call
+without a block gets the dependencies its pickle refers to.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
+import shlex
 import sys
-import sysconfig
 import types
+import weakref
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import imports as _imports
 from . import payload as _payload
 from .bundle import BundleSpec, bundle_parts
 from .config import DEFAULT_PAYLOAD_LIMIT
@@ -30,16 +39,17 @@ from .script import ScriptMetadata, load_script
 if TYPE_CHECKING:
     from .backends import Backend
 
-__all__ = ["CONTEXT_CACHE_SIZE", "CallContext", "Contexts", "main_script", "script_for"]
+__all__ = ["CONTEXT_CACHE_SIZE", "CallContext", "Contexts", "inferred_packages", "main_script",
+           "script_for"]
 
 #: Contexts an executor view keeps (least recently used dropped first).
 CONTEXT_CACHE_SIZE = 256
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
-_installed_roots = tuple(
-    {os.path.realpath(p) for k in ("stdlib", "platstdlib", "purelib", "platlib")
-     if (p := sysconfig.get_paths().get(k))}
-)
+_log = logging.getLogger("hog_executor")
+
+#: Per backend (one per executor and its views): the messages already logged.
+_logged: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
 def _with_block(path: str | None) -> str | None:
@@ -130,16 +140,60 @@ def runner_key(spec: BundleSpec, module: types.ModuleType | None) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
+def local_module_lines(modules: Iterable[_imports.LocalModule]) -> str:
+    """Bash lines (run before ``worker_init``) writing the script's local modules next to
+    it, where the runner's ``sys.path`` finds them."""
+    lines: list[str] = []
+    dirs: set[str] = set()
+    for m in modules:
+        data = Path(m.path).read_bytes()
+        parent = os.path.dirname(m.relpath)
+        if parent and parent not in dirs:
+            dirs.add(parent)
+            lines.append(f'mkdir -p "$hog_tmp"/{shlex.quote(parent)}')
+        lines.append(f"hog_put {shlex.quote(m.relpath)} {base64.b64encode(data).decode()}")
+    if not lines:
+        return ""
+    return "# the script's local modules\n" + "\n".join(lines) + "\n"
+
+
+def _client_names(modules: Iterable[_imports.LocalModule]) -> frozenset[str]:
+    """The local modules whose client module (if imported) is that same file."""
+    names = set()
+    for m in modules:
+        mod = sys.modules.get(m.name)
+        path = getattr(mod, "__file__", None)
+        if mod is None or (isinstance(path, str)
+                           and os.path.realpath(path) == os.path.realpath(m.path)):
+            names.add(m.name)
+    return frozenset(names)
+
+
 class Contexts:
     """Builds and caches `CallContext` objects for one executor view."""
 
-    def __init__(self, explicit_script: str | None, values: dict[str, Any], backend: Backend,
-                 by_value: set[str]) -> None:
+    def __init__(self, explicit_script: str | None, values: dict[str, Any],
+                 backend: Backend) -> None:
         self.explicit_script = explicit_script
         self.values = values
         self.backend = backend
-        self.by_value = by_value
         self._cache: OrderedDict[tuple[Any, ...], CallContext] = OrderedDict()
+
+    def log_once(self, message: str, level: int = logging.INFO) -> None:
+        """Log ``message`` once per executor (its views share the backend)."""
+        try:
+            seen = _logged.setdefault(self.backend, set())
+        except TypeError:  # a backend that cannot be weakly referenced
+            seen = set()
+        if message not in seen:
+            seen.add(message)
+            _log.log(level, "%s", message)
+
+    def log_inferred(self, what: str, inferred: tuple[str, ...]) -> None:
+        if inferred:
+            self.log_once(f"{what} has no PEP 723 block: its environment gets the packages "
+                          f"its calls refer to, at this machine's versions: "
+                          f"{', '.join(inferred)} (a block declares them instead)")
 
     def get(self, fn: Any, extras: tuple[str, ...] = ()) -> CallContext:
         """The context for calls of ``fn`` whose environment also holds ``extras``.
@@ -147,6 +201,9 @@ class Contexts:
         Raises:
             SerializationError: ``fn`` cannot be pickled.
             MetadataError: the script's block is malformed.
+            UndeclaredImportError: the script (or a local module travelling with it)
+                imports an installed package its block does not declare (unless the
+                ``check_imports`` key is false).
         """
         script = script_for(fn, self.explicit_script)
         meta = load_script(script) if script else ScriptMetadata()
@@ -157,7 +214,7 @@ class Contexts:
             key, ctx = None, None
         if ctx is not None and ctx.meta is meta:
             self._cache.move_to_end(key)  # type: ignore[arg-type]
-            if self._by_reference(fn, ctx.module):
+            if _payload.by_reference(fn, ctx.module):
                 return ctx
             # Pickled by value (a bound method, a callable object, a closure, a function of
             # a module shipped by value): what it captures may have changed since.
@@ -173,57 +230,73 @@ class Contexts:
                extras: tuple[str, ...]) -> CallContext:
         values = self.values
         module = _payload.client_module_for(script, fn)
-        self.send_by_value_if_local(fn, module)
+        description = describe(fn, script)
+        local: tuple[_imports.LocalModule, ...] = ()
+        refs: set[str] | None = None if meta.has_block else set()
+        if script is not None:
+            # Before anything is pickled or sent: an undeclared import is an error here.
+            if meta.has_block and values.get("check_imports", True):
+                found = _imports.check_script(script, meta)
+            else:
+                found = _imports.analyze(script, meta.source)
+            if refs is not None:  # a script without a block: what it imports is needed too
+                refs.update(_imports.installed_imports(found))
+            local = found.local
+            if found.skipped:
+                self.log_once(f"{os.path.basename(script)}: local modules left out of the "
+                              f"bundle (over the size limits): {', '.join(found.skipped)}",
+                              logging.WARNING)
+            if module is not None:
+                _payload.set_remote_modules(module, _client_names(local))
+        fn_bytes = _payload.dumps_function(fn, module, refs)
         env = env_spec(meta, requires_python=values.get("requires_python"),
                        extra_dependencies=values.get("dependencies", ()),
-                       runtime_packages=extras)
+                       runtime_packages=extras,
+                       inferred=_imports.requirements_for(refs) if refs else ())
+        self.log_inferred(description, env.inferred)
         name = _SAFE_NAME.sub("_", os.path.basename(script)) if script else None
         if name is not None and (name.startswith(".") or not name.endswith(".py")):
             name = f"script_{name.lstrip('.')}.py"
-        description = describe(fn, script)
         spec = BundleSpec(
             env=env,
             script_name=name,
             script_source=meta.source,
             walltime=values.get("walltime"),
             env_vars=values.get("env", {}),
-            worker_init=values.get("worker_init", ""),
+            worker_init=local_module_lines(local) + values.get("worker_init", ""),
             cache_dir=values.get("cache_dir"),
             description=description,
         )
         parts = bundle_parts(spec)
         limit = values.get("payload_limit", DEFAULT_PAYLOAD_LIMIT)
         own = self.backend.payload_limit(*parts)
-        return CallContext(script, meta, module, _payload.dumps_function(fn, module), spec,
+        return CallContext(script, meta, module, fn_bytes, spec,
                            parts, limit, description, values,
                            limit if own is None else min(limit, own),
                            None if values.get("fresh_process") else runner_key(spec, module))
 
-    def _by_reference(self, fn: Any, module: types.ModuleType | None) -> bool:
-        """Whether ``fn`` pickles as a name only, so that its cached pickle stays right."""
-        if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
-            return False
-        qualname = getattr(fn, "__qualname__", "")
-        if "<" in qualname:  # a lambda or a function defined inside another
-            return False
-        name = getattr(fn, "__module__", None)
-        if module is not None and name == module.__name__:
-            return True  # the script's own functions travel as __hog_script__.<name>
-        return name not in (None, "__main__") and name not in self.by_value
 
-    def send_by_value_if_local(self, fn: Any, module: types.ModuleType | None) -> None:
-        """Functions from user files that the remote side cannot import travel by value."""
-        fn_module = sys.modules.get(getattr(fn, "__module__", None) or "")
-        name = getattr(fn_module, "__name__", None)
-        path = getattr(fn_module, "__file__", None)
-        if (fn_module is None or fn_module is module or name in ("__main__", None) or not path
-                or name in self.by_value or name == "hog_executor"
-                or name.startswith("hog_executor.")):
-            return
-        real = os.path.realpath(path)
-        if any(real.startswith(root + os.sep) for root in _installed_roots):
-            return
-        import cloudpickle
+def inferred_packages(ex: Any, fn: Any, objects: Iterable[Any], *,
+                      what: str | None = None) -> tuple[str, ...]:
+    """Pinned requirements for the installed packages ``objects`` refer to (a Dask graph's
+    nodes, the arguments of calls of ``fn`` through the executor ``ex``), when the calls'
+    script has no PEP 723 block; ``()`` otherwise. Logged once per executor, naming
+    ``what`` (default: the function).
 
-        cloudpickle.register_pickle_by_value(fn_module)
-        self.by_value.add(name)
+    Objects that do not pickle add nothing: their calls report it.
+    """
+    contexts: Contexts = ex._contexts
+    script = script_for(fn, contexts.explicit_script)
+    meta = load_script(script) if script else ScriptMetadata()
+    if meta.has_block:
+        return ()
+    module = _payload.client_module_for(script, fn)
+    try:
+        refs = _payload.references(list(objects), module)
+    except Exception:
+        return ()
+    if script is not None:
+        refs.update(_imports.installed_imports(_imports.analyze(script, meta.source)))
+    found = _imports.requirements_for(refs)
+    contexts.log_inferred(what or describe(fn, script), found)
+    return found

@@ -170,6 +170,7 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
 
     from . import executor as internal
     from . import payload as _payload
+    from .context import inferred_packages
     from .store import StoredRef
 
     wanted = _requested(keys)
@@ -186,9 +187,9 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
             del graph[key]
     graph = spec.fuse_linear_task_spec(graph, wanted)
     store = internal.client_store(executor)
-    internal.register_functions(executor,
-                                {f for f in _functions(graph.values()) if _is_hashable(f)})
-    packages = (f"dask=={_dask('dask').__version__}",)
+    # Without a PEP 723 block, the packages the graph refers to (numpy, ...) are installed.
+    packages = (f"dask=={_dask('dask').__version__}",
+                *inferred_packages(executor, run_node, graph.values(), what="a Dask graph"))
     module = _payload.client_module_for(internal.script_of(executor, run_node), run_node)
 
     done: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()

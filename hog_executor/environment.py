@@ -35,6 +35,8 @@ class EnvSpec:
         key: the cache key (a hash of all of the above).
         source_paths: directories put on the environment's ``sys.path`` by a ``.pth`` file
             (an editable checkout of hog-executor: nothing to build).
+        inferred: the inferred requirements among the dependencies (calls without a PEP 723
+            block: what their pickles refer to, pinned to the client's versions).
     """
 
     metadata: str
@@ -42,6 +44,7 @@ class EnvSpec:
     runtime: tuple[str, ...]
     key: str
     source_paths: tuple[str, ...] = ()
+    inferred: tuple[str, ...] = ()
 
 
 def render_metadata(requires_python: str | None, dependencies: tuple[str, ...],
@@ -151,16 +154,24 @@ def _named(dependencies: tuple[str, ...]) -> set[str]:
 
 def env_spec(meta: ScriptMetadata, *, requires_python: str | None = None,
              extra_dependencies: tuple[str, ...] = (),
-             runtime_packages: tuple[str, ...] = ()) -> EnvSpec:
+             runtime_packages: tuple[str, ...] = (),
+             inferred: tuple[str, ...] = ()) -> EnvSpec:
     """The environment for a script (or, without one, for the executor's settings).
 
     ``requires_python`` applies when the script does not declare one; ``extra_dependencies``
-    are added to the script's. ``runtime_packages`` are what a call needs besides the
-    script's own dependencies (``proxystore``, ``dask`` at the client's versions): each is
-    added unless the dependencies already name that package.
+    are added to the script's. ``inferred`` are requirements inferred for a call without a
+    block (``numpy==2.1.3``): each is added unless the dependencies already name that
+    package. ``runtime_packages`` are what a call needs besides the script's own
+    dependencies (``proxystore``, ``dask`` at the client's versions): each is added unless
+    the dependencies already name that package.
     """
     rp = meta.requires_python or requires_python
     deps = tuple(dict.fromkeys((*meta.dependencies, *extra_dependencies)))
+    added: tuple[str, ...] = ()
+    if inferred:
+        named = _named(deps)
+        added = tuple(r for r in dict.fromkeys(inferred) if not _named((r,)) & named)
+        deps += added
     if runtime_packages:
         named = _named(deps)
         deps += tuple(r for r in runtime_packages if not _named((r,)) & named)
@@ -174,4 +185,4 @@ def env_spec(meta: ScriptMetadata, *, requires_python: str | None = None,
         "\0".join([ENV_FORMAT, metadata, python, *runtime, "paths", *paths]).encode()
     ).hexdigest()[:20]
     return EnvSpec(metadata=metadata, python=python, runtime=runtime, key=digest,
-                   source_paths=paths)
+                   source_paths=paths, inferred=added)

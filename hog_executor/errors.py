@@ -14,6 +14,7 @@ __all__ = [
     "RemoteProcessError",
     "RemoteTraceback",
     "SerializationError",
+    "UndeclaredImportError",
     "WalltimeExceeded",
 ]
 
@@ -28,6 +29,35 @@ class ConfigError(HogError, ValueError):
 
 class MetadataError(ConfigError):
     """A script's PEP 723 inline metadata block is malformed."""
+
+
+class UndeclaredImportError(MetadataError):
+    """A script imports a package its PEP 723 block does not declare.
+
+    Raised at submit time, before anything is sent, when the package is installed on the
+    client (so the script works here) but would be missing from the remote environment. A
+    `MetadataError`: the block is incomplete. The message names each import, its
+    distribution and the client's version, and the fix (``hog add script.py NAME``).
+
+    Attributes:
+        script: the script's path.
+        missing: one `hog_executor.imports.Undeclared` per undeclared import (module,
+            distribution, version, file, line).
+    """
+
+    def __init__(self, message: str, *, script: str = "",
+                 missing: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.script = script
+        self.missing = tuple(missing)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_undeclared, (str(self), self.script, self.missing))
+
+
+def _rebuild_undeclared(message: str, script: str,
+                        missing: tuple[object, ...]) -> UndeclaredImportError:
+    return UndeclaredImportError(message, script=script, missing=missing)
 
 
 class SerializationError(HogError, TypeError):

@@ -76,8 +76,7 @@ class HogExecutor(Executor):
         backend = backend_class(self._endpoint.backend)(self._endpoint)
         self._state = ExecutorState(backend, store=self._endpoint.values.get("store"),
                                     default_store=self._endpoint.backend == "local")
-        self._contexts = Contexts(self._script, self._endpoint.values, backend,
-                                  self._state.by_value)
+        self._contexts = Contexts(self._script, self._endpoint.values, backend)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -111,8 +110,7 @@ class HogExecutor(Executor):
             config, backend_keys(self._endpoint.backend)
         )
         view._state = self._state
-        view._contexts = Contexts(self._script, view._endpoint.values, self._state.backend,
-                                  self._state.by_value)
+        view._contexts = Contexts(self._script, view._endpoint.values, self._state.backend)
         return view
 
     # -- submission -------------------------------------------------------------------------
@@ -379,10 +377,9 @@ def client_store(ex: HogExecutor) -> ClientStore | None:
 
 
 def register_functions(ex: HogExecutor, functions: Iterable[Any]) -> None:
-    """Make functions from user modules the remote side cannot import travel by value."""
-    module = _payload.client_module_for(script_for(ex.__call__, ex._script), ex.__call__)
-    for fn in functions:
-        ex._contexts.send_by_value_if_local(fn, module)
+    """Nothing to do, kept for callers: functions of local modules the remote side cannot
+    import travel by value in every pickle that reaches them (`hog_executor.payload`),
+    without being registered first."""
 
 
 def script_of(ex: HogExecutor, fn: Any) -> str | None:

@@ -3,8 +3,14 @@
 Objects defined in the user's script (functions, classes) travel *by reference* to the module
 the runner imports the script as (``__hog_script__``), in both directions: a ``Point`` made on
 the client is a ``Point`` of the remote script, and a ``Point`` returned by the remote function
-is the client's own ``Point`` again. Everything else follows cloudpickle's rules (lambdas and
-closures by value).
+is the client's own ``Point`` again.
+
+What else travels by value is decided for each pickle from the pickled objects alone
+(nothing is registered with cloudpickle process-wide): functions, classes and modules of
+*local* modules (`hog_executor.imports.is_local_module`: ``__main__``, a file outside the
+standard library and site-packages) are pickled by value, except the script's local modules
+that travel with it (`set_remote_modules`). Lambdas and closures travel by value as
+cloudpickle does; everything else by reference.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import operator
 import pickle
 import sys
 import types
+import typing
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +29,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import PayloadTooLargeError, RemoteError, RemoteTraceback, SerializationError
+from .imports import is_local_module
 from .runner import (
     DYNAMIC_CODE,
     OUTCOME_STORED,
@@ -31,7 +40,43 @@ from .runner import (
     code_with_source,
 )
 
-__all__ = ["Outcome", "decode_outcome", "dumps", "loads", "pack_payload"]
+__all__ = ["Outcome", "by_reference", "decode_outcome", "dumps", "loads", "pack_payload",
+           "references", "set_remote_modules"]
+
+_cp = cloudpickle.cloudpickle  # its reducers for what travels by value (3.0 to 3.1.x)
+_NO_MODULES: frozenset[str] = frozenset()
+
+#: For the client module of a script: the names of the local modules that travel with the
+#: script (its siblings): their objects pickle by reference, the remote side imports them.
+_remote_modules: weakref.WeakKeyDictionary[types.ModuleType, frozenset[str]] = (
+    weakref.WeakKeyDictionary())
+
+
+def set_remote_modules(module: types.ModuleType, names: frozenset[str]) -> None:
+    """Local modules named ``names`` travel with the script whose client module is
+    ``module``: pickles made for that script refer to them by name."""
+    _remote_modules[module] = names
+
+
+def remote_modules(module: types.ModuleType | None) -> frozenset[str]:
+    """The local modules travelling with ``module``'s script (see `set_remote_modules`)."""
+    if module is None:
+        return _NO_MODULES
+    return _remote_modules.get(module, _NO_MODULES)
+
+
+def by_reference(fn: Any, module: types.ModuleType | None) -> bool:
+    """Whether ``fn`` pickles as a name only (its pickle never changes), for calls of the
+    script whose client module is ``module``."""
+    if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return False
+    qualname = getattr(fn, "__qualname__", "")
+    name = getattr(fn, "__module__", None)
+    if "<" in qualname or not isinstance(name, str):
+        return False
+    if module is not None and name == module.__name__:
+        return True  # the script's own functions travel as __hog_script__.<name>
+    return name in remote_modules(module) or not is_local_module(name)
 
 
 
@@ -103,15 +148,56 @@ def _source_lines(filename: str) -> list[str] | None:
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    def __init__(self, file: io.BytesIO, module: types.ModuleType | None,
+    def __init__(self, file: Any, module: types.ModuleType | None,
                  offload: Offload | None = None, threshold: int = 0,
-                 buffers: list[pickle.PickleBuffer] | None = None) -> None:
+                 buffers: list[pickle.PickleBuffer] | None = None,
+                 refs: set[str] | None = None) -> None:
         super().__init__(file, protocol=PROTOCOL,
                          buffer_callback=None if buffers is None else buffers.append)
         self._module = module
         self._module_name = module.__name__ if module is not None else None
         self._offload = offload
         self._threshold = threshold
+        self._remote = remote_modules(module)
+        self._refs = refs
+
+    def _note(self, obj: Any, kind: type) -> None:
+        """Remember the modules ``obj`` refers to (for inferred dependencies)."""
+        assert self._refs is not None
+        name = getattr(kind, "__module__", None)
+        if isinstance(name, str):
+            self._refs.add(name)
+        if kind is types.ModuleType:
+            self._refs.add(obj.__name__)
+        elif kind in (types.FunctionType, types.BuiltinFunctionType) or issubclass(kind, type):
+            name = getattr(obj, "__module__", None)
+            if isinstance(name, str):
+                self._refs.add(name)
+
+    def _local(self, obj: Any, kind: type) -> bool:
+        """Whether ``obj`` (a function, class, module or type variable) belongs to a local
+        module that the remote side cannot import: it then travels by value."""
+        if kind is types.ModuleType:
+            name = obj.__name__
+        elif kind is types.FunctionType or kind is typing.TypeVar or issubclass(kind, type):
+            name = getattr(obj, "__module__", None)
+        else:
+            return False
+        return isinstance(name, str) and name not in self._remote and is_local_module(name)
+
+    def _by_value(self, obj: Any, kind: type) -> Any:
+        """The reduction of a local function, class, module or type variable by value,
+        for this pickle only (cloudpickle's own reducers; no process-wide registration)."""
+        if kind is types.FunctionType:
+            return self._dynamic_function_reduce(obj)
+        if kind is types.ModuleType:
+            # Created empty, then filled: a module reached again from its own functions
+            # (helpers -> helpers2 -> helpers) is the same module remotely.
+            state = {k: v for k, v in vars(obj).items() if k != "__builtins__"}
+            return (_cp.dynamic_subimport, (obj.__name__, {}), state)
+        if kind is typing.TypeVar:
+            return (_cp._make_typevar, _cp._decompose_typevar(obj))
+        return _cp._dynamic_class_reduce(obj)
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
@@ -123,6 +209,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         if kind.__name__ == "Proxy" and kind.__module__ == "proxystore.proxy":
             # Its own reduction: any isinstance() check would resolve the proxy here.
             return obj.__reduce_ex__(PROTOCOL)
+        if self._refs is not None:
+            self._note(obj, kind)
         if self._offload is not None and _large(obj, self._threshold):
             # Large buffers out of band: they go from the object to the store uncopied.
             buffers: list[pickle.PickleBuffer] = []
@@ -142,7 +230,32 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
                 found = None
             if found is obj:
                 return (operator.attrgetter(obj.__qualname__), (_ScriptModule(),))
+        if obj is self._module and self._module is not None:
+            return _ScriptModule().__reduce__()
+        try:
+            if self._local(obj, kind):
+                return self._by_value(obj, kind)
+        except TypeError:  # an exotic type (issubclass refused it): cloudpickle decides
+            pass
         return super().reducer_override(obj)
+
+
+class _Discard:
+    """A file that forgets what is written to it (pickling only to see what is reached)."""
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def references(obj: Any, module: types.ModuleType | None = None) -> set[str]:
+    """The names of the modules a pickle of ``obj`` refers to (its objects' modules and
+    the modules it imports by name). Nothing is kept: out-of-band buffers are dropped.
+
+    Raises whatever pickling raises.
+    """
+    refs: set[str] = set()
+    _Pickler(_Discard(), module, buffers=[], refs=refs).dump(obj)
+    return refs
 
 
 def dumps(obj: Any, module: types.ModuleType | None = None, offload: Offload | None = None,
@@ -273,14 +386,20 @@ def dumps_call(
         raise SerializationError(f"the arguments cannot be pickled: {exc}") from exc
 
 
-def dumps_function(fn: Any, module: types.ModuleType | None) -> bytes:
-    """Pickle the function to call.
+def dumps_function(fn: Any, module: types.ModuleType | None,
+                   refs: set[str] | None = None) -> bytes:
+    """Pickle the function to call; with ``refs``, add the names of the modules the pickle
+    refers to (see `references`).
 
     Raises:
         SerializationError: the function (or something it references) cannot be pickled.
     """
     try:
-        return dumps(fn, module)
+        if refs is None:
+            return dumps(fn, module)
+        buf = io.BytesIO()
+        _Pickler(buf, module, refs=refs).dump(fn)
+        return buf.getvalue()
     except Exception as exc:
         raise SerializationError(
             f"function {getattr(fn, '__qualname__', fn)!r} cannot be pickled: {exc}. Define it at "

@@ -31,7 +31,6 @@ class ExecutorState:
             (whose jobs may finish, and take ``lock``, before it returns).
         shutdown: no new calls are accepted.
         jobs: the jobs in flight, with their calls' futures.
-        by_value: names of user modules registered with cloudpickle to travel by value.
     """
 
     def __init__(self, backend: Backend, store: Any = None, default_store: bool = False) -> None:
@@ -40,7 +39,6 @@ class ExecutorState:
         self.submit_lock = threading.RLock()
         self.shutdown = False
         self.jobs: set[JobResults] = set()
-        self.by_value: set[str] = set()
         self.store_setting = store
         self.default_store = default_store
         self.no_default_store = False

@@ -172,6 +172,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- hog check --------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import cmd_check as check
+
+    return check(args)
+
+
 # -- hog endpoints ----------------------------------------------------------------------------
 
 def cmd_endpoints(args: argparse.Namespace) -> int:
@@ -334,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--raw", action="store_true",
                         help="exactly the bytes a backend receives (no readable result line)")
     bundle.set_defaults(func=cmd_bundle)
+
+    check = sub.add_parser("check", help="check that a script's imports are declared in its "
+                                         "PEP 723 block",
+                           description="Report each import of a package installed here that "
+                                       "SCRIPT's PEP 723 block does not declare (what submit "
+                                       "refuses), and the local modules that travel with it. "
+                                       "Exit status 1 when an import is undeclared.",
+                           epilog="Example: hog check analysis.py")
+    check.add_argument("script")
+    check.set_defaults(func=cmd_check)
 
     endpoints = sub.add_parser("endpoints",
                                help="every endpoint and where each of its values comes from")
