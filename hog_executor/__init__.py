@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # importing typing at runtime would double the package's impo
         RemoteError,
         RemoteProcessError,
         SerializationError,
+        UndeclaredImportError,
         WalltimeExceeded,
     )
     from .executor import HogExecutor
@@ -67,6 +68,7 @@ __all__ = [
     "RemoteError",
     "RemoteProcessError",
     "SerializationError",
+    "UndeclaredImportError",
     "WalltimeExceeded",
     "__version__",
     "function",
@@ -82,7 +84,8 @@ _LAZY = {
         name: "errors"
         for name in (
             "BackendError", "ConfigError", "HogError", "MetadataError", "PayloadTooLargeError",
-            "RemoteError", "RemoteProcessError", "SerializationError", "WalltimeExceeded",
+            "RemoteError", "RemoteProcessError", "SerializationError", "UndeclaredImportError",
+            "WalltimeExceeded",
         )
     },
 }

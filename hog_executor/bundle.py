@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class BundleSpec:
         worker_init: bash lines run before the call.
         cache_dir: value for ``HOG_CACHE_DIR`` (None: the remote default).
         description: a comment naming what the bundle runs.
+        files: more files put beside the script, as (relative path, content): the script's
+            local modules.
     """
 
     env: EnvSpec
@@ -66,6 +69,7 @@ class BundleSpec:
     worker_init: str = ""
     cache_dir: str | None = None
     description: str = ""
+    files: tuple[tuple[str, bytes], ...] = ()
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -273,6 +277,13 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
     out.append(f"hog_put {ENV_NAME} {_b64(spec.env.metadata)}")
     if spec.script_name is not None:
         out.append(f"hog_put {q(spec.script_name)} {_b64(spec.script_source)}")
+    made: set[str] = set()
+    for relpath, data in spec.files:  # the script's local modules, beside it
+        parent = os.path.dirname(relpath)
+        if parent and parent not in made:
+            made.add(parent)
+            out.append(f'mkdir -p "$hog_tmp"/{q(parent)}')
+        out.append(f"hog_put {q(relpath)} {_b64(data)}")
     head = "\n".join(out) + "\n"
     out = []
     if spec.cache_dir:

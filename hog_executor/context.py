@@ -12,14 +12,12 @@ without a block gets the dependencies its pickle refers to.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
-import shlex
 import sys
 import types
 import weakref
@@ -132,29 +130,19 @@ def _identity(fn: Any) -> Any:
 
 def runner_key(spec: BundleSpec, module: types.ModuleType | None) -> str:
     """What decides whether two calls may share a warm runner process: the environment,
-    the script's name and text, how the script's objects travel, and the process-level
+    the script's name and text (and its local modules'), how the script's objects travel,
+    and the process-level
     settings (environment variables, ``worker_init``, the cache directory)."""
-    parts = [spec.env.key, spec.script_name or "", spec.script_source,
+    local = hashlib.sha256(b"".join(p.encode() + b"\0" + d for p, d in spec.files)).hexdigest()
+    parts = [spec.env.key, spec.script_name or "", spec.script_source, local,
              str(spec.script_name is not None and module is None), spec.worker_init,
              spec.cache_dir or "", json.dumps(spec.env_vars, sort_keys=True)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
-def local_module_lines(modules: Iterable[_imports.LocalModule]) -> str:
-    """Bash lines (run before ``worker_init``) writing the script's local modules next to
-    it, where the runner's ``sys.path`` finds them."""
-    lines: list[str] = []
-    dirs: set[str] = set()
-    for m in modules:
-        data = Path(m.path).read_bytes()
-        parent = os.path.dirname(m.relpath)
-        if parent and parent not in dirs:
-            dirs.add(parent)
-            lines.append(f'mkdir -p "$hog_tmp"/{shlex.quote(parent)}')
-        lines.append(f"hog_put {shlex.quote(m.relpath)} {base64.b64encode(data).decode()}")
-    if not lines:
-        return ""
-    return "# the script's local modules\n" + "\n".join(lines) + "\n"
+def local_module_files(modules: Iterable[_imports.LocalModule]) -> tuple[tuple[str, bytes], ...]:
+    """The script's local modules as bundle files (path relative to the script, content)."""
+    return tuple((m.relpath, Path(m.path).read_bytes()) for m in modules)
 
 
 def _client_names(modules: Iterable[_imports.LocalModule]) -> frozenset[str]:
@@ -263,7 +251,8 @@ class Contexts:
             script_source=meta.source,
             walltime=values.get("walltime"),
             env_vars=values.get("env", {}),
-            worker_init=local_module_lines(local) + values.get("worker_init", ""),
+            worker_init=values.get("worker_init", ""),
+            files=local_module_files(local),
             cache_dir=values.get("cache_dir"),
             description=description,
         )

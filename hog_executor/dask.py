@@ -30,7 +30,7 @@ import functools
 import importlib
 import operator
 import queue
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -111,26 +111,6 @@ def _trivial(node: Any) -> bool:
     else:
         return False
     return all(_trivial(p) for p in parts if isinstance(p, GraphNode))
-
-
-def _functions(nodes: Iterable[Any]) -> Iterator[Any]:
-    """Every callable that graph nodes call (fused subgraphs included)."""
-    from dask._task_spec import GraphNode, Task
-
-    stack = list(nodes)
-    seen: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, Task):
-            yield node.func
-            for arg in (*node.args, *node.kwargs.values()):
-                if isinstance(arg, GraphNode):
-                    stack.append(arg)
-                elif isinstance(arg, dict):  # a fused subgraph
-                    stack.extend(v for v in arg.values() if isinstance(v, GraphNode))
 
 
 def _graph(dsk: Any) -> Any:
@@ -306,14 +286,6 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
                 if cb[4]:
                     cb[4](graph, state, not succeeded)
     return local_.nested_get(keys, values)
-
-
-def _is_hashable(obj: Any) -> bool:
-    try:
-        hash(obj)
-    except TypeError:
-        return False
-    return True
 
 
 def _report(done: queue.SimpleQueue[tuple[Any, Any]], key: Any, fut: Future[Any]) -> None:

@@ -376,12 +376,6 @@ def client_store(ex: HogExecutor) -> ClientStore | None:
     return ex._state.client_store()
 
 
-def register_functions(ex: HogExecutor, functions: Iterable[Any]) -> None:
-    """Nothing to do, kept for callers: functions of local modules the remote side cannot
-    import travel by value in every pickle that reaches them (`hog_executor.payload`),
-    without being registered first."""
-
-
 def script_of(ex: HogExecutor, fn: Any) -> str | None:
     """The script whose environment calls of ``fn`` through ``ex`` use."""
     return script_for(fn, ex._script)

@@ -13,7 +13,7 @@ from typing import Any
 import dask
 from distributed import WorkerPlugin
 
-from ..executor import HogExecutor, register_functions, submit_calls
+from ..executor import HogExecutor, submit_calls
 from .tasks import (
     is_data,
     is_simple_call,
@@ -155,14 +155,13 @@ class HogTaskExecutor(Executor):
 
         The executor takes the script (environment, shipped file) from the module of the
         function it runs: the runner poses as the module of the tree's first user function.
-        Functions of other local, uninstalled modules travel by value.
+        Functions of other local, uninstalled modules travel by value (every pickle decides
+        that for itself: `hog_executor.payload`).
         """
         found: list[Any] = []
         user_functions(task, found)
         main = found[0] if found else None
         module = getattr(main, "__module__", None)
-        register_functions(self.executor,
-                           [fn for fn in found[1:] if getattr(fn, "__module__", None) != module])
         with self._lock:
             runner = self._runners.get(module)
             if runner is None:
