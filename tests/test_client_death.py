@@ -47,7 +47,7 @@ def start_client(cache_dir: str, with_block: bool, fresh: bool) -> tuple[subproc
                          ids=["SIGINT", "SIGTERM", "SIGKILL"])
 @pytest.mark.parametrize("with_block", [True, False], ids=["with", "bare"])
 def test_a_dying_client_leaves_nothing_running(cache_dir, sig, fresh, with_block):
-    warm.pid  # the module the client imports
+    _ = warm.pid  # the module the client imports
     client, workdir = start_client(cache_dir, with_block, fresh)
     try:
         os.kill(client.pid, sig)
