@@ -25,6 +25,7 @@ from . import payload as _payload
 from .bundle import BundleSpec, bundle_parts
 from .config import DEFAULT_PAYLOAD_LIMIT
 from .environment import env_spec
+from .launchers import launch_plan
 from .script import ScriptMetadata, load_script
 
 if TYPE_CHECKING:
@@ -190,6 +191,7 @@ class Contexts:
             worker_init=values.get("worker_init", ""),
             cache_dir=values.get("cache_dir"),
             description=description,
+            launch=launch_plan(values, (*meta.dependencies, *values.get("dependencies", ()))),
         )
         parts = bundle_parts(spec)
         limit = values.get("payload_limit", DEFAULT_PAYLOAD_LIMIT)
@@ -197,7 +199,8 @@ class Contexts:
         return CallContext(script, meta, module, _payload.dumps_function(fn, module), spec,
                            parts, limit, description, values,
                            limit if own is None else min(limit, own),
-                           None if values.get("fresh_process") else runner_key(spec, module))
+                           None if values.get("fresh_process") or spec.launch is not None
+                           else runner_key(spec, module))
 
     def _by_reference(self, fn: Any, module: types.ModuleType | None) -> bool:
         """Whether ``fn`` pickles as a name only, so that its cached pickle stays right."""
