@@ -415,6 +415,9 @@ def launch_plan(values: Mapping[str, Any], dependencies: Sequence[str] = ()) -> 
     """
     ranks = values.get("ranks") or 1
     if ranks <= 1:
+        if values.get("ranks_per_node") is not None:
+            raise ConfigError("ranks_per_node applies to calls on more than one rank: set "
+                              "ranks too")
         return None
     backend = values.get("backend", "")
     name = values.get("launcher") or DEFAULT_LAUNCHERS.get(backend, DEFAULT_LAUNCHER)

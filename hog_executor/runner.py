@@ -579,20 +579,30 @@ def rank_main(argv: list[str]) -> int:
     elif rank == 0:
         results = _ResultStore(extra[0] if extra else None, header.get("threshold") or 0,
                                header.get("store_optional", False))
-    for index, item in enumerate(items):
-        outcome, raised = _rank_call(fn, item, results, rank, ranks)
-        record(index, outcome)
-        world = _mpi_world() if raised else None
-        if world is not None and ranks > 1:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except Exception:
-                pass
-            os.close(fd)
-            world.Abort(1)  # the other ranks may wait for this one: end them all
-    os.close(fd)
+    try:
+        for index, item in enumerate(items):
+            outcome, raised = _rank_call(fn, item, results, rank, ranks)
+            record(index, outcome)
+            world = _mpi_world() if raised else None
+            if world is not None and ranks > 1:
+                _abort(world, fd)
+    finally:
+        os.close(fd)
     return 0
+
+
+def _abort(world: Any, fd: int) -> None:
+    """End every rank of the MPI job: the others may wait for this one in a collective."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    os.close(fd)
+    try:
+        world.Abort(1)
+    finally:
+        os._exit(1)  # some process managers return from MPI_Abort: this rank ends anyway
 
 
 def _read_rank_file(path: str) -> dict[int, tuple[object, ...]]:
