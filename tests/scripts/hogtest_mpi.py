@@ -54,6 +54,32 @@ def fail_on_rank(bad):
     return comm.rank
 
 
+def fail_at(i):
+    """Call ``i`` == 1 raises on rank 1 while rank 0 waits in a barrier."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if i == 1 and comm.rank == 1:
+        raise RankFailed(f"call {i}")
+    comm.barrier()
+    return i
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+    def __eq__(self, other):
+        return type(other) is Point and other.x == self.x
+
+    def __repr__(self):
+        return f"Point({self.x})"
+
+
+def point_of_rank():
+    return Point(rank_from_environment())
+
+
 def fail_without_mpi(bad):
     """Rank ``bad`` raises without MPI; the others return."""
     rank = rank_from_environment()
@@ -62,17 +88,26 @@ def fail_without_mpi(bad):
     return rank
 
 
-def hang_on_rank(bad, marker):
-    """Rank ``bad`` sleeps forever; every rank names itself ``marker`` in its argv."""
-    sys.argv.append(marker)
-    with open(f"/proc/{os.getpid()}/comm", "w") as f:  # visible in ps and /proc
-        f.write(marker[:15])
+def hang(piddir):
+    """Every rank writes its PID to ``piddir/<rank>.pid`` and sleeps forever (as ranks
+    waiting in a collective that never completes)."""
     rank = rank_from_environment()
-    if rank == bad:
-        while True:
-            time.sleep(1)
-    while True:  # the others wait too, as in a collective that never completes
+    path = os.path.join(piddir, f"{rank}.pid")
+    with open(path + ".part", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".part", path)
+    while True:
         time.sleep(1)
+
+
+def exit_on_rank(bad):
+    """Rank ``bad`` (-1: every rank) ends its process without a result; the others return
+    their rank."""
+    rank = rank_from_environment()
+    if rank == bad or bad == -1:
+        sys.stdout.flush()
+        os._exit(3)
+    return rank
 
 
 def pid_and_rank():
