@@ -4,6 +4,7 @@ real and found through the ``hog_executor.launchers`` entry-point group."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from conftest import SCRIPTS, alive, wait_for
 
 from hog_executor import (
+    BackendError,
     ConfigError,
     HogExecutor,
     RemoteProcessError,
@@ -336,3 +338,29 @@ def test_slurm_ranks_hanging_past_the_walltime_are_all_gone(slurm, tmp_path: Pat
     pids = _pids(piddir, 2, timeout=5)
     assert wait_for(lambda: not any(alive(p) for p in pids), 30), \
         [p for p in pids if alive(p)]
+
+
+# -- Globus Compute: the ranks become the task's resource_specification ---------------------
+
+if importlib.util.find_spec("globus_compute_endpoint") is not None:
+    # The loopback client and a real endpoint engine (fixtures of test_globus).
+    from test_globus import ENDPOINT, client, engine  # noqa: F401
+
+
+@pytest.mark.skipif(importlib.util.find_spec("globus_compute_endpoint") is None,
+                    reason="needs the test extra (globus-compute-endpoint)")
+def test_globus_ranks_reach_the_endpoint_as_resource_specification(client, cache_dir):
+    from globus_compute_sdk import Executor
+
+    sdk = Executor(client=client)
+    try:
+        with HogExecutor(ENDPOINT, script=MPI_SCRIPT, cache_dir=cache_dir, globus_executor=sdk,
+                         ranks=4, nodes=2) as ex:
+            f = ex.submit(mpi.allreduce_rank)
+            # The process-pool engine has no MPI: it refuses the task (GlobusMPIEngine runs it).
+            with pytest.raises(BackendError, match="resource_specification"):
+                f.result(timeout=120)
+            assert client.batch_configs[-1] == (
+                None, {"num_ranks": 4, "num_nodes": 2, "ranks_per_node": 2})
+    finally:
+        sdk.shutdown(wait=False, cancel_futures=True)
