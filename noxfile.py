@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import nox
 
@@ -42,9 +43,17 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Run every benchmark; each prints ratios against a baseline measured in the same run."""
+    """Run every benchmark; each prints ratios against a baseline measured in the same run.
+
+    Each also records its tables in .bench/results/<bench>.json; at the end, benchmarks/plot.py
+    draws them as docs/images/bench-<bench>.svg (a benchmark that did not run keeps its chart).
+    """
     session.install("-e", ".[globus,dask]")
     session.install("dask[array]", "numpy", "proxystore")  # bench_dask.py
+    session.install("matplotlib")  # benchmarks/plot.py
+    results = os.environ.get("HOG_BENCH_RESULTS") or os.path.join(".bench", "results")
+    shutil.rmtree(results, ignore_errors=True)  # the charts show this run only
     for name in sorted(os.listdir("benchmarks")):
         if name.startswith("bench_") and name.endswith(".py"):
             session.run("python", f"benchmarks/{name}", *session.posargs)
+    session.run("python", "benchmarks/plot.py")

@@ -2,6 +2,10 @@
 
 Not a benchmark (``nox -s bench`` runs only ``bench_*.py``). This module must not import
 ``hog_executor``: every benchmark sets ``HOG_EXECUTOR_REQUIREMENT`` before that import.
+
+Every table printed is also recorded, with each row's ratio and goal as numbers, in
+``.bench/results/<bench>.json`` (``HOG_BENCH_RESULTS``: another directory), which
+``benchmarks/plot.py`` draws as charts.
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime
+import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -20,10 +26,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Scratch space of the benchmarks (git-ignored): private env caches, throwaway venvs.
 BENCH_DIR = REPO_ROOT / ".bench"
+#: Where each benchmark's tables are recorded as JSON, for ``benchmarks/plot.py``.
+RESULTS_DIR = Path(os.environ.get("HOG_BENCH_RESULTS") or BENCH_DIR / "results")
 
 
 def parse_args(description: str, repeat: int) -> argparse.Namespace:
@@ -133,8 +142,15 @@ def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline > 0 else float("inf")
 
 
+# What this benchmark run recorded so far: its header and every table printed.
+_record: dict[str, Any] = {"bench": "", "title": "", "machine": "", "notes": [], "tables": []}
+
+
 def header(name: str, what: str, notes: Sequence[str] = ()) -> None:
     """Print what is measured and on what machine."""
+    _record.update(bench=name.removeprefix("bench_"), title=what, notes=list(notes),
+                   machine=f"{datetime.date.today().isoformat()}; {platform.node()}; "
+                           f"{os.cpu_count()} cores; Python {sys.version.split()[0]}")
     print(f"## {name}: {what}")
     print()
     print(f"- date: {datetime.date.today().isoformat()}; host: {platform.node()}; "
@@ -179,3 +195,58 @@ def print_table(rows: Sequence[Row]) -> None:
             print(f"- {label}: {note}")
     print()
     sys.stdout.flush()
+    record_table(rows)
+
+
+# A figure in a ratio or goal: "1.07x floor", "ours >= 6x faster", "<= 2x pool, <= 50 ms".
+_FIGURE = re.compile(r"(?:(<=|>=)\s*)?(\d[\d,]*(?:\.\d+)?)\s*x\b\s*([^;,]*)")
+
+
+def _figures(text: str) -> list[tuple[str | None, float, str]]:
+    """(comparison, number, unit words) for each ``<number>x`` in ``text``."""
+    return [(m.group(1), float(m.group(2).replace(",", "")), m.group(3).strip())
+            for m in _FIGURE.finditer(text)]
+
+
+def row_figures(row: Row) -> dict[str, Any]:
+    """A row as numbers: the ratio its goal is about, the goal and which way it points.
+
+    The goal is the first ``<= N x`` or ``>= N x`` of the goal text; the ratio is the figure
+    of the ratio text in the goal's unit ("5.91x faster" for "ours >= 6x faster"), else its
+    first figure.
+    """
+    goals = [f for f in _figures(row.goal) if f[0]]
+    ratios = _figures(row.ratio)
+    goal = goals[0] if goals else None
+    ratio = ratios[0] if ratios else None
+    if goal is not None and goal[2]:
+        ratio = next((r for r in ratios if r[2].split()[:1] == goal[2].split()[:1]), ratio)
+    return {
+        "label": row.label,
+        "ratio": ratio[1] if ratio and row.samples else None,
+        "unit": ratio[2] if ratio else "",
+        "ratio_text": row.ratio,
+        "goal": goal[1] if goal else None,
+        "direction": goal[0] if goal else None,
+        "goal_text": row.goal,
+        "met": row.met,
+        "median": row.median if row.samples else None,
+        "note": row.note,
+    }
+
+
+def record_table(rows: Sequence[Row]) -> Path | None:
+    """Add a table to this run's record and rewrite ``RESULTS_DIR/<bench>.json``."""
+    bench = _record["bench"] or Path(sys.argv[0]).stem.removeprefix("bench_")
+    if not bench:
+        return None
+    _record["bench"] = bench
+    _record["tables"].append({"rows": [row_figures(r) for r in rows]})
+    path = RESULTS_DIR / f"{bench}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_record, indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        progress(f"could not record the table in {path}: {exc}")
+        return None
+    return path

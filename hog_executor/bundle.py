@@ -74,6 +74,7 @@ def _b64(data: bytes | str) -> str:
 
 _PRELUDE = r"""set -o pipefail
 umask 077
+export HOG_JOB_STARTED="${HOG_JOB_STARTED:-${EPOCHREALTIME:-}}"  # the queue wait ends here
 hog_fail() { printf 'hog: %s\n' "$1" >&2; exit "$2"; }
 hog_tmp=$(mktemp -d "${HOG_WORK_DIR:-${TMPDIR:-/tmp}}/hog-call.XXXXXXXX") \
   || hog_fail "cannot create a temporary directory" __SETUP__
@@ -123,6 +124,7 @@ hog_build_env() {
     python=$HOG_CLIENT_PYTHON
   fi
   printf 'hog: building environment %s (first use of these dependencies)\n' "$hog_key" >&2
+  hog_built=1
   if ! { "${hog_uv[@]}" venv --quiet --relocatable --python-preference system \
            --python "$python" "$build" >&2 \
          && VIRTUAL_ENV="$build" "${hog_uv[@]}" sync --quiet --active --compile-bytecode \
@@ -293,6 +295,8 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
         .replace("__ENV_NAME__", ENV_NAME)
         .rstrip("\n")
     )
+    # When the environment was ready, and whether this bundle built it (per-call timings).
+    out.append('export HOG_ENV_READY="${EPOCHREALTIME:-}" HOG_ENV_BUILT="${hog_built:-0}"')
     if spec.launch is not None and line is not None:
         out.append(_ranks_step(spec, spec.launch, line))
     else:

@@ -100,17 +100,19 @@ def _shared_executor(endpoint: str, script: str | None, config: dict[str, Any]) 
         return ex
 
 
-def shutdown_executors(wait: bool = True, *, cancel_futures: bool = False) -> None:
+def shutdown_executors(wait: bool = True, *, cancel_futures: bool = False,
+                       terminate: bool = False) -> None:
     """Shut down every executor the decorated functions created (runs at interpreter exit).
 
-    Functions used after this create fresh executors.
+    The arguments are `HogExecutor.shutdown`'s. Functions used after this create fresh
+    executors.
     """
     with _lock:
         executors = list(_executors.values())
         _executors.clear()
     for ex in executors:
         try:
-            ex.shutdown(wait=wait, cancel_futures=cancel_futures)
+            ex.shutdown(wait=wait, cancel_futures=cancel_futures, terminate=terminate)
         except Exception as exc:  # pragma: no cover - best effort at exit
             print(f"hog-executor: shutting down {ex!r} failed: {exc}", file=sys.stderr)
 

@@ -18,14 +18,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import payload as _payload
 from .backends import Backend, Job, backend_class, backend_keys, backend_names
 from .chunks import chunk_size, payload_header, plan_chunks
 from .config import Endpoint, resolve_endpoint
 from .context import CallContext, Contexts, script_for
-from .futures import HogFuture
+from .futures import CallTimings, HogFuture
 from .results import JobResults
 from .script import ScriptMetadata, load_script
 from .state import ExecutorState
@@ -197,6 +197,7 @@ class HogExecutor(Executor):
         state.check_open()
         if not calls:
             return []
+        submitted = time.time()
         # The local endpoint's default store is created only once something needs it.
         store = state.client_store(create=keep_stored)
         can_store = state.may_store
@@ -217,7 +218,7 @@ class HogExecutor(Executor):
             if extras:
                 ctx = self._contexts.get(fn, tuple(dict.fromkeys(extras)))
             return self._submit_items(ctx, items, call_refs, chunksize, store, threshold,
-                                      keep_stored, optional=not extras)
+                                      keep_stored, optional=not extras, submitted=submitted)
         except BaseException:
             if store is not None:
                 for refs in call_refs:
@@ -227,11 +228,14 @@ class HogExecutor(Executor):
 
     def _submit_items(self, ctx: CallContext, items: list[bytes], call_refs: list[list[Any]],
                       chunksize: int | None, store: ClientStore | None, threshold: int,
-                      keep_stored: bool, optional: bool) -> list[HogFuture[Any]]:
+                      keep_stored: bool, optional: bool,
+                      submitted: float) -> list[HogFuture[Any]]:
         state = self._state
         size = chunksize or chunk_size(len(items), state.backend.workers)
         chunks = plan_chunks([len(i) for i in items], size, len(ctx.fn_bytes), ctx.chunk_limit)
         futures: list[HogFuture[Any]] = [HogFuture() for _ in items]
+        for f in futures:
+            f.timings = CallTimings(submitted)
         jobs = []
         store_config = store.config_bytes if store is not None else None
         by_value = ctx.script is not None and ctx.module is None
@@ -259,6 +263,10 @@ class HogExecutor(Executor):
             except Exception:
                 state.forget(*jobs)
                 raise
+        sent = time.time()
+        for f in futures:
+            if f.timings is not None:
+                f.timings.sent = sent
         if store is not None:
             for f, refs in zip(futures, call_refs, strict=True):
                 if refs:
@@ -298,31 +306,49 @@ class HogExecutor(Executor):
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting calls; optionally cancel what has not finished.
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 terminate: bool = False) -> None:
+        """Stop accepting calls; optionally cancel or stop what has not finished.
+
+        As with the standard library's executors, calls already running are left to finish
+        unless ``terminate`` is set.
 
         Args:
             wait: block until every submitted call has finished (or been cancelled).
-            cancel_futures: cancel pending calls and stop running ones (their futures end
-                cancelled; no process or job is left behind).
+            cancel_futures: cancel the calls that have not started.
+            terminate: also stop the running calls: their processes (or cluster jobs) are
+                stopped and their futures end cancelled; nothing is left behind.
         """
         state = self._state
         with state.submit_lock:
             state.shutdown = True
         jobs = state.in_flight()
-        if cancel_futures:
+        if terminate:
             for results in jobs:
                 results.stop_requested = True
-        state.backend.shutdown(wait=wait, cancel=cancel_futures)
+        elif cancel_futures:
+            for results in jobs:
+                for f in list(results.futures):
+                    f.cancel()  # a job none of whose calls remain leaves the queue
+        state.backend.shutdown(wait=wait, cancel=terminate)
         if wait:
             for results in jobs:
-                for f in results.futures:
+                for f in list(results.futures):
                     try:
                         f.exception()
                     except BaseException:  # cancelled: nothing to wait for
                         pass
-        if wait or cancel_futures:
+        if wait or terminate:
             state.close_store()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> Literal[False]:
+        """Shut down, waiting for the calls; on Ctrl-C (``KeyboardInterrupt``) or
+        ``SystemExit``, stop them instead (pending ones cancelled, running ones stopped)."""
+        interrupted = exc_type is not None and issubclass(exc_type,
+                                                          (KeyboardInterrupt, SystemExit))
+        self.shutdown(wait=True, cancel_futures=interrupted, terminate=interrupted)
+        return False
 
     def __repr__(self) -> str:
         state = "shut down" if self._state.shutdown else "running"
@@ -378,7 +404,8 @@ def _result_or_cancel(f: HogFuture[T], deadline: float | None) -> T:
         try:
             return f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
         finally:
-            f.cancel()
+            if not f.done():
+                f.cancel()
     finally:
         del f
 

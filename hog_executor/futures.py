@@ -8,7 +8,7 @@ A call's future moves through the states of ``concurrent.futures``::
 
 ``cancel()`` succeeds only while the call has not started, as in the standard library.
 `HogFuture.force_cancel` is the one way a running call's future ends cancelled: the executor
-uses it when it stopped the call's process itself (``shutdown(cancel_futures=True)``, or a
+uses it when it stopped the call's process itself (``shutdown(terminate=True)``, or a
 cancel of the only call of a job). `HogFuture.stop` asks for that.
 """
 
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .results import JobResults
 
-__all__ = ["HogFuture", "settle"]
+__all__ = ["CallTimings", "HogFuture", "settle"]
 
 T = TypeVar("T")
 
@@ -47,6 +48,59 @@ def settle(future: Future[Any], *, result: Any = None,
     return True
 
 
+@dataclass
+class CallTimings:
+    """When one call went through each phase, as far as its backend can know (seconds since
+    the epoch; None: not known). Read-only for users: the executor fills it in.
+
+    Attributes:
+        submitted: ``submit``/``map`` was called.
+        sent: the backend accepted the job.
+        queued: the backend (its scheduler) started the job: the end of the queue wait.
+        env_ready: the call's environment was found or built.
+        env_built: whether it was built for this call (None: not known).
+        imported: the script was imported.
+        started: the call started.
+        finished: the call finished.
+        received: its outcome reached the client.
+        worker: where it ran (``host:pid`` of the Python process), if known.
+    """
+
+    submitted: float
+    sent: float | None = None
+    queued: float | None = None
+    env_ready: float | None = None
+    env_built: bool | None = None
+    imported: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    received: float | None = None
+    worker: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The phases as a plain dict (JSON-ready)."""
+        return asdict(self)
+
+    def split(self) -> dict[str, float]:
+        """Seconds spent in each phase that is known: ``queue``, ``env``, ``import``,
+        ``run``, ``return`` (from the call's end to the client)."""
+        out: dict[str, float] = {}
+
+        def span(name: str, a: float | None, b: float | None) -> None:
+            if a is not None and b is not None and b >= a:
+                out[name] = b - a
+
+        ready = self.env_ready if self.env_ready is not None else self.imported
+        first = ready if ready is not None else self.started
+        span("queue", self.sent or self.submitted, self.queued if self.queued else first)
+        if self.env_built:
+            span("env", self.queued or self.sent, self.env_ready)
+        span("import", self.env_ready, self.imported)
+        span("run", self.started, self.finished)
+        span("return", self.finished, self.received)
+        return out
+
+
 class HogFuture(Future[T]):
     """A ``concurrent.futures.Future`` for one remote call.
 
@@ -57,6 +111,7 @@ class HogFuture(Future[T]):
             reports one (a Globus Compute task), otherwise the job id.
         stdout: what the call printed (set when done).
         stderr: what the call wrote to stderr (set when done).
+        timings: when the call went through each phase (`CallTimings`).
     """
 
     def __init__(self) -> None:
@@ -65,6 +120,7 @@ class HogFuture(Future[T]):
         self.task_id: str | None = None
         self.stdout: str | None = None
         self.stderr: str | None = None
+        self.timings: CallTimings | None = None
         self._results: JobResults | None = None
 
     def cancel(self) -> bool:

@@ -184,13 +184,19 @@ class _Unpickler(pickle.Unpickler):
 _IMPORTERS = {("importlib", "import_module"), ("cloudpickle.cloudpickle", "subimport")}
 
 
+_SCRIPT_REFERENCE = SCRIPT_MODULE.encode()
+
+
 def loads(data: Any, module: types.ModuleType | None = None) -> Any:
     """Unpickle ``data`` from the runner, mapping the remote script module to ``module``.
 
     ``data`` is a pickle or a frame from the store (a pickle and its out-of-band buffers,
     which the unpickled object may keep using: see `hog_executor.store.split_frame`).
     """
-    if data[:len(STORE_FRAME_MAGIC)] == STORE_FRAME_MAGIC:
+    framed = data[:len(STORE_FRAME_MAGIC)] == STORE_FRAME_MAGIC
+    if not framed and (module is None or _SCRIPT_REFERENCE not in data):
+        return pickle.loads(data)  # nothing to map to the client's script module
+    if framed:
         from .store import split_frame
 
         meta, buffers = split_frame(data)
@@ -205,6 +211,23 @@ def _describe(obj: Any) -> str:
     return f"{type(obj).__qualname__} {text}"
 
 
+#: Argument types a plain pickle writes as the value itself (no class, no module).
+_PLAIN = frozenset({int, float, str, bool, type(None), complex})
+#: Strings and bytes up to this size take the fast path (larger ones may go to a store).
+_PLAIN_SIZE = 4096
+
+
+def _plain(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    """Whether every argument is a small plain value (numbers, short strings...)."""
+    for value in (*args, *kwargs.values()):
+        kind = type(value)
+        if kind not in _PLAIN and not (kind is bytes and len(value) <= _PLAIN_SIZE):
+            return False
+        if kind is str and len(value) > _PLAIN_SIZE:
+            return False
+    return True
+
+
 def dumps_call(
     args: Sequence[Any], kwargs: dict[str, Any], module: types.ModuleType | None,
     offload: Offload | None = None, threshold: int = 0,
@@ -217,6 +240,9 @@ def dumps_call(
     Raises:
         SerializationError: an argument cannot be pickled; the message names it.
     """
+    if (offload is None or threshold >= _PLAIN_SIZE) and _plain(args, kwargs):
+        # nothing a plain pickle would write differently, and nothing for a store
+        return pickle.dumps((tuple(args), kwargs), protocol=PROTOCOL)
     try:
         data = dumps((tuple(args), kwargs), module, offload, threshold)
         if offload is None or len(data) <= threshold:

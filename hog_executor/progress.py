@@ -291,7 +291,9 @@ class Tracker:
         if transient:
             logger.info(format_bar(self.label, c, 30), extra=extra)
         else:
-            logger.info("%s: %s", self.label, format_counts(c), extra=extra)
+            split = total_split(self.futures) if final else ""
+            logger.info("%s: %s%s", self.label, format_counts(c),
+                        f" (summed over calls: {split})" if split else "", extra=extra)
 
 
 def track(futures: list[Future[Any]], label: str, interval: float | None = None) -> Tracker:
@@ -327,6 +329,28 @@ def _state(future: Future[Any]) -> str:
     if future.done():
         return "done"
     return "queued"
+
+
+def phase_split(timings: Any) -> str:
+    """``queue 1.2s, env 3.4s, import 0.1s, run 2.0s`` from a call's `CallTimings` ("" when
+    none are known)."""
+    if timings is None:
+        return ""
+    parts = timings.split()
+    return ", ".join(f"{name} {_duration(parts[name])}"
+                     for name in ("queue", "env", "import", "run") if name in parts)
+
+
+def total_split(futures: list[Future[Any]]) -> str:
+    """The phases of ``futures`` added up (see `phase_split`); "" when none are known."""
+    totals: dict[str, float] = {}
+    for f in futures:
+        timings = getattr(f, "timings", None)
+        if timings is not None:
+            for name, seconds in timings.split().items():
+                totals[name] = totals.get(name, 0.0) + seconds
+    return ", ".join(f"{name} {_duration(totals[name])}"
+                     for name in ("queue", "env", "import", "run") if name in totals)
 
 
 def wait_with_status(future: Future[Any], label: str) -> Any:
@@ -366,7 +390,11 @@ def wait_with_status(future: Future[Any], label: str) -> Any:
     else:
         exc = future.exception()
         outcome = "done" if exc is None else f"failed ({type(exc).__name__})"
-    ran = f", running {_duration(end - started)}" if started is not None else ""
+    split = phase_split(getattr(future, "timings", None))
+    if split:
+        ran = f" ({split})"
+    else:
+        ran = f", running {_duration(end - started)}" if started is not None else ""
     logger.info("%s %s in %s%s", where, outcome, _duration(end - start), ran,
                 extra={"hog_final": True})
     _replay(future, label)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import signal
+import time
 import types
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from .backends import CallOutput, Job, Output
 from .backends.lifecycle import mark_running
 from .bundle import parse_output
 from .errors import BackendError, HogError, RemoteProcessError, WalltimeExceeded
-from .futures import HogFuture, settle
+from .futures import CallTimings, HogFuture, settle
 from .runner import EXIT_ENV_FAILED, EXIT_SETUP_FAILED, EXIT_WALLTIME
 
 if TYPE_CHECKING:
@@ -75,6 +76,30 @@ def process_error(output: Output, where: str, walltime: float | None,
     return RemoteProcessError(f"{where} {reason}{logs}", **common)
 
 
+def _startup(timings: CallTimings, startup: dict[str, Any]) -> None:
+    timings.env_ready = startup.get("env_ready")
+    timings.env_built = startup.get("env_built")
+    timings.imported = startup.get("imported")
+    timings.worker = timings.worker or startup.get("worker")
+    # The bundle's own clock says when its job started: a backend that polls its scheduler
+    # (or has none to ask) sees that late, or never.
+    timings.queued = startup.get("job_started") or timings.queued
+
+
+def _frame_timings(futures: list[HogFuture[Any]], times: dict[str, Any]) -> None:
+    """Fill the calls' timings from a result frame's timing record."""
+    received = time.time()
+    calls = times.get("calls") or []
+    for i, f in enumerate(futures):
+        timings = f.timings
+        if timings is None:
+            continue
+        timings.received = received
+        _startup(timings, times)
+        if i < len(calls):
+            timings.started, timings.finished = calls[i]
+
+
 class JobResults:
     """Resolves the futures of the calls one job carries.
 
@@ -113,8 +138,11 @@ class JobResults:
 
     def started(self) -> None:
         """The job's bundle started: its calls are running."""
+        now = time.time()
         for f in self.futures:
             mark_running(f)
+            if f.timings is not None and f.timings.queued is None:
+                f.timings.queued = now
 
     def task_id_assigned(self, task_id: str) -> None:
         for f in self.futures:
@@ -169,6 +197,13 @@ class JobResults:
         f = self.futures[call.index]
         if f.done():
             return
+        timings = f.timings
+        if timings is not None:
+            timings.received = time.time()
+            timings.started, timings.finished = call.started or None, call.finished or None
+            timings.worker = call.worker
+            if call.startup:
+                _startup(timings, call.startup)
         f.stdout = call.stdout.decode("utf-8", "replace")
         f.stderr = call.stderr.decode("utf-8", "replace")
         if call.outcome is None:
@@ -203,6 +238,8 @@ class JobResults:
                 settle(f, exception=err)
             return
         raw = pickle.loads(frame.outcomes)
+        times = raw.pop() if raw and isinstance(raw[-1], dict) else {}
+        _frame_timings(self.futures, times)
         for f, item in zip(self.futures, raw, strict=False):
             if not f.done():
                 self._settle(f, item)

@@ -9,7 +9,8 @@ Usage: ``python runner.py PAYLOAD``. The payload is one JSON header line (``mark
 ``script``, ``by_value``, ``count``; with a store ``threshold`` and ``store_optional``;
 ``prefetch``, files of a file store to start reading before the script is imported)
 followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The result frame, written
-to the original stdout after everything else, is::
+to the original stdout after everything else, is (the pickled list holds one outcome per
+call, then a dict of timings: see `process_times`, plus ``calls``, each call's start and end)::
 
     @@HOG-RESULT <marker>@@
     <base64 of a pickled list of outcomes>
@@ -67,6 +68,13 @@ EXIT_ENV_FAILED = 96
 EXIT_SETUP_FAILED = 97
 #: A Slurm job script that failed before running its bundles.
 EXIT_WRAPPER_FAILED = 95
+
+
+#: Set by the bundle: when it started (the end of any queue wait), when the environment was
+#: ready (epoch seconds), and "1" when this bundle built it.
+JOB_STARTED_ENV = "HOG_JOB_STARTED"
+ENV_READY_ENV = "HOG_ENV_READY"
+ENV_BUILT_ENV = "HOG_ENV_BUILT"
 
 
 def frame_lines(marker: bytes) -> tuple[bytes, bytes]:
@@ -144,7 +152,26 @@ def _import_script(path: str, by_value: bool) -> object:
         _imported[path] = exc
         raise
     _imported[path] = module
+    _times["imported"] = time.time()
     return module
+
+
+#: When this process got ready (the frame's or the ready message's timing record).
+_times: dict[str, Any] = {}
+
+
+def process_times() -> dict[str, Any]:
+    """This runner's start-up, for the client's per-call timings: when the environment was
+    ready (and whether this bundle built it), when the script was imported, and where."""
+    ready = os.environ.get(ENV_READY_ENV, "")
+    began = os.environ.get(JOB_STARTED_ENV, "")
+    return {
+        "job_started": float(began.replace(",", ".")) if began else None,
+        "env_ready": float(ready.replace(",", ".")) if ready else None,
+        "env_built": os.environ.get(ENV_BUILT_ENV) == "1",
+        "imported": _times.get("imported"),
+        "worker": f"{os.uname().nodename}:{os.getpid()}",
+    }
 
 
 def _load_script(path: str, by_value: bool) -> object:
@@ -276,7 +303,8 @@ def _show(outcomes: list[tuple[object, ...]]) -> int:
 # that many bytes. A request is a 4-byte index (the first call to run: calls before it
 # already ran elsewhere) and a chunk payload. The answers, pickled tuples, on the original
 # stdout:
-#   (MSG_READY, pid)                          the script is imported, calls start
+#   (MSG_READY, pid, times)                   the script is imported, calls start; ``times``
+#                                             as in `process_times`
 #   (MSG_CALL, index, outcome, out, err, t0, t1)  one call finished; its own stdout/stderr
 #   (MSG_DONE,)                               every call of the chunk has an answer
 #   (MSG_EXIT, index, out, err, code)         call ``index`` ended the process (sys.exit())
@@ -296,8 +324,11 @@ MAX_CALLS_ENV = "HOG_MAX_CALLS"
 SERVE_START_ENV = "HOG_SERVE_START"
 #: Bytes of one call's stdout (and of its stderr) sent back; the tail is kept.
 OUTPUT_CAP = 8 * 1024 * 1024
-_LENGTH = struct.Struct(">Q")
-_INDEX = struct.Struct(">I")
+# Formats, not struct.Struct objects: this module also travels by value (to Dask workers).
+_LENGTH = ">Q"
+_INDEX = ">I"
+_LENGTH_SIZE = 8
+_INDEX_SIZE = 4
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -313,20 +344,20 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 
 def read_message(fd: int) -> bytes | None:
     """One length-prefixed message from ``fd`` (None: the channel ended)."""
-    head = _read_exact(fd, _LENGTH.size)
+    head = _read_exact(fd, _LENGTH_SIZE)
     if head is None:
         return None
-    return _read_exact(fd, _LENGTH.unpack(head)[0])
+    return _read_exact(fd, struct.unpack(_LENGTH, head)[0])
 
 
 def message(data: bytes) -> bytes:
     """``data`` framed as a message."""
-    return _LENGTH.pack(len(data)) + data
+    return struct.pack(_LENGTH, len(data)) + data
 
 
 def request(start: int, payload: bytes) -> bytes:
     """The message asking a serving runner to run a chunk's calls from index ``start``."""
-    return message(_INDEX.pack(start) + payload)
+    return message(struct.pack(_INDEX, start) + payload)
 
 
 def _take(fd: int) -> bytes:
@@ -360,10 +391,12 @@ class _Server:
             self.spools.append(fd)
         self.max_calls = int(os.environ.get(MAX_CALLS_ENV) or 0)
         self.calls = 0
+        self.busy = True  # running a chunk (False: waiting for the next request)
 
     def send(self, *answer: object) -> None:
-        data = message(pickle.dumps(answer, protocol=PROTOCOL))
-        view = memoryview(data)
+        """Write an answer at once: one that waited could be lost with the process, and the
+        client must know which call was running when a runner dies."""
+        view = memoryview(message(pickle.dumps(answer, protocol=PROTOCOL)))
         while view:
             view = view[os.write(self.out, view):]
 
@@ -403,6 +436,41 @@ class _Server:
         return True
 
 
+def _end_session() -> None:
+    """Kill what this runner's call started (every process of the bundle's session but the
+    bundle's bash), then exit: bash then removes the bundle's temporary directory."""
+    sid = os.getsid(0)
+    spare = {os.getpid(), os.getppid()}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit() and int(entry) not in spare:
+            try:
+                if os.getsid(int(entry)) == sid:
+                    os.kill(int(entry), 9)
+            except OSError:  # it exited meanwhile
+                continue
+    os._exit(137)
+
+
+def _watch_client(server: _Server) -> None:
+    """End the session as soon as the client's end of the channel closes during a call (the
+    client died).
+
+    Polls for a hang-up only, never reading: between calls the main loop reads the channel
+    and leaves at its end; this thread covers a client that goes away while a call runs.
+    """
+    import select
+    import threading
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(server.channel, 0)  # no events: only POLLHUP and POLLERR come back
+        poller.poll()
+        if server.busy:
+            _end_session()
+
+    threading.Thread(target=watch, name="hog-client-watch", daemon=True).start()
+
+
 def serve(argv: list[str]) -> int:
     """Serve chunks: the first from the payload file, the next ones from stdin."""
     os.environ[REMOTE_CALL_ENV] = "1"
@@ -417,16 +485,19 @@ def serve(argv: list[str]) -> int:
             _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
         except Exception:  # every call of every chunk reports it
             pass
-    server.send(MSG_READY, os.getpid())
+    _watch_client(server)
+    server.send(MSG_READY, os.getpid(), process_times())
     start = int(os.environ.pop(SERVE_START_ENV, "") or 0)
     while server.serve_chunk(header, body, start):
         if server.max_calls and server.calls >= server.max_calls:
             return 0  # retire between chunks: the client sees the channel end after DONE
+        server.busy = False
         data = read_message(server.channel)
         if data is None:
             return 0
-        start = _INDEX.unpack_from(data)[0]
-        line, _, body = data[_INDEX.size:].partition(b"\n")
+        server.busy = True
+        start = struct.unpack_from(_INDEX, data)[0]
+        line, _, body = data[_INDEX_SIZE:].partition(b"\n")
         header = json.loads(line)
     return 0
 
@@ -557,8 +628,8 @@ def rank_main(argv: list[str]) -> int:
         line, _, body = f.read().partition(b"\n")
     header = json.loads(line)
 
-    def record(index: int, outcome: tuple[object, ...]) -> None:
-        data = message(pickle.dumps((index, outcome), protocol=PROTOCOL))
+    def record(index: int, outcome: object, *times: float) -> None:
+        data = message(pickle.dumps((index, outcome, *times), protocol=PROTOCOL))
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -573,6 +644,7 @@ def rank_main(argv: list[str]) -> int:
         for index in range(header["count"]):
             record(index, failure)
         return 0
+    record(-1, process_times())  # this rank's start-up, for the call's timings
     results: _ResultStore | None = None
     if all_ranks:  # every value inline: the merge puts the list into the store if large
         results = _ResultStore(None, 0, False)
@@ -580,9 +652,12 @@ def rank_main(argv: list[str]) -> int:
         results = _ResultStore(extra[0] if extra else None, header.get("threshold") or 0,
                                header.get("store_optional", False))
     try:
+        began = time.time()
         for index, item in enumerate(items):
             outcome, raised = _rank_call(fn, item, results, rank, ranks)
-            record(index, outcome)
+            ended = time.time()
+            record(index, outcome, began, ended)
+            began = ended
             world = _mpi_world() if raised else None
             if world is not None and ranks > 1:
                 _abort(world, fd)
@@ -605,9 +680,10 @@ def _abort(world: Any, fd: int) -> None:
         os._exit(1)  # some process managers return from MPI_Abort: this rank ends anyway
 
 
-def _read_rank_file(path: str) -> dict[int, tuple[object, ...]]:
-    """The outcomes a rank recorded (a record cut short by the rank's end is dropped)."""
-    found: dict[int, tuple[object, ...]] = {}
+def _read_rank_file(path: str) -> dict[int, Any]:
+    """The records of a rank by call index, each ``(outcome, started, ended)``; index -1:
+    its start-up times. A record cut short by the rank's end is dropped."""
+    found: dict[int, Any] = {}
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -618,10 +694,10 @@ def _read_rank_file(path: str) -> dict[int, tuple[object, ...]]:
             if data is None:
                 break
             try:
-                index, outcome = pickle.loads(data)
+                index, *rest = pickle.loads(data)
             except Exception:
                 break
-            found[index] = outcome
+            found[index] = rest[0] if index < 0 else tuple(rest)
     finally:
         os.close(fd)
     return found
@@ -647,7 +723,8 @@ def merge_ranks(argv: list[str]) -> int:
         line, _, body = f.read().partition(b"\n")
     header = json.loads(line)
     count = header["count"]
-    per_rank = [_read_rank_file(os.path.join(where, RANK_FILE.format(r))) for r in range(ranks)]
+    records = [_read_rank_file(os.path.join(where, RANK_FILE.format(r))) for r in range(ranks)]
+    per_rank = [{i: rec[0] for i, rec in found.items() if i >= 0} for found in records]
     if not any(per_rank):
         print("hog: no rank recorded a result", file=sys.stderr)
         return status or EXIT_SETUP_FAILED
@@ -678,7 +755,7 @@ def merge_ranks(argv: list[str]) -> int:
             outcomes.append(got[0])  # type: ignore[arg-type]
             continue
         try:
-            values = _gathered([o[1] for o in got], header, where)  # type: ignore[index,misc]
+            values = _gathered([o[1] for o in got], header, where)  # type: ignore[index]
             if results is None:
                 extra = pickle.loads(body)[2:]
                 results = _ResultStore(extra[0] if extra else None,
@@ -690,7 +767,19 @@ def merge_ranks(argv: list[str]) -> int:
         except Exception as exc:
             outcomes.append(_error(RuntimeError(
                 f"the values of the ranks could not be gathered: {type(exc).__name__}: {exc}")))
-    frame = base64.b64encode(pickle.dumps(outcomes, protocol=PROTOCOL))
+    # Timings as the one-process frame has them: rank 0's start-up (its script import), and
+    # each call from its start on rank 0 (or the first rank) to its end on the last rank.
+    times = {**process_times(), **(records[0].get(-1) or {})}
+    calls = []
+    for index in range(count):
+        ran = [rec[index] for rec in records if index in rec]
+        first = records[0][index][1] if index in records[0] else min(
+            (r[1] for r in ran), default=None)
+        if first is not None and times.get("imported"):
+            first = max(first, times["imported"])
+        calls.append((first, max((r[2] for r in ran), default=None)))
+    times["calls"] = calls
+    frame = base64.b64encode(pickle.dumps([*outcomes, times], protocol=PROTOCOL))
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -717,8 +806,16 @@ def main(argv: list[str]) -> int:
         data = f.read()
     line, _, body = data.partition(b"\n")
     header = json.loads(line)
-    outcomes = run(header, body, os.path.dirname(os.path.abspath(argv[1])))
-    frame = base64.b64encode(pickle.dumps(outcomes, protocol=PROTOCOL))
+    outcomes: list[tuple[object, ...]] = []
+    calls = []
+    began = time.time()
+    for _, outcome in run_calls(header, body, os.path.dirname(os.path.abspath(argv[1]))):
+        ended = time.time()
+        calls.append((max(began, _times.get("imported") or began), ended))
+        outcomes.append(outcome)
+        began = ended
+    times = {**process_times(), "calls": calls}
+    frame = base64.b64encode(pickle.dumps([*outcomes, times], protocol=PROTOCOL))
     marker = header["marker"].encode()
     try:
         sys.stdout.flush()

@@ -37,7 +37,7 @@ def executor(cache_dir: str):
 
     ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir)
     yield ex
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def session_processes(marker: str) -> list[int]:

@@ -49,7 +49,7 @@ def test_a_call_cancelled_while_its_process_starts_never_runs(cache_dir, tmp_pat
         assert b"stopped before start" in job_future.result().stderr
         assert not marker.exists(), "a call reported cancelled ran anyway"
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 @pytest.fixture

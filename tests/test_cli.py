@@ -33,7 +33,7 @@ def isolated(cache_dir, monkeypatch):
     saved_argv = list(sys.argv)
     yield
     sys.argv[:] = saved_argv
-    decorators.shutdown_executors(wait=True, cancel_futures=True)
+    decorators.shutdown_executors(wait=True, cancel_futures=True, terminate=True)
 
 
 def _env(cache_dir: str) -> dict[str, str]:

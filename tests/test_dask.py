@@ -32,7 +32,7 @@ def dex(cache_dir: str):
     makes many remote calls: the tests that use it are marked slow."""
     ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir, dependencies=["numpy"])
     yield ex
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def store_files(ex: HogExecutor) -> list[str]:

@@ -19,7 +19,7 @@ def shared_cache(cache_dir, monkeypatch):
     """Decorated functions build their environments in the session cache."""
     monkeypatch.setenv("HOG_CACHE_DIR", cache_dir)
     yield
-    decorators.shutdown_executors(wait=True, cancel_futures=True)
+    decorators.shutdown_executors(wait=True, cancel_futures=True, terminate=True)
 
 
 @hog.function("local", walltime=120)

@@ -256,7 +256,7 @@ def dask_client():
 def dask_ex(dask_client, cache_dir):
     ex = HogExecutor("dask", client=dask_client, cache_dir=cache_dir)
     yield ex
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 @pytest.mark.slow
@@ -287,7 +287,7 @@ def test_dask_backend_cancels_queued_and_running_calls(dask_ex, tmp_path):
     pid = _read_int(marker)
     assert alive(pid)
     assert wait_for(running.running, timeout=30)  # the worker reported the start
-    dask_ex.shutdown(wait=True, cancel_futures=True)
+    dask_ex.shutdown(wait=True, cancel_futures=True, terminate=True)
     assert running.cancelled()
     assert wait_for(lambda: not alive(pid), timeout=30)  # the bundle's process is stopped
 
@@ -326,7 +326,7 @@ def test_dask_backend_by_address_with_worker_processes_and_worker_loss(cache_dir
             if subprocess.run(["which", "setpriv"], capture_output=True).returncode == 0:
                 assert wait_for(lambda: not any(alive(p) for p in pids), timeout=30)
         finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+            ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def test_importing_hog_executor_imports_no_dask():
@@ -391,7 +391,7 @@ def test_dask_backend_shutdown_does_not_wait_forever_for_the_workers(dask_client
     done = threading.Event()
 
     def stop():
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
         done.set()
 
     threading.Thread(target=stop, daemon=True).start()
@@ -441,7 +441,7 @@ def test_shared_task_executor_close_settles_waiting_and_running_tasks(cache_dir,
         assert wait_for(lambda: first.done() and second.done(), timeout=60)
         assert first.cancelled() and second.cancelled()
     finally:
-        hog.shutdown(wait=True, cancel_futures=True)
+        hog.shutdown(wait=True, cancel_futures=True, terminate=True)
     assert wait_for(lambda: not alive(_read_int(marker)), timeout=30)
 
 
@@ -472,5 +472,5 @@ def test_task_released_while_its_call_is_made_is_cancelled(cache_dir, tmp_path, 
     finally:
         busy.cancel()
         tex.close()
-        hog.shutdown(wait=True, cancel_futures=True)
+        hog.shutdown(wait=True, cancel_futures=True, terminate=True)
     assert not marker.exists()

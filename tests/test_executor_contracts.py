@@ -65,7 +65,7 @@ def test_a_job_finishing_during_submit_is_not_blocked(handoff):
     assert HandoffBackend.instances[0].finished_in_time == [True]
     with pytest.raises(BackendError, match="finished elsewhere"):
         first.result(timeout=5)
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
     assert second.cancelled()
 
 

@@ -51,3 +51,47 @@ def test_submit_after_shutdown_raises_runtime_error(cache_dir):
         ex.submit(warm.pid)
     with pytest.raises(RuntimeError, match=r"^cannot schedule new futures after shutdown$"):
         ex.map(warm.pid, range(2))
+
+
+def test_shutdown_cancel_futures_lets_running_calls_finish(cache_dir):
+    from hog_executor import HogExecutor
+
+    ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
+    ex.submit(warm.pid).result(timeout=120)
+    running = ex.submit(warm.nap, 1, "finished")
+    assert wait_for(running.running, timeout=60)
+    queued = [ex.submit(warm.nap, 0, i) for i in range(5)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert running.result(timeout=0) == "finished"  # as the standard library does
+    assert all(f.cancelled() for f in queued)
+
+
+def test_shutdown_terminate_stops_running_calls(cache_dir):
+    from conftest import alive
+
+    from hog_executor import HogExecutor
+
+    ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
+    pid = ex.submit(warm.pid).result(timeout=120)
+    running = ex.submit(warm.nap, 60)
+    assert wait_for(running.running, timeout=60)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
+    assert running.cancelled()
+    assert wait_for(lambda: not alive(pid), timeout=30)
+
+
+def test_keyboard_interrupt_in_a_with_block_stops_the_work(cache_dir):
+    from conftest import alive
+
+    from hog_executor import HogExecutor
+
+    futures = []
+    pid = None
+    with pytest.raises(KeyboardInterrupt), \
+            HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
+        pid = ex.submit(warm.pid).result(timeout=120)
+        futures = [ex.submit(warm.nap, 60) for _ in range(3)]
+        assert wait_for(futures[0].running, timeout=60)
+        raise KeyboardInterrupt
+    assert all(f.cancelled() for f in futures)
+    assert wait_for(lambda: not alive(pid), timeout=30)

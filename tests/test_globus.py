@@ -87,7 +87,7 @@ def make(client: LoopbackClient, cache_dir: str):
 
     yield make_executor
     for ex, sdk in made:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
         sdk.shutdown(wait=False, cancel_futures=True)
 
 
@@ -329,3 +329,12 @@ def test_example_endpoint_tables_resolve(client):
         assert debug.endpoint.values["walltime"] == 60.0
     finally:
         sdk.shutdown(wait=False)
+
+
+@pytest.mark.slow
+def test_timings_come_back_through_the_endpoint(make):
+    from test_timings import check
+
+    f = make().submit(basic.add, 1, 2)
+    assert f.result(timeout=120) == 3
+    check(f.timings)  # the bundle says when it started: the end of the queue wait

@@ -48,7 +48,7 @@ def test_shutdown_cancel_futures_stops_running_and_pending_work(cache_dir, tmp_p
     pending = [ex.submit(basic.sleep, 120) for _ in range(3)]
     assert wait_for(lambda: pidfile.exists() and len(pidfile.read_text().split()) == 4)
     start = time.monotonic()
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
     assert time.monotonic() - start < 30
     for f in running + pending:
         assert f.done()

@@ -35,7 +35,9 @@ def run_runner(tmp_path, fn, calls, script=None, script_name="s.py"):
     proc = start_runner(tmp_path, fn, calls, script, script_name)
     frame = parse_output(proc.stdout, MARKER)
     assert frame.outcomes is not None, proc.stderr.decode()
-    return [payload.decode_outcome(o, None) for o in pickle.loads(frame.outcomes)], frame
+    *outcomes, times = pickle.loads(frame.outcomes)  # one outcome per call, then timings
+    assert len(times["calls"]) == len(outcomes)
+    return [payload.decode_outcome(o, None) for o in outcomes], frame
 
 
 def test_chunk_of_calls_each_gets_its_outcome(tmp_path):
@@ -105,5 +107,6 @@ def test_frame_is_base64_of_a_pickle(tmp_path):
     body = out.split(f"\n@@HOG-RESULT {MARKER}@@\n", 1)[1]
     body = body.split(f"\n@@HOG-END {MARKER}@@\n", 1)[0]
     outcomes = pickle.loads(base64.b64decode(body, validate=True))
-    assert isinstance(outcomes, list) and len(outcomes) == 1
+    assert isinstance(outcomes, list) and len(outcomes) == 2  # one outcome, then timings
     assert payload.decode_outcome(outcomes[0], None).value == 1
+    assert set(outcomes[1]) >= {"env_ready", "env_built", "imported", "worker", "calls"}

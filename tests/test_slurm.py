@@ -75,7 +75,7 @@ def ex(shared: Path, cache_dir: str):
     executor = HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared),
                            cache_dir=cache_dir, poll_interval=0.2)
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def _backend(executor: HogExecutor) -> SlurmBackend:
@@ -233,7 +233,7 @@ def test_job_failing_before_the_bundle_runs(shared, cache_dir):
         assert "ended in state FAILED" in str(err)
         assert "do compute nodes see shared_dir?" in str(err)  # the Slurm log's tail
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 @pytest.mark.slow
@@ -246,7 +246,7 @@ def test_shutdown_with_cancel_leaves_no_job(shared, cache_dir):
     ids = _backend(ex).slurm_ids()
     assert len(ids) == 5
     assert any(line.endswith(" PENDING") for line in _squeue(*ids))
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
     assert single.cancelled()
     with pytest.raises(cf.CancelledError):
         next(results)

@@ -47,7 +47,7 @@ def sex(cache_dir: str):
     """The local endpoint with its default private file store (numpy + proxystore env)."""
     ex = HogExecutor("local", max_workers=2, cache_dir=cache_dir, dependencies=["numpy"])
     yield ex
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def test_large_argument_and_result_through_default_local_store(sex: HogExecutor) -> None:
@@ -318,7 +318,7 @@ def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any) -> None:
         a = np.arange(60_000, dtype=np.float64)  # 480 KB each way
         np.testing.assert_array_equal(ex.submit(double, a).result(timeout=300), a * 2)
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
     assert data_files(str(store_dir)) == []
 
 

@@ -29,7 +29,7 @@ def make(cache_dir):
 
     yield make
     for ex in made:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
 def test_a_warm_runner_is_reused_for_calls_of_one_key(make):
@@ -93,6 +93,7 @@ def test_fresh_process_gives_every_call_its_own_process(make):
 @pytest.mark.slow
 def test_each_call_keeps_its_own_output_under_many_threads(make):
     ex = make(max_workers=2)
+    ex.submit(warm.pid).result(timeout=300)  # the environment is built (its log goes first)
     futures: list[cf.Future] = []
     lock = threading.Lock()
 
@@ -128,7 +129,7 @@ def test_map_chunk_futures_resolve_one_by_one(make):
 def test_walltime_fails_only_its_own_call(make):
     ex = make(max_workers=1)
     pid = ex.submit(warm.pid).result(timeout=120)
-    slow = ex.options(walltime=1).submit(basic.sleep, 30)
+    slow = ex.options(walltime=1).submit(warm.nap, 30)  # same script: same runner key
     queued = [ex.submit(warm.pid) for _ in range(3)]
     with pytest.raises(WalltimeExceeded):
         slow.result(timeout=60)
@@ -160,16 +161,18 @@ def test_a_killed_runner_fails_its_call_alone(make):
 def test_runners_killed_in_a_big_map_lose_no_call(make):
     ex = make(max_workers=2)
     ex.submit(warm.pid).result(timeout=120)
-    it = ex.map(warm.die_on, range(1000), [7, 500, 901] * 333 + [7], chunksize=100)
-    # die_on kills its runner when x equals its second argument
+    doomed = {7, 500, 901}  # die_on kills its runner when x equals its second argument
+    futures = submit_calls(ex, warm.die_on,
+                           [((i, i if i in doomed else -1), {}) for i in range(1000)],
+                           chunksize=100)
     outcomes = []
-    for _ in range(1000):
+    for f in futures:
         try:
-            outcomes.append(next(it))
+            outcomes.append(f.result(timeout=300))
         except RemoteProcessError:
             outcomes.append(None)
     failed = [i for i, v in enumerate(outcomes) if v is None]
-    assert set(failed) <= {7, 500, 901}
+    assert set(failed) == doomed
     assert all(v == i for i, v in enumerate(outcomes) if v is not None)
 
 

@@ -31,8 +31,8 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..runner import (
     EXIT_WALLTIME,
@@ -43,11 +43,13 @@ from ..runner import (
     MSG_READY,
     MSG_RETIRE,
     SERVE_START_ENV,
-    read_message,
     request,
 )
-from . import CallOutput, Job, Output
+from .outputs import CallOutput, Output
 from .processes import STOPPED_BEFORE_START, stop_session, write_private
+
+if TYPE_CHECKING:
+    from . import Job
 
 __all__ = ["SERVE_ENV", "Runner", "WarmSlot"]
 
@@ -55,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 #: Set for a bundle that should serve (a warm runner) instead of running one chunk.
 SERVE_ENV = "HOG_SERVE"
+#: Bytes of a message's length prefix, and bytes read from a runner at a time.
+LENGTH_SIZE = 8
+READ_SIZE = 1 << 16
 #: Bytes of a dead runner's stderr quoted in the failure of its call.
 STDERR_TAIL_BYTES = 64 * 1024
 #: Seconds a runner told to leave (stdin closed) gets before its session is stopped.
@@ -75,6 +80,8 @@ class Runner:
     stderr_path: str
     ready: bool = False
     calls: int = 0
+    worker: str | None = None
+    buffer: bytearray = field(default_factory=bytearray)
 
     @classmethod
     def start(cls, job: Job, start: int, workdir: str, env: Mapping[str, str],
@@ -121,15 +128,22 @@ class Runner:
         """
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        if deadline is not None:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                return None
-        data = read_message(fd)
-        if data is None:
-            raise _Gone()
-        answer: tuple[Any, ...] = pickle.loads(data)
-        return answer
+        buf = self.buffer
+        while True:  # answers come several at a time: read what is there, in one go
+            if len(buf) >= LENGTH_SIZE:
+                size = LENGTH_SIZE + int.from_bytes(buf[:LENGTH_SIZE], "big")
+                if len(buf) >= size:
+                    answer: tuple[Any, ...] = pickle.loads(memoryview(buf)[LENGTH_SIZE:size])
+                    del buf[:size]
+                    return answer
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([fd], [], [], left)[0]:
+                    return None
+            data = os.read(fd, READ_SIZE)
+            if not data:
+                raise _Gone()
+            buf += data
 
     def stop(self) -> None:
         """Stop the runner's whole session now."""
@@ -281,10 +295,11 @@ class WarmSlot:
             except _Gone:
                 self._drop(runner)
                 return index  # it left before taking the job (retired, idle): start anew
-            job.on_start()
+        job.on_start()  # its process runs (a new runner still finds its environment)
         started = time.monotonic()
         walltime = job.walltime
         prelude = b""  # what the runner wrote while starting: given to its first call
+        startup: dict[str, Any] | None = None  # how it started: given to its first call
         while True:
             deadline = None if walltime is None or not runner.ready else started + walltime
             try:
@@ -304,16 +319,17 @@ class WarmSlot:
             if tag == MSG_CALL:
                 _, i, outcome, out, err, t0, t1 = answer
                 runner.calls += 1
-                job.on_call(CallOutput(i, outcome, out, prelude + err, t0, t1))
-                prelude = b""
+                job.on_call(CallOutput(i, outcome, out, prelude + err, t0, t1,
+                                       worker=runner.worker, startup=startup))
+                prelude, startup = b"", None
                 index = int(i) + 1
                 started = time.monotonic()
             elif tag == MSG_READY:
                 runner.ready = True
                 started = time.monotonic()
                 prelude = runner.stderr_tail()  # building the environment, for instance
-                if fresh:
-                    job.on_start()
+                startup = answer[2] if len(answer) > 2 else None
+                runner.worker = startup.get("worker") if startup else None
             elif tag == MSG_DONE:
                 return Output(0, b"", b"", streamed=True)
             elif tag == MSG_RETIRE:

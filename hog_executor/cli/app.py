@@ -258,6 +258,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# -- hog timeline -----------------------------------------------------------------------------
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from .timeline import default_output, render_timeline
+
+    out = Path(args.output) if args.output else default_output(args.records)
+    count = render_timeline(args.records, out, args.title)
+    print(f"wrote {out} ({count} call(s))", file=sys.stderr)
+    return 0
+
+
 # -- the parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check uv, Python, config files and backends")
     doctor.set_defaults(func=cmd_doctor)
+
+    timeline = sub.add_parser("timeline", help="draw per-call timing records as a timeline",
+                              description="Read timing records (JSON lines, one call per "
+                                          "line; '-' for stdin) and draw them: one row per "
+                                          "worker, one bar per call, coloured by phase.",
+                              epilog="Example: hog timeline timings.jsonl -o timeline.html")
+    timeline.add_argument("records", metavar="RECORDS.jsonl")
+    timeline.add_argument("-o", "--output", metavar="PATH",
+                          help="file to write: .html (no dependencies), or .png, .svg, .pdf "
+                               "(need matplotlib); default: RECORDS with .html")
+    timeline.add_argument("--title", help="heading (default: 'timeline of RECORDS')")
+    timeline.set_defaults(func=cmd_timeline)
     return parser
 
 

@@ -112,7 +112,7 @@ def render_bundle_for(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[
         (job,) = capture.jobs
         return job.bundle
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        ex.shutdown(wait=True, cancel_futures=True, terminate=True)
         real.shutdown(wait=True)
 
 

@@ -72,7 +72,7 @@ class HogCluster(LocalCluster):
         try:
             concurrency = max(1, hog.backend.workers)
         except BaseException:
-            hog.shutdown(wait=False, cancel_futures=True)
+            hog.shutdown(wait=False, cancel_futures=True, terminate=True)
             raise
         slots = max(1, -(-concurrency // n_workers))
         if processes:  # each worker process builds its own from the configuration
@@ -100,7 +100,7 @@ class HogCluster(LocalCluster):
                 processes=processes, executor=executors, **options)
         except BaseException:
             if self._hog is not None:
-                self._hog.shutdown(wait=False, cancel_futures=True)
+                self._hog.shutdown(wait=False, cancel_futures=True, terminate=True)
             raise
 
     async def _close(self) -> None:
@@ -118,7 +118,7 @@ class HogCluster(LocalCluster):
         try:
             self._task_executor.close()
         finally:
-            hog.shutdown(wait=True, cancel_futures=True)
+            hog.shutdown(wait=True, cancel_futures=True, terminate=True)
 
     async def _stop_worker_executors(self) -> None:
         """Let worker processes stop their calls and clean up before they are told to exit.

@@ -384,7 +384,7 @@ class HogTaskExecutor(Executor):
         if hog is not None:
             # Always wait: a worker process exits right after closing, and the backend's
             # cleanup (stopping running calls, removing its work directory) must be done.
-            hog.shutdown(wait=True, cancel_futures=True)
+            hog.shutdown(wait=True, cancel_futures=True, terminate=True)
 
     def __repr__(self) -> str:
         return f"<HogTaskExecutor {self._spec[0]!r}>"

@@ -52,3 +52,8 @@ def make_dummy(x):
 class Holder:
     def method(self, x):
         return x + 1
+
+
+def nap(seconds, value=None):
+    time.sleep(seconds)
+    return value

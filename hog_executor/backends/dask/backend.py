@@ -9,11 +9,15 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from ...config import Endpoint, Key
+from ... import runner as _runner
+from ...config import Endpoint, Key, parse_walltime, positive_int
 from ...errors import BackendError, ConfigError, RemoteProcessError
 from .. import Backend, Job, Output
+from .. import outputs as _outputs
 from .. import processes as _processes
+from .. import runners as _runners
 from ..lifecycle import mark_running, resolve
+from ..outputs import CallOutput
 from . import worker as _worker
 
 __all__ = ["DaskBackend"]
@@ -81,10 +85,15 @@ class _Shipped:
     def __init__(self, fn: Callable[..., Any]) -> None:
         import cloudpickle
 
-        cloudpickle.register_pickle_by_value(_worker)
-        cloudpickle.register_pickle_by_value(_processes)
+        shipped = (_worker, _processes, _runners, _outputs, _runner)
+        for module in shipped:  # by value for this pickle only
+            cloudpickle.register_pickle_by_value(module)
+        try:
+            self.blob = cloudpickle.dumps(fn)
+        finally:
+            for module in shipped:
+                cloudpickle.unregister_pickle_by_value(module)
         self.fn = fn
-        self.blob = cloudpickle.dumps(fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -125,6 +134,12 @@ class DaskBackend(Backend):
                       _client, per_call=False),
         "resources": Key("resources", "Dask worker resources each call needs ({GPU = 1})",
                          _resources),
+        "idle_timeout": Key("idle_timeout", "seconds an idle warm runner on a worker waits for "
+                            "a call before it leaves (default 300)", parse_walltime,
+                            per_call=False),
+        "max_calls_per_process": Key("max_calls_per_process", "calls a warm runner serves "
+                                     "before it is replaced (default: no limit)", positive_int,
+                                     per_call=False),
     }
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -162,6 +177,7 @@ class DaskBackend(Backend):
         self._last_workers = 1
         self._topic = f"hog-started-{uuid.uuid4().hex}"
         self._run = _Shipped(_worker.run_bundle)
+        self._run_warm = _Shipped(_worker.run_warm)
         self._kill = _Shipped(_worker.kill_bundles)
         self._client.subscribe_topic(self._topic, self._on_event)
 
@@ -189,9 +205,15 @@ class DaskBackend(Backend):
             for job in jobs:
                 label = (_LABEL.sub("_", job.description or "call").strip("_")[:KEY_LABEL_LENGTH]
                          or "call")
+                if job.runner_key is None:
+                    args: tuple[Any, ...] = (self._run, job.id, job.bundle, self._topic)
+                else:  # on one of the worker's warm runners
+                    args = (self._run_warm, job.id, job.bundle, job.payload, job.calls,
+                            job.walltime, job.runner_key,
+                            self.endpoint.values.get("max_calls_per_process"),
+                            self.endpoint.values.get("idle_timeout"), self._topic)
                 dfuture = self._client.submit(
-                    self._run, job.id, job.bundle, self._topic,
-                    key=f"hog-{label}-{job.id}", pure=False,
+                    *args, key=f"hog-{label}-{job.id}", pure=False,
                     resources=job.config.get("resources"),
                 )
                 task = _DaskTask(job, dfuture)
@@ -237,8 +259,11 @@ class DaskBackend(Backend):
         error: BaseException | None = None
         if status == "finished":
             try:
-                rc, out, err = dfuture.result()
-                output = Output(int(rc), bytes(out), bytes(err))
+                if job.runner_key is None:
+                    rc, out, err = dfuture.result()
+                    output = Output(int(rc), bytes(out), bytes(err))
+                else:
+                    output = self._replay(job, *dfuture.result())
             except Exception as exc:
                 error = BackendError(f"could not fetch the output of task {job.id}: {exc}")
         elif status == "cancelled":
@@ -252,6 +277,17 @@ class DaskBackend(Backend):
         else:
             error = self._task_error(job, dfuture)
         resolve(job.future, output, error=error)
+
+    @staticmethod
+    def _replay(job: Job, answers: list[tuple[Any, ...]],
+                end: tuple[int, bytes, bytes, bool]) -> Output:
+        """Hand a warm job's call answers to the job; its final output."""
+        for index, outcome, out, err, started, finished, failure, worker, startup in answers:
+            job.on_call(CallOutput(index, outcome, out, err, started, finished,
+                                   None if failure is None else Output(*failure), worker,
+                                   startup))
+        rc, out, err, streamed = end
+        return Output(int(rc), bytes(out), bytes(err), streamed=bool(streamed))
 
     def _task_error(self, job: Job, dfuture: Any) -> BaseException:
         try:
