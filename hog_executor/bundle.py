@@ -30,10 +30,25 @@ PAYLOAD_NAME = ".hog_payload"
 ENV_NAME = ".hog_env.py"
 
 
-@lru_cache(maxsize=1)
-def runner_source() -> bytes:
-    """The runner program shipped in every bundle."""
-    return (Path(__file__).parent / "runner.py").read_bytes()
+#: The lines that open and close the runner's rank mode (see `runner_source`).
+RANKS_BEGIN = b"\n# -- ranks: "
+RANKS_END = b"\n# -- end of ranks "
+
+
+@lru_cache(maxsize=2)
+def runner_source(ranks: bool = False) -> bytes:
+    """The runner program shipped in every bundle.
+
+    Without ``ranks``, its rank mode is left out: every bundle carries the runner, and a
+    Globus Compute command has room for less payload the larger the runner is.
+    """
+    source = (Path(__file__).parent / "runner.py").read_bytes()
+    if ranks:
+        return source
+    start, stop = source.find(RANKS_BEGIN), source.find(RANKS_END)
+    if start < 0 or stop < start:
+        return source
+    return source[:start] + source[source.index(b"\n", stop + 1):]
 
 
 @dataclass(frozen=True)
@@ -271,7 +286,7 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
     out.append(
         _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED)).rstrip("\n")
     )
-    out.append(f"hog_put {RUNNER_NAME} {_b64(runner_source())}")
+    out.append(f"hog_put {RUNNER_NAME} {_b64(runner_source(spec.launch is not None))}")
     out.append(f"hog_put {ENV_NAME} {_b64(spec.env.metadata)}")
     if spec.script_name is not None:
         out.append(f"hog_put {q(spec.script_name)} {_b64(spec.script_source)}")

@@ -502,7 +502,12 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
+#: Modes of ``python runner.py MODE ...`` besides serving (filled in by the ranks section).
+_MODES: dict[str, Any] = {}
+
 # -- ranks: one call on many processes ------------------------------------------------------
+# (Bundles of calls on one process carry this file without this section: see
+# hog_executor.bundle.runner_source.)
 # ``python runner.py --rank-mode N ALL PAYLOAD`` is what a launcher starts on each of N
 # ranks. A rank learns its number from the launcher's environment (`RANK_VARIABLES`; MPI
 # is not imported here), runs every call of the chunk and appends each outcome, as a
@@ -793,13 +798,15 @@ def merge_ranks(argv: list[str]) -> int:
     return 0
 
 
+_MODES.update({"--rank-mode": rank_main, "--merge-ranks": merge_ranks})
+# -- end of ranks ---------------------------------------------------------------------------
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 2 and argv[1] == "--serve":
         return serve(argv)
-    if len(argv) > 4 and argv[1] == "--rank-mode":
-        return rank_main(argv)
-    if len(argv) > 5 and argv[1] == "--merge-ranks":
-        return merge_ranks(argv)
+    if len(argv) > 2 and argv[1] in _MODES:
+        return int(_MODES[argv[1]](argv))
     out = os.fdopen(os.dup(1), "wb")  # the frame goes here even if the user redirects fd 1
     os.environ[REMOTE_CALL_ENV] = "1"  # decorated functions refuse nested remote calls
     with open(argv[1], "rb") as f:

@@ -266,3 +266,22 @@ def test_everything_is_documented():
         assert word in page, word
     assert os.path.exists(Path(__file__).resolve().parent.parent / "examples" /
                           "mpi_allreduce.py")
+
+
+def test_only_bundles_on_many_ranks_carry_the_rank_mode():
+    import base64
+
+    from hog_executor.bundle import runner_source
+
+    def runner_of(bundle: str) -> bytes:
+        line = next(x for x in bundle.splitlines() if x.startswith("hog_put .hog_runner.py "))
+        return base64.b64decode(line.split()[-1])
+
+    one = runner_of(render_bundle(BundleSpec(env=_env()), b""))
+    many = runner_of(render_bundle(BundleSpec(env=_env(), launch=LaunchPlan(2, "mpiexec")),
+                                   b""))
+    assert many == runner_source(True) == (Path(__file__).resolve().parent.parent /
+                                           "hog_executor" / "runner.py").read_bytes()
+    assert b"def rank_main" in many and b"def rank_main" not in one
+    assert len(one) < len(many) - 8000
+    compile(one, "runner.py", "exec")  # still a whole program
