@@ -19,10 +19,18 @@ from pathlib import Path
 from ._version import __version__
 from .environment import EnvSpec
 from .launchers import LaunchLine, LaunchPlan
-from .runner import EXIT_ENV_FAILED, EXIT_SETUP_FAILED, EXIT_WALLTIME, frame_lines
+from .runner import (
+    ENV_OK_NAME,
+    EXIT_ENV_FAILED,
+    EXIT_RUNTIME_FAILED,
+    EXIT_SETUP_FAILED,
+    EXIT_WALLTIME,
+    frame_lines,
+)
 
-__all__ = ["EXIT_ENV_FAILED", "EXIT_SETUP_FAILED", "EXIT_WALLTIME", "BundleSpec", "Frame",
-           "bundle_parts", "parse_output", "payload_line", "render_bundle"]
+__all__ = ["EXIT_ENV_FAILED", "EXIT_RUNTIME_FAILED", "EXIT_SETUP_FAILED", "EXIT_WALLTIME",
+           "BundleSpec", "Frame", "bundle_parts", "parse_output", "payload_line",
+           "render_bundle"]
 
 
 RUNNER_NAME = ".hog_runner.py"
@@ -103,8 +111,24 @@ hog_put() { printf '%s' "$2" | base64 -d > "$hog_tmp/$1" || hog_fail "cannot unp
 _ENVIRONMENT = r"""hog_user=${USER:-$(id -un)}
 case "${HOG_CACHE_DIR:-}" in "~/"*) HOG_CACHE_DIR="$HOME/${HOG_CACHE_DIR#"~/"}" ;; esac
 hog_cache="${HOG_CACHE_DIR:-${SCRATCH:-${TMPDIR:-/tmp}}}/hog-$hog_user"
-mkdir -p "$hog_cache/envs" || hog_fail "cannot create the cache directory $hog_cache" __SETUP__
-[ -O "$hog_cache" ] || hog_fail "$hog_cache belongs to another user; set HOG_CACHE_DIR" __SETUP__
+[ -d "$hog_cache/envs" ] || mkdir -p "$hog_cache/envs" \
+  || hog_fail "cannot create the cache directory $hog_cache" __SETUP__
+[ -O "$hog_cache" ] && [ -O "$hog_cache/envs" ] \
+  || hog_fail "$hog_cache belongs to another user; set HOG_CACHE_DIR" __SETUP__
+# hog_private DIR...: refuse directories others may write to (they could replace an
+# environment). One stat for all; without GNU stat the check is skipped.
+hog_private() {
+  local modes=() dir i=0
+  modes=($(stat -L -c %a -- "$@" 2>/dev/null)) && [ "${#modes[@]}" -eq "$#" ] || return 0
+  for dir in "$@"; do
+    if (( 8#${modes[i]} & 8#022 )); then
+      hog_fail "$dir is writable by other users, who could replace the environments in it; \
+make it private: chmod go-w '$dir'" __SETUP__
+    fi
+    i=$((i + 1))
+  done
+}
+hog_private "$hog_cache" "$hog_cache/envs"
 hog_env="$hog_cache/envs/$hog_key"
 hog_find_uv() {
   if [ -n "${HOG_UV:-}" ] && [ -x "$HOG_UV" ]; then hog_uv=("$HOG_UV"); return 0; fi
@@ -127,13 +151,49 @@ hog_add_paths() {
   site=$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
     && printf '%s\n' "${hog_paths[@]}" > "$site/_hog_sources.pth"
 }
+# hog_ready ENV: usable without starting anything (the warm path: three file tests). Its
+# Python resolves (a symlink to a moved base Python does not), and __OK__ names a file of
+# the cloudpickle it imported when it was checked, which must still be there.
+hog_ready() {
+  local probe=
+  [ -x "$1/bin/python" ] && { read -r probe < "$1/__OK__"; } 2>/dev/null \
+    && [ -n "$probe" ] && [ -e "$1/$probe" ]
+}
+# hog_check ENV: start its Python, import cloudpickle, and record that in __OK__.
+hog_check() {
+  local probe
+  probe=$("$1/bin/python" -c 'import os, sys, cloudpickle
+print(os.path.relpath(cloudpickle.__file__, sys.prefix))') && [ -n "$probe" ] \
+    && printf '%s\n' "$probe" > "$1/__OK__.$$" && mv -f "$1/__OK__.$$" "$1/__OK__"
+}
+# The cold path, under the environment's lock: build it, or heal a cached one that is
+# unusable by moving it aside and building it again (once).
 hog_build_env() {
+  local why='' aside='' build python
   hog_find_uv
   if command -v flock >/dev/null 2>&1; then
     exec 9>"$hog_cache/envs/.$hog_key.lock" && flock 9
   fi
-  if [ -x "$hog_env/bin/python" ]; then exec 9>&-; return 0; fi
-  local build="$hog_cache/envs/.build-$hog_key.$$.$RANDOM" python="$hog_python"
+  if hog_ready "$hog_env"; then exec 9>&-; return 0; fi  # another call built or healed it
+  if [ -e "$hog_env" ] || [ -L "$hog_env" ]; then
+    if [ ! -d "$hog_env" ]; then
+      why="it is not a directory"
+    elif [ ! -x "$hog_env/bin/python" ]; then
+      why="its bin/python is missing, or points to a Python that is gone"
+    elif hog_check "$hog_env" 2>/dev/null; then
+      exec 9>&-; return 0  # usable: it only had no record of its check
+    else
+      why="its Python cannot import cloudpickle"
+    fi
+    aside="$hog_cache/envs/.broken-$hog_key.$$"
+    printf 'hog: the cached environment %s is unusable (%s); moving it aside to rebuild it\n' \
+      "$hog_env" "$why" >&2
+    rm -rf "$aside" 2>/dev/null
+    mv -f "$hog_env" "$aside" || hog_fail "the cached environment $hog_env is unusable \
+($why) and cannot be moved aside; delete it: rm -rf '$hog_env'" __ENV__
+  fi
+  build="$hog_cache/envs/.build-$hog_key.$$.$RANDOM"
+  python="$hog_python"
   # The local endpoint names the client's own interpreter: no discovery, no download.
   if [ "${HOG_CLIENT_PYTHON_VERSION:-}" = "$hog_python" ] && [ -x "${HOG_CLIENT_PYTHON:-}" ]; then
     python=$HOG_CLIENT_PYTHON
@@ -149,14 +209,23 @@ hog_build_env() {
                    --python "$build/bin/python" "${hog_runtime[@]}" >&2; } \
          && { [ "${#hog_paths[@]}" -eq 0 ] || hog_add_paths "$build"; }; }; then
     rm -rf "$build"
-    hog_fail "building the environment failed (uv's message is above)" __ENV__
+    hog_fail "building the environment failed (uv's message is above)${aside:+; the \
+unusable one it replaces is kept in $aside: delete it once looked at (rm -rf '$aside')}" __ENV__
+  fi
+  if ! hog_check "$build" >&2; then
+    rm -rf "$build"
+    hog_fail "the environment just built cannot import cloudpickle (the error is above): \
+something on this machine (PYTHONPATH, a damaged uv cache: uv cache clean cloudpickle) \
+breaks it${aside:+; the unusable one it replaces is kept in $aside (rm -rf '$aside')}" __ENV__
   fi
   "$build/bin/python" -c 'import os, sys; os.rename(sys.argv[1], sys.argv[2])' \
     "$build" "$hog_env" 2>/dev/null || rm -rf "$build"
   exec 9>&-
-  [ -x "$hog_env/bin/python" ] || hog_fail "the environment $hog_env is unusable" __ENV__
+  hog_ready "$hog_env" || hog_fail "the environment $hog_env is unusable right after it was \
+built; delete it: rm -rf '$hog_env'" __ENV__
+  if [ -n "$aside" ]; then rm -rf "$aside" < /dev/null > /dev/null 2>&1 & fi
 }
-[ -x "$hog_env/bin/python" ] || hog_build_env
+hog_ready "$hog_env" || hog_build_env
 : > "$hog_env/.last-used" 2>/dev/null
 """
 
@@ -308,6 +377,7 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
         _ENVIRONMENT.replace("__SETUP__", str(EXIT_SETUP_FAILED))
         .replace("__ENV__", str(EXIT_ENV_FAILED))
         .replace("__ENV_NAME__", ENV_NAME)
+        .replace("__OK__", ENV_OK_NAME)
         .rstrip("\n")
     )
     # When the environment was ready, and whether this bundle built it (per-call timings).

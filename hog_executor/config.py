@@ -34,6 +34,10 @@ __all__ = [
     "user_config_path",
 ]
 
+#: Linux's limit on one ``NAME=value`` string of a process's environment (MAX_ARG_STRLEN,
+#: counting its terminating NUL): a longer variable makes starting the call fail (E2BIG).
+MAX_ENV_STRING = 128 * 1024
+
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -113,6 +117,13 @@ def _env(value: Any) -> dict[str, str]:
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
             raise ValueError(f"value of {k} must be a string or number")
         out[k] = str(v)
+        size = len(k) + 1 + len(out[k].encode("utf-8", "surrogateescape")) + 1
+        if size > MAX_ENV_STRING:
+            raise ValueError(
+                f"{k} is {size - len(k) - 2:,} bytes: one environment variable may hold at most "
+                f"128 KiB on Linux (the call could not start); send data as an argument of "
+                "the call instead"
+            )
     return out
 
 
@@ -162,7 +173,23 @@ def _path(value: Any) -> str:
     # "~" is kept: it means the home directory where the bundle runs, not the client's.
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError("expected a path")
-    return os.fspath(value)
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise ValueError("expected a path as text")
+    return path
+
+
+def _cache_dir(value: Any) -> str:
+    path = _path(value)
+    if path == "~":
+        path = "~/"
+    if not path.startswith(("/", "~/")):
+        raise ValueError(
+            "expected an absolute path of the executing machine, or one starting with ~/ "
+            "(its home directory): a relative path would depend on the directory each call "
+            "starts in"
+        )
+    return path
 
 
 def _ranks(value: Any) -> int:
@@ -203,7 +230,8 @@ COMMON_KEYS: dict[str, Key] = {
         Key("payload_limit", "largest serialized call accepted (bytes or \"10MB\")", _size),
         Key("requires_python", "Python for calls without a script block", _requires_python),
         Key("dependencies", "extra requirements installed into the call's environment", _deps),
-        Key("cache_dir", "parent of the remote environment cache (sets HOG_CACHE_DIR)", _path),
+        Key("cache_dir", "parent of the remote environment cache (sets HOG_CACHE_DIR)",
+            _cache_dir),
         Key("store", "ProxyStore store for large data: a shared directory, a redis:// URL or "
             "a proxystore Store", _store, per_call=False),
         Key("proxy_threshold", "objects whose pickle is larger travel through the store "
@@ -283,20 +311,44 @@ def _read_user_config() -> tuple[dict[str, Any], str]:
     return data, str(path)
 
 
-def _lookup_key(name: str, keys: Mapping[str, Key], endpoint: str) -> Key:
+def _lookup_key(name: str, keys: Mapping[str, Key], endpoint: str, why: str = "") -> Key:
     try:
         return keys[name]
     except KeyError:
         raise ConfigError(
-            f"unknown key {name!r} for endpoint {endpoint!r}; known keys: {', '.join(sorted(keys))}"
+            f"unknown key {name!r} for endpoint {endpoint!r}; known keys: "
+            f"{', '.join(sorted(keys))}" + (f"; {why}" if why else "")
         ) from None
+
+
+def _nul(value: Any, depth: int = 0) -> bool:
+    """Whether a NUL character is in ``value``: its text, or a table's or list's items."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (bytes, bytearray)):
+        return b"\x00" in value
+    if depth < 8 and isinstance(value, Mapping):
+        return any(_nul(k, depth + 1) or _nul(v, depth + 1) for k, v in value.items())
+    if depth < 8 and isinstance(value, (list, tuple)):
+        return any(_nul(v, depth + 1) for v in value)
+    return False
+
+
+def _short(raw: Any, limit: int = 80) -> str:
+    text = repr(raw)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _check(key: Key, raw: Any, where: str) -> Any:
     try:
-        return key.check(raw)
+        value = key.check(raw)
+        # Values reach bash, the environment, command lines or a scheduler: none of them
+        # can hold a NUL, and it would cut the value short or fail late.
+        if _nul(value):
+            raise ValueError("contains a NUL character (\\x00), which no value may hold")
     except ValueError as exc:
-        raise ConfigError(f"{where}: {key.name} = {raw!r}: {exc}") from None
+        raise ConfigError(f"{where}: {key.name} = {_short(raw)}: {exc}") from None
+    return value
 
 
 def _merge(values: dict[str, Any], sources: dict[str, str], name: str, value: Any,
@@ -368,16 +420,18 @@ def resolve_endpoint(
     backends = builtin_backends()
     root = name.split(".", 1)[0]
     backend: str | None = None
+    backend_source = "builtin"
     builtin: dict[str, Any] = {}
     if _UUID.match(name):
         backend, builtin = "globus", {"endpoint": name}
     elif root in backends:
         backend = root
-    for _, table in layers:
-        if isinstance(table.get("backend"), str):
-            backend = table["backend"]
+    for source, table in layers:
+        if "backend" in table:
+            backend = _check(COMMON_KEYS["backend"], table["backend"], source)
+            backend_source = source
         elif isinstance(table.get("endpoint"), str) and backend is None:
-            backend = "globus"
+            backend, backend_source = "globus", source
     if backend is None:
         if layers:
             raise ConfigError(
@@ -390,9 +444,20 @@ def resolve_endpoint(
             f"[tool.hog.<name>] of the script's PEP 723 block or in {user_source}, or pass a "
             "Globus Compute endpoint UUID)"
         )
-    keys = backend_keys(backend)
+    # ``backend=`` given to the executor is the last layer: it selects the backend too.
+    chosen = (kwargs or {}).get("backend")
+    if chosen is not None:
+        if not isinstance(chosen, str) or not chosen:
+            raise ConfigError(f"executor arguments: backend = {_short(chosen)}: expected a "
+                              f"backend name (one of {', '.join(backends)})")
+        backend, backend_source = chosen, "executor arguments"
+    try:
+        keys = backend_keys(backend)
+    except ConfigError as exc:
+        raise ConfigError(f"{backend_source}: backend = {_short(backend)}: {exc}") from None
+    runs_on = f"endpoint {name!r} runs on the {backend} backend (set by {backend_source})"
     values: dict[str, Any] = {"backend": backend}
-    sources: dict[str, str] = {"backend": "builtin"}
+    sources: dict[str, str] = {"backend": backend_source}
     all_layers = [("builtin", builtin), *layers, ("executor arguments", dict(kwargs or {}))]
     for source, table in all_layers:
         for key_name, raw in table.items():
@@ -400,6 +465,8 @@ def resolve_endpoint(
                 continue
             if isinstance(raw, dict) and key_name not in keys and source != "executor arguments":
                 continue  # a variant table, not a value
-            key = _lookup_key(key_name, keys, name)
+            if key_name == "backend":
+                continue  # decided above, with its source
+            key = _lookup_key(key_name, keys, name, f"{source} sets it, and {runs_on}")
             _merge(values, sources, key_name, _check(key, raw, source), source)
     return Endpoint(name, backend, values, sources)

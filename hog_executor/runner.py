@@ -68,6 +68,11 @@ EXIT_ENV_FAILED = 96
 EXIT_SETUP_FAILED = 97
 #: A Slurm job script that failed before running its bundles.
 EXIT_WRAPPER_FAILED = 95
+#: The environment's Python could not import cloudpickle: the runner removed the
+#: environment's `ENV_OK_NAME`, so the next bundle checks it and rebuilds it.
+EXIT_RUNTIME_FAILED = 98
+#: In a cached environment: written once its Python imported cloudpickle (see the bundle).
+ENV_OK_NAME = ".hog-ok"
 
 
 #: Set by the bundle: when it started (the end of any queue wait), when the environment was
@@ -235,7 +240,8 @@ def run(header: dict[str, Any], body: bytes, where: str) -> list[tuple[object, .
 def run_calls(header: dict[str, Any], body: bytes, where: str,
               start: int = 0) -> Iterator[tuple[int, tuple[object, ...]]]:
     """Run the calls of the chunk from index ``start``; yield ``(index, outcome)`` for each
-    as it finishes. ``KeyboardInterrupt`` and ``SystemExit`` from a call propagate."""
+    as it finishes. ``SystemExit`` from a call, and ``KeyboardInterrupt`` from a real SIGINT,
+    propagate."""
     if header.get("prefetch"):  # arguments in a file store: read them while importing
         try:
             from hog_executor.store import prefetch
@@ -249,6 +255,7 @@ def run_calls(header: dict[str, Any], body: bytes, where: str,
         fn_bytes, items, *extra = pickle.loads(body)
         fn = pickle.loads(fn_bytes)
     except Exception as exc:
+        _runtime_failed(exc)
         failure = _error(exc)
         for index in range(start, header["count"]):
             yield index, failure
@@ -259,19 +266,64 @@ def run_calls(header: dict[str, Any], body: bytes, where: str,
         yield index, _call(fn, items[index], results)
 
 
+#: Whether a real SIGINT arrived (see `_watch_sigint`).
+_sigint: list[int] = []
+_watching_sigint = False
+
+
+def _watch_sigint() -> None:
+    """Tell a real SIGINT from a ``KeyboardInterrupt`` the function raises itself."""
+    global _watching_sigint
+    _watching_sigint = True
+    import signal
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        _sigint.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: a SIGINT cannot be told apart
+        pass
+
+
+def _runtime_failed(exc: BaseException) -> None:
+    """Exit with `EXIT_RUNTIME_FAILED` when ``exc`` says cloudpickle cannot be imported."""
+    if not (isinstance(exc, ImportError)
+            and (exc.name or "").partition(".")[0] == "cloudpickle"):
+        return
+    try:
+        os.unlink(os.path.join(sys.prefix, ENV_OK_NAME))
+        note = "the next call rebuilds it"
+    except OSError:
+        note = f"delete it to rebuild it: rm -rf '{sys.prefix}'"
+    print(f"hog: the environment {sys.prefix} cannot import cloudpickle ({exc}); {note}",
+          file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_RUNTIME_FAILED)
+
+
 def _call(fn: Any, item: bytes, results: _ResultStore) -> tuple[object, ...]:
     """Run one call; its outcome."""
+    if not _watching_sigint:
+        _watch_sigint()
     try:
         args, kwargs = pickle.loads(item)
         value = fn(*args, **kwargs)
-    except (KeyboardInterrupt, SystemExit):
-        raise  # a signal or sys.exit() ends the process, as it would locally
+    except SystemExit:
+        raise  # sys.exit() ends the process, as it would locally
+    except KeyboardInterrupt as exc:
+        if _sigint:
+            raise  # a real SIGINT ends the process, as it would locally
+        return _error(exc)  # raised by the function: its exception, like any other
     except BaseException as exc:  # also asyncio.CancelledError and user BaseExceptions
+        _runtime_failed(exc)
         return _error(exc)
     buffers: list[pickle.PickleBuffer] | None = [] if results.active else None
     try:
         data = _dumps(value, buffers)
     except Exception as exc:
+        _runtime_failed(exc)
         return _error(TypeError(
             f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"))
     try:
@@ -645,6 +697,7 @@ def rank_main(argv: list[str]) -> int:
         fn_bytes, items, *extra = pickle.loads(body)
         fn = pickle.loads(fn_bytes)
     except Exception as exc:
+        _runtime_failed(exc)  # an environment without cloudpickle: rebuilt next time
         failure = _rank_error(exc, rank, ranks)
         for index in range(header["count"]):
             record(index, failure)

@@ -175,3 +175,104 @@ def test_variant_inherits_its_parent_from_another_layer(tmp_path, monkeypatch):
 
 def test_cache_dir_keeps_tilde_for_the_remote_side():
     assert resolve("local", kwargs={"cache_dir": "~/hog"}).values["cache_dir"] == "~/hog"
+
+
+# -- bad values refused early -------------------------------------------------------------------
+
+SLURM_TABLE = {"cluster": {"backend": "slurm", "partition": "debug", "walltime": 60}}
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("local", "env", {"A": "x\x00y"}),
+        ("local", "worker_init", "module load a\x00b"),
+        ("local", "worker_init", ["ok", "bad\x00"]),
+        ("local", "cache_dir", "/scratch/a\x00b"),
+        ("local", "requires_python", ">=3.10\x00"),
+        ("slurm", "shared_dir", "/shared/a\x00b"),
+        ("slurm", "sbatch_flags", ["--exclusive\x00"]),
+        ("slurm", "partition", "debug\x00"),
+    ],
+)
+def test_nul_in_any_value_is_refused(name, key, value):
+    with pytest.raises(ConfigError) as info:
+        resolve(name, kwargs={key: value})
+    assert key in str(info.value)
+
+
+def test_nul_is_refused_per_call_and_in_tables_too():
+    ep = resolve("local")
+    with pytest.raises(ConfigError, match="NUL"):
+        ep.with_overrides({"env": {"A": "\x00"}}, backend_keys("local"))
+    with pytest.raises(ConfigError, match="NUL"):
+        resolve("anvil", script_tables={"anvil": {"backend": "local", "worker_init": "\x00"}})
+    with pytest.raises(ConfigError, match="not a valid environment variable name"):
+        resolve("local", kwargs={"env": {"A\x00B": "1"}})
+
+
+def test_an_environment_value_over_128_kib_is_refused():
+    limit = 128 * 1024
+    fits = "x" * (limit - len("BIG=") - 1)  # NAME=value and its NUL: exactly the limit
+    assert resolve("local", kwargs={"env": {"BIG": fits}}).values["env"]["BIG"] == fits
+    with pytest.raises(ConfigError, match="send data as an argument") as info:
+        resolve("local", kwargs={"env": {"BIG": fits + "x"}})
+    assert len(str(info.value)) < 600  # the value itself is not quoted whole
+    with pytest.raises(ConfigError, match="128 KiB"):
+        resolve("local").with_overrides({"env": {"BIG": "é" * limit}}, backend_keys("local"))
+
+
+@pytest.mark.parametrize("path", ["hog-cache", "./cache", "../cache", "~user/cache", ""])
+def test_relative_cache_dir_is_refused(path):
+    with pytest.raises(ConfigError, match="absolute path"):
+        resolve("local", kwargs={"cache_dir": path})
+
+
+def test_absolute_and_home_cache_dirs_are_kept():
+    assert resolve("local", kwargs={"cache_dir": "/scratch/me"}).values["cache_dir"] == \
+        "/scratch/me"
+    assert resolve("local", kwargs={"cache_dir": "~"}).values["cache_dir"] == "~/"
+
+
+def test_backend_argument_naming_no_installed_backend_is_refused():
+    with pytest.raises(ConfigError, match="executor arguments: backend = 'pbs': no backend "
+                                          "named 'pbs' is installed"):
+        resolve("local", kwargs={"backend": "pbs"})
+    with pytest.raises(ConfigError, match="expected a backend name"):
+        resolve("local", kwargs={"backend": ""})
+    with pytest.raises(ConfigError, match="script: backend = 3"):
+        resolve("cluster", script_tables={"cluster": {"backend": 3}})
+
+
+def test_backend_argument_selects_the_backend_and_says_so():
+    ep = resolve("cluster", script_tables={"cluster": {"backend": "slurm", "walltime": 60}},
+                 kwargs={"backend": "local"})
+    assert ep.backend == "local" and ep.values["backend"] == "local"
+    assert ep.sources["backend"] == "executor arguments"
+    assert ep.values["walltime"] == 60.0 and ep.sources["walltime"] == "script"
+    # without the argument, the table decides, and says so
+    ep = resolve("cluster", script_tables=SLURM_TABLE)
+    assert (ep.backend, ep.sources["backend"]) == ("slurm", "script")
+
+
+def test_backend_argument_with_keys_the_chosen_backend_lacks_is_explained():
+    with pytest.raises(ConfigError) as info:
+        resolve("cluster", script_tables=SLURM_TABLE, kwargs={"backend": "local"})
+    message = str(info.value)
+    assert "unknown key 'partition' for endpoint 'cluster'" in message
+    assert "script sets it" in message
+    assert "runs on the local backend (set by executor arguments)" in message
+
+
+def test_executor_runs_on_the_backend_its_argument_selects(tmp_path, cache_dir):
+    from hog_executor import HogExecutor
+    from hog_executor.backends.local import LocalBackend
+
+    script = tmp_path / "job.py"
+    script.write_text('# /// script\n# dependencies = []\n# [tool.hog.cluster]\n'
+                      '# backend = "slurm"\n# walltime = 60\n# ///\n')
+    with HogExecutor("cluster", script=script, backend="local", cache_dir=cache_dir) as ex:
+        assert isinstance(ex.backend, LocalBackend)
+        assert ex.endpoint.backend == "local"
+        assert ex.endpoint.sources["backend"] == "executor arguments"
+        assert ex.endpoint.values["walltime"] == 60.0

@@ -110,3 +110,33 @@ def test_frame_is_base64_of_a_pickle(tmp_path):
     assert isinstance(outcomes, list) and len(outcomes) == 2  # one outcome, then timings
     assert payload.decode_outcome(outcomes[0], None).value == 1
     assert set(outcomes[1]) >= {"env_ready", "env_built", "imported", "worker", "calls"}
+
+
+
+def test_keyboard_interrupt_raised_by_the_function_is_its_exception(tmp_path):
+    def interrupts(x):
+        if x == 0:
+            raise KeyboardInterrupt("raised by the function")
+        return x
+
+    outcomes, _ = run_runner(tmp_path, interrupts, [((0,), {}), ((2,), {})])
+    assert isinstance(outcomes[0].error, KeyboardInterrupt)
+    assert str(outcomes[0].error) == "raised by the function"
+    assert 'raise KeyboardInterrupt("raised by the function")' in str(outcomes[0].error.__cause__)
+    assert outcomes[1].value == 2  # the chunk goes on, as after any exception
+
+
+def test_a_real_sigint_still_ends_the_process(tmp_path):
+    import signal
+
+    def sigint_self():
+        import os
+        import signal
+        import time
+
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+
+    proc = start_runner(tmp_path, sigint_self, [((), {}), ((), {})])
+    assert proc.returncode == -signal.SIGINT
+    assert parse_output(proc.stdout, MARKER).outcomes is None

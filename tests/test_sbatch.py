@@ -15,12 +15,16 @@ from hog_executor.backends import backend_class, backend_keys, backend_names
 from hog_executor.backends.slurm import SlurmBackend, default_shared_dir
 from hog_executor.backends.slurm.sbatch import (
     EXIT_WRAPPER_FAILED,
+    ClusterLimits,
     SbatchSpec,
+    array_limit,
     check_flags,
     directive_quote,
+    parse_cluster_limits,
     render_sbatch,
     result_digest,
     sbatch_options,
+    split_arrays,
     time_limit_minutes,
 )
 from hog_executor.backends.slurm.watcher import SlurmQueryError, Watcher, parse_squeue
@@ -276,6 +280,60 @@ def test_watcher_gives_up_when_the_controller_stays_silent(monkeypatch):
     assert task.done.wait(10)
     assert task.abandoned and "Unable to contact slurm controller" in task.abandoned
     assert task.settles == []
+
+
+# -- job arrays within the cluster's limits -----------------------------------------------------
+
+SCONTROL_CONFIG = """Configuration data as of 2026-01-01T00:00:00
+AccountingStorageType   = (null)
+MaxArraySize            = 1001
+MaxJobCount             = 10000
+MaxJobId                = 67043328
+MaxStepCount            = 40000
+"""
+
+
+def test_cluster_limits_from_scontrol_show_config():
+    assert parse_cluster_limits(SCONTROL_CONFIG) == ClusterLimits(1001, 10000)
+    assert parse_cluster_limits("") == ClusterLimits(None, None)
+    assert parse_cluster_limits("MaxArraySize = lots\n") == ClusterLimits(None, None)
+
+
+@pytest.mark.parametrize(
+    ("limits", "cap", "expected"),
+    [
+        (ClusterLimits(1001, 10000), 1000, 1000),  # the default cap is below Slurm's default
+        (ClusterLimits(1001, 10000), 5000, 1001),  # indices 0..1000
+        (ClusterLimits(100, 10000), 1000, 100),
+        (ClusterLimits(4000001, 50), 1000, 49),  # beside at least one other job
+        (ClusterLimits(0, 10000), 1000, 1),  # arrays disabled: plain jobs
+        (ClusterLimits(None, None), 7, 7),  # scontrol could not tell
+    ],
+)
+def test_array_limit(limits, cap, expected):
+    assert array_limit(limits, cap) == expected
+
+
+def test_split_arrays_keeps_every_array_within_the_limit():
+    assert split_arrays(6, 4) == [range(0, 4), range(4, 6)]
+    assert split_arrays(4, 4) == [range(0, 4)]
+    assert split_arrays(1, 1000) == [range(0, 1)]
+    assert split_arrays(0, 3) == []
+    runs = split_arrays(2503, 1000)
+    assert [len(r) for r in runs] == [1000, 1000, 503]
+    assert [i for r in runs for i in r] == list(range(2503))
+    with pytest.raises(ValueError):
+        split_arrays(3, 0)
+
+
+def test_max_array_size_key():
+    ex = HogExecutor("slurm", max_array_size=50)
+    assert ex.endpoint.values["max_array_size"] == 50
+    with pytest.raises(ConfigError, match="cannot change per call"):
+        ex.options(max_array_size=2)
+    ex.shutdown()
+    with pytest.raises(ConfigError, match="positive integer"):
+        HogExecutor("slurm", max_array_size=0)
 
 
 def test_ranks_become_tasks_of_the_job():

@@ -408,3 +408,61 @@ def test_exit_without_shutdown_leaves_no_job_files(shared, cache_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["49"]
     assert [p for p in shared.rglob("*") if p.is_file()] == []  # no key, no job files
+
+
+def _sbatch_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put an sbatch on PATH that logs each script's --array line and the job id, then runs
+    the real one; the log's path."""
+    real = shutil.which("sbatch")
+    log = tmp_path / "sbatch.log"
+    shim = tmp_path / "bin" / "sbatch"
+    shim.parent.mkdir()
+    shim.write_text(
+        "#!/bin/bash\n"
+        f'grep -h "^#SBATCH --array" "${{@: -1}}" >> {log}\n'
+        f"out=$({real} \"$@\"); rc=$?\n"
+        f'echo "job $out" >> {log}\n'
+        'echo "$out"; exit $rc\n'
+    )
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    return log
+
+
+@pytest.mark.slow
+def test_map_larger_than_one_array_allows_is_split(shared, cache_dir, tmp_path, monkeypatch):
+    log = _sbatch_log(tmp_path, monkeypatch)
+    read = []
+    real_limits = slurm_backend.cluster_limits
+
+    def limits() -> slurm_backend.ClusterLimits:
+        read.append(1)
+        return real_limits()
+
+    monkeypatch.setattr(slurm_backend, "cluster_limits", limits)
+    with HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
+                     poll_interval=0.2, max_array_size=3) as ex:
+        assert list(ex.map(basic.square, range(7), chunksize=1)) == [x * x for x in range(7)]
+        lines = log.read_text().splitlines()
+        assert [ln for ln in lines if ln.startswith("#SBATCH")] == \
+            ["#SBATCH --array=0-2", "#SBATCH --array=0-2"]  # and one plain job for the last
+        assert sum(ln.startswith("job ") for ln in lines) == 3
+        assert _backend(ex)._limits is not None
+        assert _backend(ex)._limits.max_array_size  # the real cluster's MaxArraySize
+        assert list(ex.map(basic.square, range(2), chunksize=1)) == [0, 1]
+    assert len(read) == 1  # once per endpoint
+
+
+@pytest.mark.slow
+def test_the_clusters_max_array_size_splits_a_map(shared, cache_dir, tmp_path, monkeypatch):
+    # As a cluster whose slurm.conf says MaxArraySize=2 would answer scontrol show config.
+    monkeypatch.setattr(slurm_backend, "cluster_limits",
+                        lambda: slurm_backend.ClusterLimits(max_array_size=2, max_job_count=None))
+    log = _sbatch_log(tmp_path, monkeypatch)
+    with HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
+                     poll_interval=0.2, max_parallel=2) as ex:
+        assert list(ex.map(basic.square, range(5), chunksize=1)) == [x * x for x in range(5)]
+    lines = log.read_text().splitlines()
+    assert [ln for ln in lines if ln.startswith("#SBATCH")] == \
+        ["#SBATCH --array=0-1%2", "#SBATCH --array=0-1%2"]
+    assert sum(ln.startswith("job ") for ln in lines) == 3

@@ -2,7 +2,9 @@
 
 Bundles keep environments in ``${HOG_CACHE_DIR:-${SCRATCH:-${TMPDIR:-/tmp}}}/hog-$USER/envs/
 <key>`` and touch ``<key>/.last-used`` on every use; ``.build-*`` directories are builds in
-progress (or interrupted), ``.<key>.lock`` the lock a build holds.
+progress (or interrupted), ``.<key>.lock`` the lock a build holds, ``.broken-*`` unusable
+environments a bundle moved aside to build them again (removed in the background once the
+new one works; kept when building it failed).
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ def prune(root: Path, older_than: float | None, *, dry_run: bool = False,
 
     An environment is renamed away first, so a bundle starting meanwhile rebuilds it
     instead of using a half-deleted one; one being built (its lock held) is skipped.
-    Leftover builds older than `STALE_BUILD` are removed too.
+    Leftover builds older than `STALE_BUILD` are removed too, and unusable environments
+    moved aside (``.broken-*``, whatever their age: nothing uses them again).
 
     Returns:
         each environment considered, with what happened: ``removed``, ``would remove``,
@@ -157,6 +160,11 @@ def prune(root: Path, older_than: float | None, *, dry_run: bool = False,
                     shutil.rmtree(stale, ignore_errors=True)
             except OSError:
                 continue
+        for leftover in [*envs.glob(".broken-*"), *envs.glob(".prune-*")]:
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
     return results
 
 

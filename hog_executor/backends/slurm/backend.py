@@ -27,7 +27,17 @@ from .. import Backend, Job
 from ..lifecycle import resolve, run_finalizer, stop_at_exit
 from ..processes import uv_binary, write_private
 from .keys import SLURM_KEYS, default_shared_dir, shared_dir_path
-from .sbatch import SbatchSpec, render_sbatch, result_digest, sbatch_options, time_limit_minutes
+from .sbatch import (
+    ClusterLimits,
+    SbatchSpec,
+    array_limit,
+    parse_cluster_limits,
+    render_sbatch,
+    result_digest,
+    sbatch_options,
+    split_arrays,
+    time_limit_minutes,
+)
 from .states import Deliver, JobFacts, Lost, Result, exit_code_from_scontrol, settle
 from .watcher import Watcher, watcher
 
@@ -37,7 +47,8 @@ __all__ = ["SlurmBackend", "default_shared_dir"]
 DEFAULT_WORKERS = 16
 #: Seconds between status queries at first (they grow while nothing changes).
 DEFAULT_POLL_INTERVAL = 2.0
-#: Most tasks in one job array (Slurm's default MaxArraySize is 1001).
+#: Most tasks in one job array unless ``max_array_size`` says otherwise; the cluster's
+#: ``MaxArraySize`` and ``MaxJobCount`` lower it (Slurm's default MaxArraySize is 1001).
 ARRAY_LIMIT = 1000
 #: Seconds ``shutdown(wait=True, cancel=True)`` waits for cancelled jobs to leave the queue.
 CANCEL_WAIT = 120.0
@@ -165,6 +176,20 @@ def _tail(path: str, lines: int = LOG_TAIL_LINES) -> bytes:
     return b"\n".join(data.rstrip(b"\n").split(b"\n")[-lines:])
 
 
+def cluster_limits() -> ClusterLimits:
+    """``MaxArraySize`` and ``MaxJobCount`` from ``scontrol show config`` (unknown: None)."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.debug("scontrol show config failed: %s", exc)
+        return ClusterLimits()
+    if proc.returncode != 0:
+        logger.debug("scontrol show config failed: %s", proc.stderr.strip())
+        return ClusterLimits()
+    return parse_cluster_limits(proc.stdout)
+
+
 def _exit_code(slurm_id: str) -> int:
     """The job's exit code from ``scontrol show job`` (negative: killed by that signal)."""
     try:
@@ -211,6 +236,8 @@ class SlurmBackend(Backend):
         self.shared_dir: str = values.get("shared_dir") or shared_dir_path(default_shared_dir())
         self.poll_interval: float = values.get("poll_interval", DEFAULT_POLL_INTERVAL)
         self._max_parallel: int | None = values.get("max_parallel")
+        self._max_array_size: int | None = values.get("max_array_size")
+        self._limits: ClusterLimits | None = None  # read at the first submit
         self._key = secrets.token_bytes(KEY_BYTES)
         self._dir: str | None = None
         self._cleanup: weakref.finalize[..., SlurmBackend] | None = None
@@ -249,10 +276,11 @@ class SlurmBackend(Backend):
             self._ensure_open()
             directory = self._ensure_dir()
             submitted: list[_SlurmJob] = []
+            limit = self.array_size_limit()
             try:
                 for group in _same_config(jobs):
-                    for start in range(0, len(group), ARRAY_LIMIT):
-                        submitted += self._sbatch(directory, group[start:start + ARRAY_LIMIT])
+                    for run in split_arrays(len(group), limit):
+                        submitted += self._sbatch(directory, group[run.start:run.stop])
             except BaseException:
                 if submitted:
                     self._scancel([s.slurm_id for s in submitted])
@@ -288,6 +316,13 @@ class SlurmBackend(Backend):
             logger.warning("Slurm jobs %s are still in the queue %.0f s after scancel",
                            ", ".join(self.slurm_ids()), CANCEL_WAIT)
         self._cleanup_if_idle()
+
+    def array_size_limit(self) -> int:
+        """Most tasks in one job array: ``max_array_size`` (default `ARRAY_LIMIT`), lowered
+        to what the cluster allows (read once, at the first submit)."""
+        if self._limits is None:
+            self._limits = cluster_limits()
+        return array_limit(self._limits, self._max_array_size or ARRAY_LIMIT)
 
     # -- submission -------------------------------------------------------------------------
 

@@ -106,6 +106,9 @@ SLURM_KEYS: dict[str, Key] = {
                  _name("a feature expression", _CONSTRAINT)),
         _backend_key("max_parallel", "array tasks running at once (the %N of --array); also "
                      "sizes map chunks", positive_int),
+        _backend_key("max_array_size", "most tasks in one job array: a map with more is "
+                     "split into several arrays (default 1000, lowered to what the cluster's "
+                     "MaxArraySize and MaxJobCount allow)", positive_int),
         _job_key("sbatch_flags", "extra sbatch options, each \"--flag=value\"", _flags),
         _backend_key("shared_dir", "directory for job files, visible from the compute nodes "
                      "(default: $SCRATCH or ~, /.hog-executor/slurm)", shared_dir_path),

@@ -28,12 +28,16 @@ from ...runner import EXIT_WRAPPER_FAILED
 
 __all__ = [
     "EXIT_WRAPPER_FAILED",
+    "ClusterLimits",
     "SbatchSpec",
+    "array_limit",
     "directive_quote",
+    "parse_cluster_limits",
     "render_sbatch",
     "result_digest",
     "result_message",
     "sbatch_options",
+    "split_arrays",
     "time_limit_minutes",
 ]
 
@@ -180,6 +184,48 @@ hog_nout=$(wc -c < "$hog_task.out") && hog_nerr=$(wc -c < "$hog_task.err") \
 # The outcome of the call is in task-$hog_i.rc: the job itself succeeded.
 exit 0
 """
+
+
+@dataclass(frozen=True)
+class ClusterLimits:
+    """What the Slurm controller allows, from ``scontrol show config`` (None: not known).
+
+    Attributes:
+        max_array_size: ``MaxArraySize``: array indices go up to one less (0: no arrays).
+        max_job_count: ``MaxJobCount``: jobs the controller holds; each array task counts.
+    """
+
+    max_array_size: int | None = None
+    max_job_count: int | None = None
+
+
+def parse_cluster_limits(text: str) -> ClusterLimits:
+    """The limits in the output of ``scontrol show config`` (lines ``Name = value``)."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        name, value = name.strip(), value.strip().split(" ", 1)[0]
+        if sep and name in ("MaxArraySize", "MaxJobCount") and value.isdigit():
+            found[name] = int(value)
+    return ClusterLimits(found.get("MaxArraySize"), found.get("MaxJobCount"))
+
+
+def array_limit(limits: ClusterLimits, cap: int) -> int:
+    """Most tasks one job array of indices ``0..n-1`` may have: ``cap``, lowered to what the
+    cluster allows (at least 1: a cluster without arrays gets plain jobs)."""
+    allowed = [cap]
+    if limits.max_array_size is not None:
+        allowed.append(limits.max_array_size)  # indices 0 .. MaxArraySize - 1
+    if limits.max_job_count is not None:
+        allowed.append(limits.max_job_count - 1)  # the array must fit beside other jobs
+    return max(1, min(allowed))
+
+
+def split_arrays(count: int, limit: int) -> list[range]:
+    """``range(count)`` in consecutive runs of at most ``limit``: one job array each."""
+    if limit < 1:
+        raise ValueError("an array holds at least one task")
+    return [range(start, min(start + limit, count)) for start in range(0, count, limit)]
 
 
 def render_sbatch(spec: SbatchSpec) -> str:
