@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .environment import EnvSpec
+from .launchers import LaunchLine, LaunchPlan
 from .runner import (
     ENV_OK_NAME,
     EXIT_ENV_FAILED,
@@ -38,10 +39,25 @@ PAYLOAD_NAME = ".hog_payload"
 ENV_NAME = ".hog_env.py"
 
 
-@lru_cache(maxsize=1)
-def runner_source() -> bytes:
-    """The runner program shipped in every bundle."""
-    return (Path(__file__).parent / "runner.py").read_bytes()
+#: The lines that open and close the runner's rank mode (see `runner_source`).
+RANKS_BEGIN = b"\n# -- ranks: "
+RANKS_END = b"\n# -- end of ranks "
+
+
+@lru_cache(maxsize=2)
+def runner_source(ranks: bool = False) -> bytes:
+    """The runner program shipped in every bundle.
+
+    Without ``ranks``, its rank mode is left out: every bundle carries the runner, and a
+    Globus Compute command has room for less payload the larger the runner is.
+    """
+    source = (Path(__file__).parent / "runner.py").read_bytes()
+    if ranks:
+        return source
+    start, stop = source.find(RANKS_BEGIN), source.find(RANKS_END)
+    if start < 0 or stop < start:
+        return source
+    return source[:start] + source[source.index(b"\n", stop + 1):]
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,7 @@ class BundleSpec:
         description: a comment naming what the bundle runs.
         files: more files put beside the script, as (relative path, content): the script's
             local modules.
+        launch: how the ranks of a call with ``ranks > 1`` start (None: one process).
     """
 
     env: EnvSpec
@@ -70,6 +87,7 @@ class BundleSpec:
     cache_dir: str | None = None
     description: str = ""
     files: tuple[tuple[str, bytes], ...] = ()
+    launch: LaunchPlan | None = None
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -240,6 +258,69 @@ exit "$hog_rc"
 """
 
 
+# A call on many ranks (BundleSpec.launch): the launcher starts every rank of the runner in
+# rank mode; each writes its outcomes to a file of its own; then one more runner process
+# merges them into the result frame. The ranks' files live under the cache, which every
+# node running a rank must see anyway (the environment is there).
+_RANKS = r"""mkdir -p "$hog_cache/runs" \
+  && hog_rdir=$(mktemp -d "$hog_cache/runs/call.XXXXXXXX") \
+  || hog_fail "cannot create a directory for the ranks under $hog_cache/runs" __SETUP__
+trap 'rm -rf "$hog_tmp" "$hog_rdir"' EXIT
+cp "$hog_tmp/__RUNNER__" "$hog_tmp/__PAYLOAD__" __SCRIPT__ "$hog_rdir/" \
+  || hog_fail "cannot copy the call's files to $hog_rdir" __SETUP__
+__LAUNCH_SETUP__
+hog_start=$SECONDS
+timeout -k 5 "$hog_walltime" __LAUNCH__ < /dev/null &
+hog_pid=$!
+trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
+wait "$hog_pid" 2>/dev/null
+hog_rc=$?
+if [ "$hog_walltime" != 0 ] && { [ "$hog_rc" -eq __WALLTIME__ ] \
+     || { [ "$hog_rc" -gt 128 ] && [ $((SECONDS - hog_start)) -ge "$hog_walltime" ]; }; }; then
+  printf 'hog: the call exceeded its walltime of %s s; its ranks were killed\n' \
+    "$hog_walltime" >&2
+  exit __WALLTIME__
+fi
+if [ "$hog_rc" -ne 0 ]; then
+  printf 'hog: the launcher (__LAUNCHER__) ended with status %s\n' "$hog_rc" >&2
+fi
+"$hog_env/bin/python" "$hog_rdir/__RUNNER__" --merge-ranks __RANK_ARGS__ "$hog_rc" \
+  "$hog_rdir/__PAYLOAD__"
+exit $?
+"""
+
+
+def rank_command(plan: LaunchPlan) -> str:
+    """What every rank runs (bash text): the runner in rank mode."""
+    return (f'"$hog_env/bin/python" "$hog_rdir/{RUNNER_NAME}" --rank-mode {plan.ranks} '
+            f'{int(plan.all_ranks)} "$hog_rdir/{PAYLOAD_NAME}"')
+
+
+def launch_line(plan: LaunchPlan) -> LaunchLine:
+    """The launcher's line for ``plan``, as the bundle runs it.
+
+    Raises:
+        ConfigError: the launcher is not installed or answers something else than a line.
+    """
+    return plan.render(rank_command(plan))
+
+
+def _ranks_step(spec: BundleSpec, plan: LaunchPlan, line: LaunchLine) -> str:
+    script = f'"$hog_tmp"/{shlex.quote(spec.script_name)}' if spec.script_name else ""
+    return (
+        _RANKS.replace("__SETUP__", str(EXIT_SETUP_FAILED))
+        .replace("__SCRIPT__", script)
+        .replace("__RUNNER__", RUNNER_NAME)
+        .replace("__PAYLOAD__", PAYLOAD_NAME)
+        .replace("__WALLTIME__", str(EXIT_WALLTIME))
+        .replace("__LAUNCHER__", _CONTROL.sub("?", plan.launcher).replace("'", "?"))
+        .replace("__RANK_ARGS__", f"{plan.ranks} {int(plan.all_ranks)}")
+        .replace("__LAUNCH_SETUP__\n", line.setup + "\n" if line.setup else "")
+        .replace("__LAUNCH__", line.command)
+        .rstrip("\n")
+    )
+
+
 def _walltime_arg(walltime: float | None) -> str:
     if walltime is None:
         return "0"
@@ -270,10 +351,15 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
     description = _CONTROL.sub("?", spec.description)
     out.append(title + (f": {description}" if description else ""))
     out.append("# Runs by hand: bash THIS_FILE (HOG_CACHE_DIR chooses the environment cache)")
+    line = launch_line(spec.launch) if spec.launch is not None else None
+    if spec.launch is not None and line is not None:
+        out.append(f"# Runs on {spec.launch.ranks} ranks, started by the launcher "
+                   f"{_CONTROL.sub('?', spec.launch.launcher)}:")
+        out.append("#   " + _CONTROL.sub("?", line.command))
     out.append(
         _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED)).rstrip("\n")
     )
-    out.append(f"hog_put {RUNNER_NAME} {_b64(runner_source())}")
+    out.append(f"hog_put {RUNNER_NAME} {_b64(runner_source(spec.launch is not None))}")
     out.append(f"hog_put {ENV_NAME} {_b64(spec.env.metadata)}")
     if spec.script_name is not None:
         out.append(f"hog_put {q(spec.script_name)} {_b64(spec.script_source)}")
@@ -307,12 +393,15 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
     )
     # When the environment was ready, and whether this bundle built it (per-call timings).
     out.append('export HOG_ENV_READY="${EPOCHREALTIME:-}" HOG_ENV_BUILT="${hog_built:-0}"')
-    out.append(
-        _RUN.replace("__RUNNER__", RUNNER_NAME)
-        .replace("__PAYLOAD__", PAYLOAD_NAME)
-        .replace("__WALLTIME__", str(EXIT_WALLTIME))
-        .rstrip("\n")
-    )
+    if spec.launch is not None and line is not None:
+        out.append(_ranks_step(spec, spec.launch, line))
+    else:
+        out.append(
+            _RUN.replace("__RUNNER__", RUNNER_NAME)
+            .replace("__PAYLOAD__", PAYLOAD_NAME)
+            .replace("__WALLTIME__", str(EXIT_WALLTIME))
+            .rstrip("\n")
+        )
     return head, "\n".join(out) + "\n"
 
 

@@ -192,6 +192,25 @@ def _cache_dir(value: Any) -> str:
     return path
 
 
+def _ranks(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of processes, at least 1 (1: the call runs "
+                         f"in one process, as without ranks), got {value!r}")
+    return value
+
+
+def _launcher(value: Any) -> str:
+    from .launchers import check_launcher_name
+
+    return check_launcher_name(value)
+
+
+def _launcher_flags(value: Any) -> tuple[str, ...]:
+    from .launchers import check_launcher_flags
+
+    return check_launcher_flags(value)
+
+
 def _store(value: Any) -> Any:
     from .store import check_store
 
@@ -222,6 +241,14 @@ COMMON_KEYS: dict[str, Key] = {
         Key("check_imports", "at submit, an import of an installed package the script's "
             "PEP 723 block does not declare is an error (default true)",
             _typed(bool, what="true or false")),
+        Key("ranks", "processes (MPI ranks) each call runs on, started by the launcher "
+            "(default 1)", _ranks),
+        Key("all_ranks", "with ranks > 1, the call's value is the list of every rank's "
+            "value in rank order (default: rank 0's value)", _typed(bool, what="true or false")),
+        Key("launcher", "what starts the ranks: mpiexec, mpirun, srun, endpoint, or a "
+            "launcher of the hog_executor.launchers entry-point group (default: srun on "
+            "slurm, endpoint on globus, else mpiexec)", _launcher),
+        Key("launcher_flags", "extra words for the launcher's command line", _launcher_flags),
     ]
 }
 

@@ -32,6 +32,7 @@ from . import payload as _payload
 from .bundle import BundleSpec, bundle_parts
 from .config import DEFAULT_PAYLOAD_LIMIT
 from .environment import env_spec
+from .launchers import launch_plan
 from .script import ScriptMetadata, load_script
 
 if TYPE_CHECKING:
@@ -255,6 +256,7 @@ class Contexts:
             files=local_module_files(local),
             cache_dir=values.get("cache_dir"),
             description=description,
+            launch=launch_plan(values, (*meta.dependencies, *values.get("dependencies", ()))),
         )
         parts = bundle_parts(spec)
         limit = values.get("payload_limit", DEFAULT_PAYLOAD_LIMIT)
@@ -262,7 +264,8 @@ class Contexts:
         return CallContext(script, meta, module, fn_bytes, spec,
                            parts, limit, description, values,
                            limit if own is None else min(limit, own),
-                           None if values.get("fresh_process") else runner_key(spec, module))
+                           None if values.get("fresh_process") or spec.launch is not None
+                           else runner_key(spec, module))
 
 
 def inferred_packages(ex: Any, fn: Any, objects: Iterable[Any], *,

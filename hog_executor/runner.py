@@ -622,9 +622,312 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
+#: Modes of ``python runner.py MODE ...`` besides serving (filled in by the ranks section).
+_MODES: dict[str, Any] = {}
+
+# -- ranks: one call on many processes ------------------------------------------------------
+# (Bundles of calls on one process carry this file without this section: see
+# hog_executor.bundle.runner_source.)
+# ``python runner.py --rank-mode N ALL PAYLOAD`` is what a launcher starts on each of N
+# ranks. A rank learns its number from the launcher's environment (`RANK_VARIABLES`; MPI
+# is not imported here), runs every call of the chunk and appends each outcome, as a
+# message ``(index, outcome)``, to ``.hog_rank-<rank>`` beside the payload. With ALL = 0
+# only rank 0 keeps its value (the others send ``b""``); with ALL = 1 every rank sends its
+# value inline. A call raising on a rank is marked with the rank (attribute ``hog_rank``,
+# a note); when the rank has MPI initialized (mpi4py), it then aborts the MPI job, since
+# the other ranks may wait for it in a collective.
+#
+# ``python runner.py --merge-ranks N ALL STATUS PAYLOAD`` runs once the launcher has
+# ended (with exit status STATUS): it reads the ranks' files and prints the one result
+# frame: for each call the error of the lowest rank that raised, else rank 0's value (ALL
+# = 0) or the list of every rank's value in rank order (ALL = 1).
+
+#: Environment variables launchers set to tell a process its rank, most specific first
+#: (inside a Slurm job, SLURM_PROCID is the batch step's 0 for ranks mpiexec starts).
+RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK",
+                  "SLURM_PROCID")
+#: The file of rank ``r``'s outcomes, beside the payload.
+RANK_FILE = ".hog_rank-{}"
+#: The attribute naming the rank on an exception a rank raised.
+RANK_ATTRIBUTE = "hog_rank"
+
+
+def rank_from_env(environ: Any = None) -> tuple[int, str] | None:
+    """This process's rank and the variable it came from (None: no launcher said)."""
+    environ = os.environ if environ is None else environ
+    for name in RANK_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value), name
+    return None
+
+
+def _mark_rank(exc: BaseException, rank: int, ranks: int) -> None:
+    """Say on ``exc`` which rank raised it (attribute and note; both survive pickling)."""
+    try:
+        setattr(exc, RANK_ATTRIBUTE, rank)
+        note = f"raised on rank {rank} of {ranks}"
+        if hasattr(exc, "add_note"):
+            exc.add_note(note)
+        else:  # Python 3.10: kept, but not shown by traceback
+            exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+    except Exception:  # an exception without a __dict__ (slots)
+        pass
+
+
+def _rank_error(exc: BaseException, rank: int, ranks: int) -> tuple[object, ...]:
+    _mark_rank(exc, rank, ranks)
+    outcome = _error(exc)
+    text = outcome[4]
+    if not hasattr(exc, "add_note"):
+        text = f"[raised on rank {rank} of {ranks}]\n{text}"
+    return (*outcome[:3], f"{outcome[3]} (rank {rank} of {ranks})", text)
+
+
+def _mpi_world() -> Any:
+    """mpi4py's COMM_WORLD when the user's code initialized MPI (None otherwise)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    try:
+        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+            return mpi.COMM_WORLD
+    except Exception:
+        pass
+    return None
+
+
+def _rank_call(fn: Any, item: bytes, results: _ResultStore | None, rank: int,
+               ranks: int) -> tuple[tuple[object, ...], bool]:
+    """One call on this rank: its outcome, and whether it raised."""
+    try:
+        args, kwargs = pickle.loads(item)
+        value = fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        return _rank_error(exc, rank, ranks), True
+    world = _mpi_world()
+    if world is not None and world.Get_size() != ranks:
+        return _rank_error(RuntimeError(
+            f"the launcher started {ranks} processes, but MPI sees a world of "
+            f"{world.Get_size()}: the launcher and the MPI library do not share a process "
+            "manager (PMI). With srun, choose the PMI the library speaks "
+            "(launcher_flags=[\"--mpi=pmi2\"] for the mpich wheel); else use the "
+            "library's own mpiexec (launcher=\"mpiexec\")"), rank, ranks), True
+    if results is None:  # another rank's value is not kept
+        return (OUTCOME_VALUE, b""), False
+    buffers: list[pickle.PickleBuffer] | None = [] if results.active else None
+    try:
+        data = _dumps(value, buffers)
+    except Exception as exc:
+        return _rank_error(TypeError(
+            f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"), rank,
+            ranks), True
+    try:
+        return results.outcome(value, data, buffers or []), False
+    except Exception as exc:
+        return _rank_error(exc, rank, ranks), True
+
+
+def rank_main(argv: list[str]) -> int:
+    """One rank: run the chunk's calls, write each outcome to this rank's file."""
+    ranks, all_ranks, path = int(argv[2]), argv[3] == "1", argv[-1]
+    found = rank_from_env()
+    if found is None:
+        print(f"hog: cannot tell this process's rank: the launcher set none of "
+              f"{', '.join(RANK_VARIABLES)}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    rank, variable = found
+    if rank >= ranks:
+        print(f"hog: {variable}={rank}, but the call runs on {ranks} ranks", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    where = os.path.dirname(os.path.abspath(path))
+    try:
+        fd = os.open(os.path.join(where, RANK_FILE.format(rank)),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"hog: rank {rank} ({variable}) was started twice: the launcher did not give "
+              "each process a rank of its own", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    os.environ[REMOTE_CALL_ENV] = "1"
+    with open(path, "rb") as f:
+        line, _, body = f.read().partition(b"\n")
+    header = json.loads(line)
+
+    def record(index: int, outcome: object, *times: float) -> None:
+        data = message(pickle.dumps((index, outcome, *times), protocol=PROTOCOL))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    try:
+        if header.get("script"):
+            _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
+        fn_bytes, items, *extra = pickle.loads(body)
+        fn = pickle.loads(fn_bytes)
+    except Exception as exc:
+        _runtime_failed(exc)  # an environment without cloudpickle: rebuilt next time
+        failure = _rank_error(exc, rank, ranks)
+        for index in range(header["count"]):
+            record(index, failure)
+        return 0
+    record(-1, process_times())  # this rank's start-up, for the call's timings
+    results: _ResultStore | None = None
+    if all_ranks:  # every value inline: the merge puts the list into the store if large
+        results = _ResultStore(None, 0, False)
+    elif rank == 0:
+        results = _ResultStore(extra[0] if extra else None, header.get("threshold") or 0,
+                               header.get("store_optional", False))
+    try:
+        began = time.time()
+        for index, item in enumerate(items):
+            outcome, raised = _rank_call(fn, item, results, rank, ranks)
+            ended = time.time()
+            record(index, outcome, began, ended)
+            began = ended
+            world = _mpi_world() if raised else None
+            if world is not None and ranks > 1:
+                _abort(world, fd)
+    finally:
+        os.close(fd)
+    return 0
+
+
+def _abort(world: Any, fd: int) -> None:
+    """End every rank of the MPI job: the others may wait for this one in a collective."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    os.close(fd)
+    try:
+        world.Abort(1)
+    finally:
+        os._exit(1)  # some process managers return from MPI_Abort: this rank ends anyway
+
+
+def _read_rank_file(path: str) -> dict[int, Any]:
+    """The records of a rank by call index, each ``(outcome, started, ended)``; index -1:
+    its start-up times. A record cut short by the rank's end is dropped."""
+    found: dict[int, Any] = {}
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return found
+    try:
+        while True:
+            data = read_message(fd)
+            if data is None:
+                break
+            try:
+                index, *rest = pickle.loads(data)
+            except Exception:
+                break
+            found[index] = rest[0] if index < 0 else tuple(rest)
+    finally:
+        os.close(fd)
+    return found
+
+
+def _gathered(values: list[bytes], header: dict[str, Any], where: str) -> list[object]:
+    """The ranks' values unpickled (the script is imported only when a value needs it)."""
+    try:
+        return [pickle.loads(v) for v in values]
+    except Exception:
+        if not header.get("script"):
+            raise
+    _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
+    return [pickle.loads(v) for v in values]
+
+
+def merge_ranks(argv: list[str]) -> int:
+    """Merge the ranks' outcome files into the call's result frame (see above)."""
+    ranks, all_ranks, status, path = int(argv[2]), argv[3] == "1", int(argv[4]), argv[-1]
+    out = os.fdopen(os.dup(1), "wb")
+    where = os.path.dirname(os.path.abspath(path))
+    with open(path, "rb") as f:
+        line, _, body = f.read().partition(b"\n")
+    header = json.loads(line)
+    count = header["count"]
+    records = [_read_rank_file(os.path.join(where, RANK_FILE.format(r))) for r in range(ranks)]
+    per_rank = [{i: rec[0] for i, rec in found.items() if i >= 0} for found in records]
+    if not any(per_rank):
+        print("hog: no rank recorded a result", file=sys.stderr)
+        return status or EXIT_SETUP_FAILED
+    results = None
+    first_error: tuple[int, int] | None = None  # (call, rank)
+    outcomes: list[tuple[object, ...]] = []
+    for index in range(count):
+        got = [per_rank[r].get(index) for r in range(ranks)]
+        failed = [r for r, o in enumerate(got) if o is not None and o[0] == OUTCOME_ERROR]
+        missing = [r for r, o in enumerate(got) if o is None]
+        if failed:
+            if first_error is None:
+                first_error = (index, failed[0])
+            outcomes.append(got[failed[0]])  # type: ignore[arg-type]
+            continue
+        if missing:
+            if first_error is not None:
+                what = (f"not run: rank {first_error[1]} raised in call {first_error[0]} of "
+                        "this chunk, and the ranks were stopped")
+            else:
+                names = ", ".join(map(str, missing))
+                what = (f"rank{'s' if len(missing) > 1 else ''} {names} of {ranks} ended "
+                        f"without a result for this call (the launcher's exit status was "
+                        f"{status}; the ranks' stderr is above)")
+            outcomes.append(_error(RuntimeError(what)))
+            continue
+        if not all_ranks:
+            outcomes.append(got[0])  # type: ignore[arg-type]
+            continue
+        try:
+            values = _gathered([o[1] for o in got], header, where)  # type: ignore[index]
+            if results is None:
+                extra = pickle.loads(body)[2:]
+                results = _ResultStore(extra[0] if extra else None,
+                                       header.get("threshold") or 0,
+                                       header.get("store_optional", False))
+            buffers: list[pickle.PickleBuffer] | None = [] if results.active else None
+            data = _dumps(values, buffers)
+            outcomes.append(results.outcome(values, data, buffers or []))
+        except Exception as exc:
+            outcomes.append(_error(RuntimeError(
+                f"the values of the ranks could not be gathered: {type(exc).__name__}: {exc}")))
+    # Timings as the one-process frame has them: rank 0's start-up (its script import), and
+    # each call from its start on rank 0 (or the first rank) to its end on the last rank.
+    times = {**process_times(), **(records[0].get(-1) or {})}
+    calls = []
+    for index in range(count):
+        ran = [rec[index] for rec in records if index in rec]
+        first = records[0][index][1] if index in records[0] else min(
+            (r[1] for r in ran), default=None)
+        if first is not None and times.get("imported"):
+            first = max(first, times["imported"])
+        calls.append((first, max((r[2] for r in ran), default=None)))
+    times["calls"] = calls
+    frame = base64.b64encode(pickle.dumps([*outcomes, times], protocol=PROTOCOL))
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    begin, end = frame_lines(header["marker"].encode())
+    out.write(begin + frame + end)
+    out.flush()
+    if os.environ.get(PRINT_RESULT_ENV):
+        return _show(outcomes)
+    return 0
+
+
+_MODES.update({"--rank-mode": rank_main, "--merge-ranks": merge_ranks})
+# -- end of ranks ---------------------------------------------------------------------------
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 2 and argv[1] == "--serve":
         return serve(argv)
+    if len(argv) > 2 and argv[1] in _MODES:
+        return int(_MODES[argv[1]](argv))
     out = os.fdopen(os.dup(1), "wb")  # the frame goes here even if the user redirects fd 1
     os.environ[REMOTE_CALL_ENV] = "1"  # decorated functions refuse nested remote calls
     with open(argv[1], "rb") as f:

@@ -334,3 +334,25 @@ def test_max_array_size_key():
     ex.shutdown()
     with pytest.raises(ConfigError, match="positive integer"):
         HogExecutor("slurm", max_array_size=0)
+
+
+def test_ranks_become_tasks_of_the_job():
+    values = {"partition": "debug", "ranks": 4, "nodes": 2, "ranks_per_node": 2}
+    assert sbatch_options(values) == (
+        ("--partition", "debug"), ("--nodes", "2"), ("--ntasks", "4"),
+        ("--ntasks-per-node", "2"),
+    )
+    # One rank: the job holds one task, as without the key.
+    assert sbatch_options({"ranks": 1, "nodes": 1}) == (("--nodes", "1"),)
+    script = render_sbatch(_spec(options=sbatch_options({"ranks": 3})))
+    assert '--ntasks="3"' in _directives(script)
+
+
+def test_ranks_keys_of_the_slurm_backend():
+    keys = backend_keys("slurm")
+    assert keys["ranks_per_node"].check(2) == 2
+    with pytest.raises(ValueError):
+        keys["ranks_per_node"].check(0)
+    endpoint = resolve_endpoint("slurm", kwargs={"ranks": 2, "ranks_per_node": 1, "nodes": 2},
+                                backend_keys=backend_keys, builtin_backends=backend_names)
+    assert endpoint.values["ranks"] == 2 and endpoint.values["nodes"] == "2"

@@ -63,6 +63,19 @@ def _resources(value: Any) -> dict[str, float]:
     return out
 
 
+def _refuse_ranks(values: Mapping[str, Any], name: str) -> None:
+    """Dask workers run one bundle per task, with no launcher to start ranks.
+
+    Raises:
+        ConfigError: ``ranks`` is over 1.
+    """
+    if (values.get("ranks") or 1) > 1:
+        raise ConfigError(
+            f"endpoint {name!r} (backend dask) cannot run a call on ranks = {values['ranks']}: "
+            "a Dask task runs one process; run MPI calls on a local, slurm or globus endpoint"
+        )
+
+
 class _Shipped:
     """A function that travels to workers by value: it unpickles as the function itself.
 
@@ -132,6 +145,7 @@ class DaskBackend(Backend):
     def __init__(self, endpoint: Endpoint) -> None:
         super().__init__(endpoint)
         values = endpoint.values
+        _refuse_ranks(values, endpoint.name)
         client = values.get("client")
         address = values.get("address")
         if client is None and address is None:
@@ -184,6 +198,8 @@ class DaskBackend(Backend):
     def submit(self, jobs: Sequence[Job]) -> None:
         with self._lock:
             self._ensure_open()
+        for job in jobs:
+            _refuse_ranks(job.config, self.endpoint.name)
         submitted: list[_DaskTask] = []
         try:
             for job in jobs:

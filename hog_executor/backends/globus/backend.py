@@ -21,7 +21,7 @@ from ...config import Endpoint, Key
 from ...errors import BackendError, ConfigError, PayloadTooLargeError
 from .. import Backend, Job
 from ..lifecycle import resolve
-from .keys import GLOBUS_KEYS, user_endpoint_config
+from .keys import GLOBUS_KEYS, resource_specification, user_endpoint_config
 from .sdk import (
     REQUEST_BUDGET,
     REQUEST_LIMIT,
@@ -220,7 +220,7 @@ class GlobusBackend(Backend):
             if len(self._configs) >= CACHE_LIMIT:
                 self._configs.clear()
             uep = user_endpoint_config(values)
-            spec = values.get("resource_specification") or None
+            spec = resource_specification(values)
             cached = self._configs[id(values)] = (values, _dumps(uep), _dumps(spec))
         large = task_request_size(len(job.payload)) * self._batch_size > REQUEST_BUDGET
         return Group(cached[1], cached[2], large)

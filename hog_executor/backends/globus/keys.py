@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from ...config import Key, positive_int
+from ...errors import ConfigError
 
-__all__ = ["GLOBUS_KEYS", "PASSTHROUGH", "user_endpoint_config"]
+__all__ = ["GLOBUS_KEYS", "PASSTHROUGH", "resource_specification", "user_endpoint_config"]
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -91,6 +93,10 @@ GLOBUS_KEYS: dict[str, Key] = {
         _key("resource_specification",
              "MPI resources for each call (num_nodes, ranks_per_node, ...)",
              _resource_specification, per_call=True),
+        _key("nodes", "with ranks > 1: nodes the call's ranks spread over (num_nodes of "
+             "resource_specification; default 1)", positive_int, per_call=True),
+        _key("ranks_per_node", "with ranks > 1: ranks on each node (ranks_per_node of "
+             "resource_specification)", positive_int, per_call=True),
         _key("amqp_port", "port for results (443, 5671 or 5672)", _amqp_port),
         _key("retries", "times a call is sent again when the service refused its request "
              "(default 0; a call that ran and failed is never repeated)", _retries),
@@ -111,3 +117,35 @@ def user_endpoint_config(values: Mapping[str, Any]) -> dict[str, Any] | None:
         if name in values:
             config[name] = values[name]
     return config or None
+
+
+def resource_specification(values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``resource_specification`` a call's resolved ``values`` ask for (None: none).
+
+    A call with ``ranks > 1`` fills in ``num_ranks``, ``num_nodes`` and ``ranks_per_node``
+    (what a ``GlobusMPIEngine`` endpoint reads to compose the task's launcher prefix) from
+    ``ranks``, ``nodes`` and ``ranks_per_node``, besides any other values of the table.
+
+    Raises:
+        ConfigError: the table and the ranks keys disagree.
+    """
+    spec = dict(values.get("resource_specification") or {})
+    ranks = values.get("ranks") or 1
+    if ranks <= 1:
+        return spec or None
+    if spec.get("num_ranks") not in (None, ranks):
+        raise ConfigError(f"resource_specification num_ranks = {spec['num_ranks']!r} disagrees "
+                          f"with ranks = {ranks}: set one of them")
+
+    def pick(key: str, name: str) -> Any:
+        mine, theirs = values.get(key), spec.get(name)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ConfigError(f"resource_specification {name} = {theirs!r} disagrees with "
+                              f"{key} = {mine!r}: set one of them")
+        return mine if mine is not None else theirs
+
+    per_node = pick("ranks_per_node", "ranks_per_node")
+    nodes = pick("nodes", "num_nodes") or (math.ceil(ranks / per_node) if per_node else 1)
+    spec.update(num_ranks=ranks, num_nodes=nodes,
+                ranks_per_node=per_node or math.ceil(ranks / nodes))
+    return spec

@@ -97,8 +97,11 @@ SLURM_KEYS: dict[str, Key] = {
         _job_key("mem", "memory per node: megabytes or \"4G\" (--mem)", _mem),
         _job_key("gpus", "GPUs per job: a count or \"type:count\" (--gpus)",
                  _count_or(r"([A-Za-z0-9_.-]+:)?[1-9][0-9]*", "a GPU count or \"type:count\"")),
-        _job_key("nodes", "nodes per job: a count or \"min-max\" (--nodes)",
+        _job_key("nodes", "nodes per job: a count or \"min-max\" (--nodes); a call "
+                 "with ranks > 1 spreads its ranks over them",
                  _count_or(r"[1-9][0-9]*(-[1-9][0-9]*)?", "a node count or \"min-max\"")),
+        _job_key("ranks_per_node", "with ranks > 1: ranks on each node (--ntasks-per-node)",
+                 positive_int),
         _job_key("constraint", "node features required (--constraint)",
                  _name("a feature expression", _CONSTRAINT)),
         _backend_key("max_parallel", "array tasks running at once (the %N of --array); also "

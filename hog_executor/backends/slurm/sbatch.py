@@ -53,6 +53,8 @@ OPTION_FLAGS: dict[str, str] = {
     "account": "--account",
     "qos": "--qos",
     "nodes": "--nodes",
+    "ranks": "--ntasks",
+    "ranks_per_node": "--ntasks-per-node",
     "cpus_per_task": "--cpus-per-task",
     "mem": "--mem",
     "gpus": "--gpus",
@@ -113,10 +115,17 @@ def time_limit_minutes(walltime: float | None, margin: int = TIME_MARGIN_MINUTES
 
 
 def sbatch_options(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The ``(flag, value)`` pairs for the endpoint's resource keys that are set."""
+    """The ``(flag, value)`` pairs for the endpoint's resource keys that are set.
+
+    ``ranks`` (``--ntasks``) and ``ranks_per_node`` (``--ntasks-per-node``) are written for
+    calls on more than one rank: the job's allocation then holds the step that ``srun``
+    starts the ranks in.
+    """
+    ranks = values.get("ranks") or 1
     return tuple(
         (flag, str(values[key])) for key, flag in OPTION_FLAGS.items()
         if values.get(key) is not None
+        and (ranks > 1 or key not in ("ranks", "ranks_per_node"))
     )
 
 
