@@ -211,6 +211,23 @@ def _launcher_flags(value: Any) -> tuple[str, ...]:
     return check_launcher_flags(value)
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def _retry_on(value: Any) -> Any:
+    if callable(value) and not isinstance(value, type):
+        return value
+    kinds = (value,) if isinstance(value, type) else value
+    if not (isinstance(kinds, tuple) and kinds
+            and all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds)):
+        raise ValueError("expected exception types (a class or a tuple of classes) or a "
+                         "predicate taking the exception")
+    return kinds
+
+
 def _store(value: Any) -> Any:
     from .store import check_store
 
@@ -236,6 +253,11 @@ COMMON_KEYS: dict[str, Key] = {
             "a proxystore Store", _store, per_call=False),
         Key("proxy_threshold", "objects whose pickle is larger travel through the store "
             "(bytes or \"1MB\"; default 1 MB)", _size),
+        Key("retries", "times a call runs again when its process or node died without an "
+            "answer (a signal, OOM, NODE_FAIL, PREEMPTED, a lost worker); default 0",
+            _non_negative_int),
+        Key("retry_on", "exception types (a tuple) or a predicate: calls that raised them also "
+            "run again, within retries (executor argument or options() only)", _retry_on),
         Key("fresh_process", "run each call (or map chunk) in a process of its own instead of "
             "a warm runner", _typed(bool, what="true or false")),
         Key("check_imports", "at submit, an import of an installed package the script's "

@@ -27,6 +27,7 @@ from .config import Endpoint, resolve_endpoint
 from .context import CallContext, Contexts, script_for
 from .futures import CallTimings, HogFuture
 from .results import JobResults
+from .retries import RetryPolicy
 from .script import ScriptMetadata, load_script
 from .state import ExecutorState
 from .store import DEFAULT_PROXY_THRESHOLD
@@ -226,14 +227,33 @@ class HogExecutor(Executor):
 
     def _submit_items(self, ctx: CallContext, items: list[bytes], call_refs: list[list[Any]],
                       chunksize: int | None, store: ClientStore | None, threshold: int,
-                      keep_stored: bool, optional: bool,
-                      submitted: float) -> list[HogFuture[Any]]:
+                      keep_stored: bool, optional: bool, submitted: float,
+                      again: list[HogFuture[Any]] | None = None) -> list[HogFuture[Any]]:
+        """Pack pickled calls into jobs and submit them; ``again``: the futures of calls that
+        run again (retries), instead of new ones."""
         state = self._state
         size = chunksize or chunk_size(len(items), state.backend.workers)
         chunks = plan_chunks([len(i) for i in items], size, len(ctx.fn_bytes), ctx.chunk_limit)
-        futures: list[HogFuture[Any]] = [HogFuture() for _ in items]
-        for f in futures:
-            f.timings = CallTimings(submitted)
+        futures: list[HogFuture[Any]] = again or [HogFuture() for _ in items]
+        if again is None:
+            for f in futures:
+                f.timings = CallTimings(submitted)
+        policy = RetryPolicy.of(ctx.values)
+
+        def resubmitter(chunk: list[int]) -> Callable[[list[int]], None] | None:
+            if policy is None:
+                return None
+
+            def resubmit(picks: list[int]) -> None:
+                # One call per job: a call that kills its process again takes no other down.
+                calls = [chunk[k] for k in picks]
+                self._submit_items(ctx, [items[i] for i in calls],
+                                   [call_refs[i] for i in calls], 1, store, threshold,
+                                   keep_stored, optional, submitted,
+                                   again=[futures[i] for i in calls])
+
+            return resubmit
+
         jobs = []
         store_config = store.config_bytes if store is not None else None
         by_value = ctx.script is not None and ctx.module is None
@@ -252,7 +272,7 @@ class HogExecutor(Executor):
                       description=ctx.description, calls=len(chunk),
                       runner_key=ctx.runner_key)
             jobs.append(JobResults(state, job, [futures[i] for i in chunk], marker, ctx.module,
-                                   store, keep_stored))
+                                   store, keep_stored, policy, resubmitter(chunk)))
         with state.submit_lock:
             state.check_open()
             state.track(jobs)
@@ -265,7 +285,7 @@ class HogExecutor(Executor):
         for f in futures:
             if f.timings is not None:
                 f.timings.sent = sent
-        if store is not None:
+        if store is not None and again is None:
             for f, refs in zip(futures, call_refs, strict=True):
                 if refs:
                     f.add_done_callback(_evicter(store, refs))

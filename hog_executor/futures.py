@@ -112,6 +112,7 @@ class HogFuture(Future[T]):
         stdout: what the call printed (set when done).
         stderr: what the call wrote to stderr (set when done).
         timings: when the call went through each phase (`CallTimings`).
+        attempts: how many runs the call took (more than 1 after retries).
     """
 
     def __init__(self) -> None:
@@ -121,6 +122,8 @@ class HogFuture(Future[T]):
         self.stdout: str | None = None
         self.stderr: str | None = None
         self.timings: CallTimings | None = None
+        self.attempts = 1
+        self._free_retries = 0  # retries that did not count (preemption)
         self._results: JobResults | None = None
 
     def cancel(self) -> bool:

@@ -9,10 +9,12 @@ becomes one error for all its calls, classified by `process_error`.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import signal
 import time
 import types
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +27,13 @@ from .futures import CallTimings, HogFuture, settle
 from .runner import EXIT_ENV_FAILED, EXIT_SETUP_FAILED, EXIT_WALLTIME
 
 if TYPE_CHECKING:
+    from .retries import RetryPolicy
     from .state import ExecutorState
     from .store import ClientStore
 
 __all__ = ["STDERR_TAIL_LINES", "JobResults", "process_error"]
+
+logger = logging.getLogger(__name__)
 
 #: Lines of stderr quoted in process errors.
 STDERR_TAIL_LINES = 25
@@ -115,7 +120,9 @@ class JobResults:
 
     def __init__(self, state: ExecutorState, job: Job, futures: list[HogFuture[Any]],
                  marker: str, module: types.ModuleType | None,
-                 store: ClientStore | None = None, keep_stored: bool = False) -> None:
+                 store: ClientStore | None = None, keep_stored: bool = False,
+                 policy: RetryPolicy | None = None,
+                 resubmit: Callable[[list[int]], None] | None = None) -> None:
         self.state = state
         self.job = job
         self.futures = futures
@@ -124,6 +131,10 @@ class JobResults:
         self.store = store
         self.keep_stored = keep_stored
         self.stop_requested = False
+        self.policy = policy
+        self.resubmit = resubmit  # runs calls (by index) of this job again, in a new job
+        self._again: list[tuple[int, BaseException]] = []
+        self._moved: set[int] = set()  # calls running again in another job
         for f in futures:
             f.job_id = f.task_id = job.id
             f._results = self
@@ -166,29 +177,35 @@ class JobResults:
         """
         try:
             self._finished(fut)
+            self._run_again()
         except BaseException as exc:
             err = BackendError(
                 f"{self.where}: its output could not be decoded: {type(exc).__name__}: {exc}")
             err.__cause__ = exc
-            for f in self.futures:
+            for _, f in self._open():
                 settle(f, exception=err)
         finally:
             for f in self.futures:
-                f._results = None
+                if f._results is self:
+                    f._results = None
             self.futures = []
+
+    def _open(self) -> list[tuple[int, HogFuture[Any]]]:
+        """The calls this job still answers for (not those that run again elsewhere)."""
+        return [(i, f) for i, f in enumerate(self.futures) if i not in self._moved]
 
     def _finished(self, fut: Future[Output]) -> None:
         self.state.forget(self)
         if self.stop_requested or fut.cancelled():
-            for f in self.futures:
+            for _, f in self._open():
                 f.force_cancel()
             return
         exc = fut.exception()
         if exc is not None:
             err = exc if isinstance(exc, HogError) else BackendError(
                 f"{self.where}: {type(exc).__name__}: {exc}")
-            for f in self.futures:
-                settle(f, exception=err)
+            for i, _ in self._open():
+                self._fail(i, err)
             return
         self.deliver(fut.result())
 
@@ -208,23 +225,57 @@ class JobResults:
         f.stderr = call.stderr.decode("utf-8", "replace")
         if call.outcome is None:
             assert call.failure is not None
-            settle(f, exception=process_error(call.failure, self.where, self.job.walltime,
-                                              f.stdout, f.stderr))
-            return
-        self._settle(f, call.outcome)
+            self._fail(call.index, process_error(call.failure, self.where, self.job.walltime,
+                                                 f.stdout, f.stderr))
+        else:
+            self._settle(call.index, call.outcome)
+        self._run_again()
 
-    def _settle(self, f: HogFuture[Any], raw: tuple[Any, ...]) -> None:
+    def _settle(self, index: int, raw: tuple[Any, ...]) -> None:
         outcome = _payload.decode_outcome(raw, self.module, self.store, self.keep_stored)
         if outcome.ok:
-            settle(f, result=outcome.value)
+            settle(self.futures[index], result=outcome.value)
         else:
-            settle(f, exception=outcome.error)
+            assert outcome.error is not None
+            self._fail(index, outcome.error)
+
+    def _fail(self, index: int, error: BaseException) -> None:
+        """Call ``index`` failed with ``error``: run it again if the policy says so, else
+        settle it."""
+        f = self.futures[index]
+        if f.done():
+            return
+        if self.policy is not None and self.resubmit is not None:
+            again, counts = self.policy.decide(error, f.attempts - 1 - f._free_retries)
+            if again:
+                f.attempts += 1
+                if not counts:
+                    f._free_retries += 1
+                logger.warning("%s: call %d failed (%s: %s); running it again (attempt %d)",
+                               self.where, index, type(error).__name__, error, f.attempts)
+                self._again.append((index, error))
+                return
+        settle(f, exception=error)
+
+    def _run_again(self) -> None:
+        """Send the calls to run again; if that fails, they fail with their own error."""
+        again, self._again = self._again, []
+        if not again:
+            return
+        assert self.resubmit is not None
+        try:
+            self.resubmit([i for i, _ in again])
+            self._moved.update(i for i, _ in again)
+        except Exception as exc:
+            logger.warning("%s: the calls could not be sent again: %s", self.where, exc)
+            for i, error in again:
+                settle(self.futures[i], exception=error)
 
     def deliver(self, output: Output) -> None:
         """Decode ``output`` into each call's outcome."""
         if output.streamed:  # every call answered through call_finished
             missing = BackendError(f"{self.where} ended without answering every call")
-            for f in self.futures:
+            for _, f in self._open():
                 settle(f, exception=missing)
             return
         frame = parse_output(output.stdout, self.marker)
@@ -234,17 +285,18 @@ class JobResults:
                 f.stdout, f.stderr = frame.stdout, stderr
         if frame.outcomes is None:
             err = process_error(output, self.where, self.job.walltime, frame.stdout, stderr)
-            for f in self.futures:
-                settle(f, exception=err)
+            for i, _ in self._open():
+                self._fail(i, err)
             return
         raw = pickle.loads(frame.outcomes)
         times = raw.pop() if raw and isinstance(raw[-1], dict) else {}
         _frame_timings(self.futures, times)
-        for f, item in zip(self.futures, raw, strict=False):
+        for i, (f, item) in enumerate(zip(self.futures, raw, strict=False)):
             if not f.done():
-                self._settle(f, item)
+                self._settle(i, item)
         if len(raw) < len(self.futures):
             missing = BackendError(
                 f"{self.where} returned {len(raw)} results for {len(self.futures)} calls")
-            for f in self.futures[len(raw):]:
-                settle(f, exception=missing)
+            for i, f in self._open():
+                if i >= len(raw):
+                    settle(f, exception=missing)
