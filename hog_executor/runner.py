@@ -519,18 +519,29 @@ def _become_subreaper() -> None:
         pass
 
 
+#: Open ``/proc/self/task/<tid>/children`` files, by thread id: re-read in place each call.
+_child_files: dict[int, int] = {}
+
+
 def children() -> set[int]:
-    """This process's children (Linux ``/proc``; elsewhere none are known)."""
+    """This process's children, as its Python threads started them (Linux ``/proc``;
+    elsewhere none are known)."""
+    import threading
+
     found: set[int] = set()
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return found
-    for tid in tasks:
+    tids = {t.native_id for t in threading.enumerate() if t.native_id is not None}
+    for tid in [t for t in _child_files if t not in tids]:
+        os.close(_child_files.pop(tid))
+    for tid in tids:
+        fd = _child_files.get(tid)
+        if fd is None:
+            try:
+                fd = _child_files[tid] = os.open(f"/proc/self/task/{tid}/children", os.O_RDONLY)
+            except OSError:  # no /proc, or a kernel without children files
+                continue
         try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                found.update(int(p) for p in f.read().split())
-        except OSError:  # the thread ended, or the kernel has no children files
+            found.update(int(p) for p in os.pread(fd, 1 << 16, 0).split())
+        except OSError:  # the thread ended meanwhile
             continue
     return found
 
