@@ -192,6 +192,17 @@ def _cache_dir(value: Any) -> str:
     return path
 
 
+def _cache(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value or None
+    if value is None:
+        return None
+    path = os.path.expanduser(_path(value))  # a path of the client: ~ is expanded here
+    if not os.path.isabs(path):
+        raise ValueError("expected true, false or an absolute path (~/ allowed)")
+    return path
+
+
 def _store(value: Any) -> Any:
     from .store import check_store
 
@@ -217,6 +228,11 @@ COMMON_KEYS: dict[str, Key] = {
             "a proxystore Store", _store, per_call=False),
         Key("proxy_threshold", "objects whose pickle is larger travel through the store "
             "(bytes or \"1MB\"; default 1 MB)", _size),
+        Key("cache", "keep each call's result, keyed by its code, arguments and environment, "
+            "and never run a call whose result is kept (true, or a directory of the client)",
+            _cache),
+        Key("cache_failures", "also keep failures in the result cache",
+            _typed(bool, what="true or false")),
         Key("fresh_process", "run each call (or map chunk) in a process of its own instead of "
             "a warm runner", _typed(bool, what="true or false")),
     ]

@@ -230,6 +230,11 @@ class HogExecutor(Executor):
                       chunksize: int | None, store: ClientStore | None, threshold: int,
                       keep_stored: bool, optional: bool,
                       submitted: float) -> list[HogFuture[Any]]:
+        if ctx.values.get("cache"):  # the result cache: hits resolve at once (cache.py)
+            from .cache import submit_cached
+
+            return submit_cached(self, ctx, items, call_refs, chunksize, store, threshold,
+                                 keep_stored, optional, submitted)
         state = self._state
         size = chunksize or chunk_size(len(items), state.backend.workers)
         chunks = plan_chunks([len(i) for i in items], size, len(ctx.fn_bytes), ctx.chunk_limit)

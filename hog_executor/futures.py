@@ -112,7 +112,10 @@ class HogFuture(Future[T]):
         stdout: what the call printed (set when done).
         stderr: what the call wrote to stderr (set when done).
         timings: when the call went through each phase (`CallTimings`).
+        cached: the outcome came from the result cache (``cache=``): the call did not run.
     """
+
+    cached: bool = False
 
     def __init__(self) -> None:
         super().__init__()
