@@ -191,3 +191,29 @@ def test_no_cache_costs_no_lookup(executor: HogExecutor, monkeypatch) -> None:
     monkeypatch.setattr(_cache, "submit_cached", boom)
     assert executor.submit(basic.square, 3).result() == 9
     assert not executor.submit(basic.square, 3).cached
+
+
+def test_a_dask_pipeline_reruns_only_what_an_edit_touches(tmp_path: Path,
+                                                          cache_dir: str) -> None:
+    pytest.importorskip("dask")
+    app = tmp_path / "pipeline.py"
+    shutil.copy(SCRIPTS / "hogtest_cache_dask.py", app)
+    root, log = tmp_path / "results", tmp_path / "log"
+
+    def run() -> int:
+        proc = subprocess.run([sys.executable, str(app), str(root), cache_dir, str(log)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")})
+        assert proc.returncode == 0, proc.stderr
+        return int(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    assert run() == 20
+    assert log.read_text().split() == ["load", "scale", "total"]
+    assert run() == 20
+    assert log.read_text().split() == ["load", "scale", "total"]  # nothing ran
+    edit(app, "return sum(xs)", "return sum(xs) + 1")
+    assert run() == 21
+    assert log.read_text().split() == ["load", "scale", "total", "total"]
+    edit(app, "return [2 * x for x in xs]", "return [3 * x for x in xs]")
+    assert run() == 31
+    assert log.read_text().split() == ["load", "scale", "total", "total", "scale", "total"]
