@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hogtest_basic as basic
@@ -217,3 +218,29 @@ def test_a_dask_pipeline_reruns_only_what_an_edit_touches(tmp_path: Path,
     edit(app, "return [2 * x for x in xs]", "return [3 * x for x in xs]")
     assert run() == 31
     assert log.read_text().split() == ["load", "scale", "total", "total", "scale", "total"]
+
+
+def test_hog_results_list_show_prune(app: Path, tmp_path: Path, cache_dir: str,
+                                     capsys, monkeypatch) -> None:
+    from hog_executor.cli.app import main
+
+    root, log = tmp_path / "results", tmp_path / "log"
+    run_app(app, root, cache_dir, log, n=3)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the clients' key
+    monkeypatch.setattr(_cache, "_hmac_key", None)
+    assert main(["results", "list", "--dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "3 result(s)" in out and "cacheapp.py:work" in out
+    key = next(p.name for p in root.rglob("*") if p.is_file() and len(p.parent.name) == 2)
+    assert main(["results", "show", key[:10], "--dir", str(root), "--value"]) == 0
+    assert f"key: {key}" in capsys.readouterr().out
+    old = time.time() - 10 * 86400
+    for p in [p for p in root.rglob("*") if p.is_file() and len(p.parent.name) == 2][:2]:
+        os.utime(p, (old, old))
+    assert main(["results", "prune", "--older-than", "5", "--dir", str(root)]) == 0
+    assert "removed 2 result(s)" in capsys.readouterr().out
+    assert main(["results", "prune", "--max-size", "1", "--dir", str(root)]) == 0
+    assert "removed 1 result(s)" in capsys.readouterr().out
+    assert main(["results", "list", "--dir", str(root)]) == 0
+    assert "0 result(s)" in capsys.readouterr().out
+    monkeypatch.setattr(_cache, "_hmac_key", None)
