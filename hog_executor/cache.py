@@ -220,9 +220,15 @@ def decode_entry(call: str, data: bytes, path: Path) -> CacheEntry:
                       str(meta.get("what", "")), len(data), path, raw)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+_tmp_names = iter(range(1 << 62))
+
+
+def _write_private(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, readable by this user only."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    path = str(path)
+    tmp = f"{os.path.dirname(path)}{os.sep}.tmp-{os.getpid()}-{threading.get_ident()}-" \
+          f"{next(_tmp_names)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with open(fd, "wb") as f:
             f.write(data)
@@ -240,7 +246,9 @@ class ResultDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._prefix = str(root) + os.sep
         self._checked = False
+        self._subdirs: set[str] = set()
 
     def _ready(self) -> Path:
         if not self._checked:
@@ -249,19 +257,23 @@ class ResultDir:
         return self.root
 
     def path(self, call: str) -> Path:
-        return self.root / call[:2] / call
+        return Path(self._name(call))
+
+    def _name(self, call: str) -> str:
+        return f"{self._prefix}{call[:2]}{os.sep}{call}"
 
     def get(self, call: str) -> CacheEntry | None:
         """The authenticated entry for ``call`` (None: none, or refused with a warning)."""
-        path = self.path(call)
+        name = self._name(call)
         try:
-            with open(path, "rb") as f:
+            with open(name, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            logger.warning("cached result %s cannot be read (%s): running the call", path, exc)
+            logger.warning("cached result %s cannot be read (%s): running the call", name, exc)
             return None
+        path = Path(name)
         try:
             return decode_entry(call, data, path)
         except Refused as exc:
@@ -272,11 +284,12 @@ class ResultDir:
         return None
 
     def put(self, call: str, data: bytes) -> None:
-        path = self.path(call)
-        if not path.parent.is_dir():
+        sub = call[:2]
+        if sub not in self._subdirs:
             self._ready()
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-        _write_private(path, data)
+            os.makedirs(self._prefix + sub, mode=0o700, exist_ok=True)
+            self._subdirs.add(sub)
+        _write_private(self._name(call), data)
 
     def entries(self) -> Iterator[Path]:
         """Every entry file (not authenticated)."""
@@ -338,7 +351,22 @@ def _result_dir(root: Path) -> ResultDir:
         return found
 
 
+_caches: dict[tuple[Any, bool, int], tuple[Any, ResultCache]] = {}
+
+
 def result_cache(setting: Any, failures: bool, backend: Any) -> ResultCache:
+    """`make_result_cache`, remembered per setting and backend."""
+    found = _caches.get((setting, failures, id(backend)))
+    if found is not None and found[0] is backend:
+        return found[1]
+    made = make_result_cache(setting, failures, backend)
+    if len(_caches) > 64:
+        _caches.clear()
+    _caches[(setting, failures, id(backend))] = (backend, made)
+    return made
+
+
+def make_result_cache(setting: Any, failures: bool, backend: Any) -> ResultCache:
     """The cache for a ``cache=`` setting (True: the default directory; a path) on a backend.
 
     A Slurm backend adds a directory next to its jobs (``<shared_dir>/hog-results``), so
@@ -696,6 +724,10 @@ def _hit_future(entry: CacheEntry, ctx: CallContext, submitted: float) -> HogFut
     return f
 
 
+#: The context of each cached context without the cache keys (what is sent).
+_plain: dict[int, tuple[CallContext, CallContext]] = {}
+
+
 def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
                   call_refs: list[list[Any]], chunksize: int | None, store: ClientStore | None,
                   threshold: int, keep_stored: bool, optional: bool,
@@ -728,8 +760,15 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
     rest = [i for i in misses if i not in adopted]
     if rest:
         sending = Sending(cache, [keys[i] for i in rest], ctx.description, journal)
-        plain = dataclasses.replace(ctx, values={k: v for k, v in values.items()
-                                                 if k not in ("cache", "cache_failures")})
+        found = _plain.get(id(ctx))
+        if found is None or found[0] is not ctx:
+            plain = dataclasses.replace(ctx, values={k: v for k, v in values.items()
+                                                     if k not in ("cache", "cache_failures")})
+            if len(_plain) > 256:
+                _plain.clear()
+            _plain[id(ctx)] = (ctx, plain)
+        else:
+            plain = found[1]
         token = NEW_JOB_HOOK.set(sending.on_job)
         try:
             sent = ex._submit_items(plain, [items[i] for i in rest],

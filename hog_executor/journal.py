@@ -22,6 +22,7 @@ with a warning.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import json
@@ -54,6 +55,10 @@ logger = logging.getLogger(__name__)
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
                            "REQUEUED", "RESIZING", "STAGE_OUT", "SIGNALING", "STOPPED",
                            "COMPLETED"})
+
+
+#: Seconds between two looks for the journals of gone clients.
+SCAN_INTERVAL = 5.0
 
 
 def process_start(pid: int) -> str | None:
@@ -108,6 +113,8 @@ class Journal:
     open_jobs: set[str] = field(default_factory=set)
     orphans: dict[str, tuple[JobRecord, int]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    fd: int | None = None
+    scanned: float = 0.0
 
     # -- writing -------------------------------------------------------------------------
 
@@ -119,21 +126,30 @@ class Journal:
     def _write(self, *records: Mapping[str, Any]) -> None:
         data = b"".join(self._line(r) for r in records)
         with self.lock:
-            if self.path is None:
+            if self.fd is None or self.path is None:
                 private_dir(self.dir)
                 me = os.getpid()
                 name = f"{_host()}-{me}-{process_start(me)}-{secrets.token_hex(4)}.jsonl"
                 self.path = self.dir / name
                 self.seen.add(name)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 owner = {"t": "owner", "host": _host(), "pid": me, "start": process_start(me)}
                 data = self._line(owner) + data
-            else:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+                atexit.register(self.close)
+            os.write(self.fd, data)
+
+    def close(self) -> None:
+        """At exit: remove the journal when nothing in it is open any more."""
+        with self.lock:
+            fd, path, self.fd, self.path = self.fd, self.path, None, None
+            idle = not self.open_jobs and not self.orphans
+        if fd is not None:
+            os.close(fd)
+        if idle and path is not None:
             try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+                path.unlink()
+            except OSError:
+                pass
 
     def record(self, results: JobResults, keys: list[str | None]) -> None:
         """A job is about to be sent (called before the backend sees it)."""
@@ -169,18 +185,6 @@ class Journal:
             if job_id not in self.open_jobs:
                 return
             self.open_jobs.discard(job_id)
-            finished = not self.open_jobs and not self.orphans
-            path = self.path
-        if finished and path is not None:
-            with self.lock:
-                if self.open_jobs or self.orphans or self.path != path:
-                    return
-                self.path = None
-            try:
-                path.unlink()
-            except OSError:
-                pass
-            return
         try:
             self._write({"t": "done", "job": job_id})
         except OSError:
@@ -223,7 +227,12 @@ class Journal:
         return owner, jobs
 
     def _claim_gone(self) -> None:
-        """Take over the journals of clients gone from this machine."""
+        """Take over the journals of clients gone from this machine (looked for at most
+        every `SCAN_INTERVAL` seconds)."""
+        now = time.monotonic()
+        if now - self.scanned < SCAN_INTERVAL:
+            return
+        self.scanned = now
         try:
             names = [e.name for e in os.scandir(self.dir)
                      if e.name.endswith(".jsonl") and e.name not in self.seen]
