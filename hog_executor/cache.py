@@ -655,7 +655,8 @@ class Sending:
     """
 
     def __init__(self, cache: ResultCache, keys: list[str | None], what: str,
-                 journal: Any) -> None:
+                 journal: Any, backend: str = "") -> None:
+        self.backend = backend
         self.cache = cache
         self.keys = keys
         self.what = what
@@ -672,7 +673,7 @@ class Sending:
         attach_outcomes(results, keys, self.cache, self.what)
         self.jobs.append(results)
         if self.journal is not None:
-            self.journal.record(results, keys)
+            self.journal.record(results, keys, self.backend)
 
 
 def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: ResultCache,
@@ -759,7 +760,8 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
         futures[i] = f
     rest = [i for i in misses if i not in adopted]
     if rest:
-        sending = Sending(cache, [keys[i] for i in rest], ctx.description, journal)
+        sending = Sending(cache, [keys[i] for i in rest], ctx.description, journal,
+                          ex.endpoint.backend)
         found = _plain.get(id(ctx))
         if found is None or found[0] is not ctx:
             plain = dataclasses.replace(ctx, values={k: v for k, v in values.items()

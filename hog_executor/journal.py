@@ -115,6 +115,7 @@ class Journal:
     seen: set[str] = field(default_factory=set)
     fd: int | None = None
     scanned: float = 0.0
+    pending_done: list[bytes] = field(default_factory=list)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -126,6 +127,9 @@ class Journal:
     def _write(self, *records: Mapping[str, Any]) -> None:
         data = b"".join(self._line(r) for r in records)
         with self.lock:
+            if self.pending_done:
+                data = b"".join(self.pending_done) + data
+                self.pending_done.clear()
             if self.fd is None or self.path is None:
                 private_dir(self.dir)
                 me = os.getpid()
@@ -143,7 +147,10 @@ class Journal:
         with self.lock:
             fd, path, self.fd, self.path = self.fd, self.path, None, None
             idle = not self.open_jobs and not self.orphans
+            done, self.pending_done = b"".join(self.pending_done), []
         if fd is not None:
+            if done and not idle:
+                os.write(fd, done)
             os.close(fd)
         if idle and path is not None:
             try:
@@ -151,12 +158,12 @@ class Journal:
             except OSError:
                 pass
 
-    def record(self, results: JobResults, keys: list[str | None]) -> None:
+    def record(self, results: JobResults, keys: list[str | None], backend: str) -> None:
         """A job is about to be sent (called before the backend sees it)."""
         job = results.job
         try:
             self._write({"t": "job", "job": job.id, "keys": keys, "marker": results.marker,
-                         "what": job.description, "time": time.time()})
+                         "what": job.description, "time": time.time(), "backend": backend})
         except OSError as exc:
             logger.warning("cannot write the journal in %s: %s", self.dir, exc)
             return
@@ -168,6 +175,8 @@ class Journal:
         """The backend accepted ``jobs``: record its identity for each (a Slurm job id...)."""
         name = backend.endpoint.backend
         describe = getattr(backend, "job_record", None)
+        if describe is None:
+            return  # the job line names the backend: all another client needs to know
         lines = []
         for results in jobs:
             info = describe(results.job.id) if describe is not None else None
@@ -180,15 +189,17 @@ class Journal:
                 logger.warning("cannot write the journal in %s: %s", self.dir, exc)
 
     def done(self, job_id: str) -> None:
-        """The job is over (its outcome delivered, or failed): nobody needs to take it over."""
+        """The job is over (its outcome delivered, or failed): nobody needs to take it over.
+
+        The line is written with the next one (or at exit): a client killed before that
+        leaves the job open, and its successor then warns about a call whose result it
+        finds in the cache anyway (only calls missing the cache consult the journal)."""
+        line = self._line({"t": "done", "job": job_id})
         with self.lock:
             if job_id not in self.open_jobs:
                 return
             self.open_jobs.discard(job_id)
-        try:
-            self._write({"t": "done", "job": job_id})
-        except OSError:
-            pass
+            self.pending_done.append(line)
 
     # -- reading the journals of clients that are gone ------------------------------------
 
@@ -278,7 +289,8 @@ class Journal:
         """Keep a gone client's job as ours (also in our journal, in case we go too)."""
         lines: list[dict[str, Any]] = [{"t": "job", "job": rec.job, "keys": rec.keys,
                                         "marker": rec.marker, "what": rec.what,
-                                        "time": rec.time, "from": rec.owner}]
+                                        "time": rec.time, "from": rec.owner,
+                                        "backend": rec.backend}]
         if rec.sent is not None:
             lines.append(rec.sent)
         try:
@@ -341,8 +353,8 @@ class Journal:
         attach = getattr(backend, "attach", None)
         sent = rec.sent
         if rec.backend != "slurm" or sent is None or "slurm_id" not in sent:
-            why = ("it died before the backend answered" if sent is None else
-                   f"its {rec.backend or 'backend'} job ran in that client")
+            why = (f"its {rec.backend or 'backend'} job ran in that client"
+                   if rec.backend != "slurm" else "it died before Slurm answered sbatch")
             self._lost(rec, why)
             return None
         if attach is None:
