@@ -226,6 +226,15 @@ def _retry_on(value: Any) -> Any:
         raise ValueError("expected exception types (a class or a tuple of classes) or a "
                          "predicate taking the exception")
     return kinds
+def _cache(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value or None
+    if value is None:
+        return None
+    path = os.path.expanduser(_path(value))  # a path of the client: ~ is expanded here
+    if not os.path.isabs(path):
+        raise ValueError("expected true, false or an absolute path (~/ allowed)")
+    return path
 
 
 def _store(value: Any) -> Any:
@@ -258,6 +267,11 @@ COMMON_KEYS: dict[str, Key] = {
             _non_negative_int),
         Key("retry_on", "exception types (a tuple) or a predicate: calls that raised them also "
             "run again, within retries (executor argument or options() only)", _retry_on),
+        Key("cache", "keep each call's result, keyed by its code, arguments and environment, "
+            "and never run a call whose result is kept (true, or a directory of the client)",
+            _cache),
+        Key("cache_failures", "also keep failures in the result cache",
+            _typed(bool, what="true or false")),
         Key("fresh_process", "run each call (or map chunk) in a process of its own instead of "
             "a warm runner", _typed(bool, what="true or false")),
         Key("check_imports", "at submit, an import of an installed package the script's "

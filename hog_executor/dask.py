@@ -165,12 +165,15 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
         if isinstance(node, DataNode) and isinstance(node.value, StoredRef):
             cache[key] = node.value
             del graph[key]
-    graph = spec.fuse_linear_task_spec(graph, wanted)
+    cached = bool(executor.endpoint.values.get("cache"))
+    if not cached:  # with the result cache, each task keeps a key of its own: no fusing
+        graph = spec.fuse_linear_task_spec(graph, wanted)
     store = internal.client_store(executor)
     # Without a PEP 723 block, the packages the graph refers to (numpy, ...) are installed.
     packages = (f"dask=={_dask('dask').__version__}",
                 *inferred_packages(executor, run_node, graph.values(), what="a Dask graph"))
     module = _payload.client_module_for(internal.script_of(executor, run_node), run_node)
+    content = _content_keys(executor, graph, cache, module) if cached else {}
 
     done: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
     inflight: dict[Any, Future[Any]] = {}
@@ -242,10 +245,17 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
                 # One call per free worker: a call's start-up (Python, Dask, the script's
                 # imports) is the dominant cost of small tasks.
                 size = chunksize or -(-len(remote) // max(1, workers - busy))
-                futures = internal.submit_calls(
-                    executor, run_node, [((node, data), {}) for _, node, data in remote],
-                    chunksize=size, keep_stored=True, packages=packages,
-                )
+                calls: list[tuple[Any, dict[str, Any]]] = [
+                    ((node, data), {}) for _, node, data in remote]
+                if cached:
+                    from .cache import explicit_keys
+
+                    with explicit_keys([content.get(key) for key, _, _ in remote]):
+                        futures = internal.submit_calls(executor, run_node, calls, size,
+                                                        keep_stored=True, packages=packages)
+                else:
+                    futures = internal.submit_calls(executor, run_node, calls, size,
+                                                    keep_stored=True, packages=packages)
                 for (key, _, _), fut in zip(remote, futures, strict=True):
                     inflight[key] = fut
                     fut.add_done_callback(functools.partial(_report, done, key))
@@ -286,6 +296,76 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
                 if cb[4]:
                     cb[4](graph, state, not succeeded)
     return local_.nested_get(keys, values)
+
+
+def _content_keys(executor: Any, graph: Mapping[Any, Any], inputs: Mapping[Any, Any],
+                  module: Any) -> dict[Any, str | None]:
+    """Each task's content key for the result cache: its functions by value (as
+    `hog_executor.cache.function_key` sees them), its literal arguments, and the content
+    keys of the tasks it depends on, never Dask's key names (random for ``delayed``). So a
+    task's key changes when its code or an upstream task's changes, and only then."""
+    from dask._task_spec import Alias, DataNode, Task, TaskRef
+
+    from .cache import Unkeyable, value_digest
+    from .store import StoredRef
+
+    forced = frozenset({*executor._state.by_value, "__main__",
+                        *((module.__name__,) if module is not None else ())})
+    keys: dict[Any, str | None] = {
+        k: value_digest(("stored", v.ident)) for k, v in inputs.items()}
+
+    class _Missing(Exception):
+        pass
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, TaskRef):
+            found = keys.get(v.key)
+            if found is None:
+                raise _Missing
+            return ("ref", found)
+        if isinstance(v, Alias):
+            found = keys.get(v.target)
+            if found is None:
+                raise _Missing
+            return ("ref", found)
+        if isinstance(v, DataNode):
+            return ("data", plain(v.value))
+        if isinstance(v, Task):
+            return ("task", v.func, tuple(plain(a) for a in v.args),
+                    tuple(sorted((k, plain(x)) for k, x in v.kwargs.items())))
+        if isinstance(v, StoredRef):
+            return ("stored", v.ident)
+        if type(v) in (list, tuple):
+            return type(v)(plain(x) for x in v)
+        if type(v) is dict:
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    pending = list(graph)
+    while pending:
+        key = pending[-1]
+        if key in keys:
+            pending.pop()
+            continue
+        node = graph[key]
+        todo = [d for d in node.dependencies if d not in keys and d in graph]
+        if todo:
+            pending.extend(todo)
+            continue
+        pending.pop()
+        try:
+            keys[key] = value_digest(plain(node), forced)
+        except (_Missing, Unkeyable):
+            keys[key] = None
+    return keys
+
+
+def _is_hashable(obj: Any) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def _report(done: queue.SimpleQueue[tuple[Any, Any]], key: Any, fut: Future[Any]) -> None:

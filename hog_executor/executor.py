@@ -231,6 +231,11 @@ class HogExecutor(Executor):
                       again: list[HogFuture[Any]] | None = None) -> list[HogFuture[Any]]:
         """Pack pickled calls into jobs and submit them; ``again``: the futures of calls that
         run again (retries), instead of new ones."""
+        if again is None and ctx.values.get("cache"):  # hits resolve at once (cache.py)
+            from .cache import submit_cached
+
+            return submit_cached(self, ctx, items, call_refs, chunksize, store, threshold,
+                                 keep_stored, optional, submitted)
         state = self._state
         size = chunksize or chunk_size(len(items), state.backend.workers)
         chunks = plan_chunks([len(i) for i in items], size, len(ctx.fn_bytes), ctx.chunk_limit)

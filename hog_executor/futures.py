@@ -113,7 +113,10 @@ class HogFuture(Future[T]):
         stderr: what the call wrote to stderr (set when done).
         timings: when the call went through each phase (`CallTimings`).
         attempts: how many runs the call took (more than 1 after retries).
+        cached: the outcome came from the result cache (``cache=``): the call did not run.
     """
+
+    cached: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ becomes one error for all its calls, classified by `process_error`.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import pickle
 import signal
@@ -37,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 #: Lines of stderr quoted in process errors.
 STDERR_TAIL_LINES = 25
+
+#: Called with each new `JobResults` while set (the result cache registers its calls' keys).
+NEW_JOB_HOOK: contextvars.ContextVar[Callable[[JobResults], None] | None] = (
+    contextvars.ContextVar("hog_new_job_hook", default=None))
 
 
 def process_error(output: Output, where: str, walltime: float | None,
@@ -116,7 +121,11 @@ class JobResults:
         store: the client store results may come through (None: none).
         keep_stored: results left in the store resolve to handles (graph intermediates).
         stop_requested: the executor stopped the job; its calls end cancelled.
+        on_outcome: called with each call's future, raw outcome and decoded `Outcome`
+            before the future is settled (the result cache stores them); None: nothing.
     """
+
+    on_outcome: Callable[[HogFuture[Any], tuple[Any, ...], _payload.Outcome], None] | None = None
 
     def __init__(self, state: ExecutorState, job: Job, futures: list[HogFuture[Any]],
                  marker: str, module: types.ModuleType | None,
@@ -141,6 +150,9 @@ class JobResults:
         job.on_start = self.started
         job.on_task_id = self.task_id_assigned
         job.on_call = self.call_finished
+        hook = NEW_JOB_HOOK.get()
+        if hook is not None:
+            hook(self)
 
     @property
     def where(self) -> str:
@@ -233,6 +245,8 @@ class JobResults:
 
     def _settle(self, index: int, raw: tuple[Any, ...]) -> None:
         outcome = _payload.decode_outcome(raw, self.module, self.store, self.keep_stored)
+        if self.on_outcome is not None:
+            self.on_outcome(self.futures[index], raw, outcome)
         if outcome.ok:
             settle(self.futures[index], result=outcome.value)
         else:

@@ -253,6 +253,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- hog results ------------------------------------------------------------------------------
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .results import cmd_results as run
+
+    return run(args)
+
+
 # -- hog doctor -------------------------------------------------------------------------------
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -367,6 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--all", action="store_true", help="prune every environment")
     cache.add_argument("--dry-run", action="store_true", help="show what prune would remove")
     cache.set_defaults(func=cmd_cache)
+
+    results = sub.add_parser("results", help="list, show or prune cached results (cache=)",
+                             description="The result cache of this machine: calls whose "
+                                         "result is kept never run again.",
+                             epilog="Example: hog results prune --older-than 30 --max-size 5GB")
+    results.add_argument("action", choices=["list", "show", "prune"])
+    results.add_argument("key", nargs="?", help="show: the key, or its first characters")
+    results.add_argument("--dir", help="the cache directory (default: "
+                                       "${XDG_CACHE_HOME:-~/.cache}/hog-executor/results)")
+    results.add_argument("--value", action="store_true", help="show: unpickle and print the "
+                                                              "value (authenticated first)")
+    results.add_argument("--older-than", type=float, metavar="DAYS",
+                         help="prune results stored more than DAYS ago")
+    results.add_argument("--max-size", metavar="SIZE",
+                         help="prune the oldest results until the rest fit (e.g. 5GB)")
+    results.add_argument("--all", action="store_true", help="prune every result")
+    results.add_argument("--dry-run", action="store_true", help="show what prune would remove")
+    results.set_defaults(func=cmd_results)
 
     doctor = sub.add_parser("doctor", help="check uv, Python, config files and backends")
     doctor.set_defaults(func=cmd_doctor)

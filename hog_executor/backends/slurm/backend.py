@@ -19,7 +19,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ...config import Endpoint, Key
 from ...errors import BackendError
@@ -96,6 +96,7 @@ class _Submission:
         self.remaining = count
         self.keep = False
         self.slurm_id = ""  # the Slurm job id, once sbatch has answered
+        self.key: bytes | None = None  # another backend's key (a job taken over: `attach`)
 
 
 class _SlurmJob:
@@ -268,6 +269,47 @@ class SlurmBackend(Backend):
         """The Slurm ids of this backend's jobs that have not settled yet."""
         with self._lock:
             return [s.slurm_id for s in self._jobs.values()]
+
+    def job_record(self, job_id: str) -> dict[str, Any] | None:
+        """What another client needs to follow job ``job_id`` (see `attach`): its Slurm
+        id, the submission's directory and id, its index, and the key file."""
+        with self._lock:
+            sjob = self._jobs.get(job_id)
+            if sjob is None or self._dir is None:
+                return None
+            sub = sjob.submission
+            return {"slurm_id": sjob.slurm_id, "dir": sub.dir, "sub": sub.id,
+                    "index": sjob.index, "key_file": os.path.join(self._dir, "key")}
+
+    def attach(self, job: Job, record: Mapping[str, Any]) -> None:
+        """Follow a job another client sent (described by its `job_record`) as ``job``:
+        the watcher follows it by its id, and its result is authenticated with the key of
+        the backend that sent it. Nothing is submitted.
+
+        Raises:
+            BackendError: the key file cannot be read, or the backend is shut down.
+        """
+        key_file = str(record["key_file"])
+        try:
+            st = os.stat(key_file)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise OSError(f"{key_file} is not private to this user")
+            with open(key_file, encoding="utf-8") as f:
+                key = bytes.fromhex(f.read().strip())
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read the key of Slurm job {record.get('slurm_id')}: "
+                               f"{exc}") from None
+        slurm_id = str(record["slurm_id"])
+        # Other tasks of the submission may belong to other clients: its directory stays.
+        submission = _Submission(self, str(record["sub"]), str(record["dir"]), count=-1)
+        submission.key = key
+        submission.slurm_id = slurm_id.split("_", 1)[0]
+        sjob = _SlurmJob(submission, int(record["index"]), job)
+        sjob.slurm_id = slurm_id
+        with self._lock:
+            self._ensure_open()
+            self._jobs[job.id] = sjob
+        self._watcher.track([sjob])
 
     def submit(self, jobs: Sequence[Job]) -> None:
         if not jobs:
@@ -453,7 +495,8 @@ class SlurmBackend(Backend):
             rc = int(rc_text.strip())
         except ValueError:
             raise _Forged("the exit status is not a number") from None
-        expected = result_digest(self._key, sjob.submission.id, sjob.index, rc, out, err)
+        key = sjob.submission.key or self._key
+        expected = result_digest(key, sjob.submission.id, sjob.index, rc, out, err)
         if not hmac.compare_digest(expected.encode(), digest.strip()):
             raise _Forged("the HMAC does not match")
         return Result(rc, out, err)

@@ -1,0 +1,818 @@
+"""The result cache: a call whose key has a stored outcome does not run again.
+
+A call's key (`call_key`) hashes what decides its outcome:
+
+- the function as cloudpickle would send it *by value* (`function_key`): its code, the
+  helpers and globals its code reaches, closures and defaults; file names and line numbers
+  are left out, so moving code keeps the key and editing it changes it. A function of the
+  script normally travels by reference (its name); for the key it is pickled by value all
+  the same, so editing another function of the script keeps the key;
+- the pickled arguments, as they are sent;
+- the resolved environment (`env_digest`): the environment key (the PEP 723 block, Python,
+  the hog-executor and cloudpickle requirements) and the versions uv locks the block's
+  requirements to;
+- the ``env`` values, and the format version of this module and of hog-executor.
+
+Entries are private files (``0600`` in ``0700`` directories) authenticated with an
+HMAC-SHA256 before anything in them is unpickled; the HMAC key lives in the user's cache
+directory (``0600``). An entry that fails authentication (tampered, truncated) is refused
+with a warning and counts as a miss. See ``docs/concepts/cache.md``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import pickle
+import secrets
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import types
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from ._version import __version__
+from .imports import is_local_module
+from .runner import OUTCOME_ERROR, OUTCOME_STORED, OUTCOME_VALUE, PROTOCOL
+
+if TYPE_CHECKING:
+    from .context import CallContext
+    from .environment import EnvSpec
+    from .executor import HogExecutor
+    from .futures import HogFuture
+    from .payload import Outcome
+    from .results import JobResults
+    from .store import ClientStore
+
+__all__ = [
+    "CacheEntry",
+    "ResultCache",
+    "ResultDir",
+    "call_key",
+    "default_root",
+    "env_digest",
+    "explicit_keys",
+    "function_key",
+    "result_cache",
+    "submit_cached",
+    "value_digest",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Changes whenever what a key hashes, or the layout of an entry, changes.
+CACHE_FORMAT = "hog-cache-1"
+#: First bytes of every entry file.
+MAGIC = b"hog-result-1\n"
+#: Bytes of the HMAC key.
+KEY_BYTES = 32
+#: Seconds ``uv export`` may take to lock an environment's requirements.
+LOCK_TIMEOUT = 120.0
+#: Name of the directory of entries written next to a Slurm endpoint's jobs.
+SHARED_NAME = "hog-results"
+#: Function keys remembered per process.
+FUNCTION_KEYS = 1024
+
+_DIGEST = hashlib.sha256().digest_size
+_HEADER = struct.Struct(">I")
+
+
+# -- where entries live ------------------------------------------------------------------------
+
+def user_cache_dir() -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/hog-executor``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hog-executor"
+
+
+def default_root() -> Path:
+    """Where the client keeps entries by default: ``<user cache dir>/results``."""
+    return user_cache_dir() / "results"
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory of this user only (created ``0700``).
+
+    Raises:
+        PermissionError: it exists but belongs to another user or others may use it.
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        try:
+            p.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(
+            f"{path} must belong to this user with mode 0700 (it is {st.st_mode & 0o777:o}): "
+            "cached results are private"
+        )
+    return path
+
+
+_key_lock = threading.Lock()
+_hmac_key: bytes | None = None
+
+
+def hmac_key() -> bytes:
+    """The key authenticating entries and journals (created once, ``0600``)."""
+    global _hmac_key
+    with _key_lock:
+        if _hmac_key is not None:
+            return _hmac_key
+        path = private_dir(user_cache_dir()) / "results.key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            st = path.stat()
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise PermissionError(
+                    f"{path} must be private to this user (mode 0600)") from None
+            text = path.read_text().strip()
+            key = bytes.fromhex(text)
+            if len(key) < 16:
+                raise ValueError(f"{path} does not hold a key") from None
+        else:
+            key = secrets.token_bytes(KEY_BYTES)
+            with open(fd, "w") as f:
+                f.write(key.hex() + "\n")
+        _hmac_key = key
+        return key
+
+
+# -- entries -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One authenticated entry.
+
+    Attributes:
+        key: the call key.
+        ok: whether the call succeeded (False: a stored failure).
+        created: when it was stored (epoch seconds).
+        what: the call, for humans (``script.py:function``).
+        size: bytes of the entry file.
+        path: the file.
+        raw: the runner's outcome tuple (value or exception, pickled).
+    """
+
+    key: str
+    ok: bool
+    created: float
+    what: str
+    size: int
+    path: Path
+    raw: tuple[Any, ...]
+
+
+class Refused(Exception):
+    """An entry that fails authentication or cannot be parsed."""
+
+
+def _digest(key: bytes, call: str, header: bytes, body: bytes) -> bytes:
+    mac = hmac.new(key, call.encode() + b"\0", hashlib.sha256)
+    mac.update(header)
+    mac.update(body)
+    return mac.digest()
+
+
+def encode_entry(call: str, raw: tuple[Any, ...], what: str) -> bytes:
+    """The bytes of an entry file for the outcome ``raw`` of call ``call``."""
+    header = json.dumps({"key": call, "ok": raw[0] != OUTCOME_ERROR, "created": time.time(),
+                         "what": what, "hog": __version__}).encode()
+    body = pickle.dumps(raw, protocol=PROTOCOL)
+    return (MAGIC + _digest(hmac_key(), call, header, body) + _HEADER.pack(len(header))
+            + header + body)
+
+
+def decode_entry(call: str, data: bytes, path: Path) -> CacheEntry:
+    """Authenticate and read an entry file.
+
+    Raises:
+        Refused: the file is truncated, tampered with, or was not written for ``call``.
+    """
+    start = len(MAGIC) + _DIGEST + _HEADER.size
+    if len(data) < start or not data.startswith(MAGIC):
+        raise Refused("it is truncated or not an entry")
+    digest = data[len(MAGIC):len(MAGIC) + _DIGEST]
+    (size,) = _HEADER.unpack_from(data, len(MAGIC) + _DIGEST)
+    header, body = data[start:start + size], data[start + size:]
+    if len(header) != size or not hmac.compare_digest(
+            digest, _digest(hmac_key(), call, header, body)):
+        raise Refused("its HMAC does not match (tampered with, truncated, or written with "
+                      "another key)")
+    meta = json.loads(header)
+    raw = pickle.loads(body)  # authenticated: written by this user's client
+    return CacheEntry(call, bool(meta.get("ok")), float(meta.get("created", 0)),
+                      str(meta.get("what", "")), len(data), path, raw)
+
+
+_tmp_names = iter(range(1 << 62))
+
+
+def _write_private(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, readable by this user only."""
+    path = str(path)
+    tmp = f"{os.path.dirname(path)}{os.sep}.tmp-{os.getpid()}-{threading.get_ident()}-" \
+          f"{next(_tmp_names)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class ResultDir:
+    """One directory of entries: ``<root>/<key[:2]>/<key>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._prefix = str(root) + os.sep
+        self._checked = False
+        self._subdirs: set[str] = set()
+
+    def _ready(self) -> Path:
+        if not self._checked:
+            private_dir(self.root)
+            self._checked = True
+        return self.root
+
+    def path(self, call: str) -> Path:
+        return Path(self._name(call))
+
+    def _name(self, call: str) -> str:
+        return f"{self._prefix}{call[:2]}{os.sep}{call}"
+
+    def get(self, call: str) -> CacheEntry | None:
+        """The authenticated entry for ``call`` (None: none, or refused with a warning)."""
+        name = self._name(call)
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            logger.warning("cached result %s cannot be read (%s): running the call", name, exc)
+            return None
+        path = Path(name)
+        try:
+            return decode_entry(call, data, path)
+        except Refused as exc:
+            logger.warning("cached result %s refused: %s; the call runs again", path, exc)
+        except Exception as exc:
+            logger.warning("cached result %s refused: it cannot be read (%s: %s); the call "
+                           "runs again", path, type(exc).__name__, exc)
+        return None
+
+    def put(self, call: str, data: bytes) -> None:
+        sub = call[:2]
+        if sub not in self._subdirs:
+            self._ready()
+            os.makedirs(self._prefix + sub, mode=0o700, exist_ok=True)
+            self._subdirs.add(sub)
+        _write_private(self._name(call), data)
+
+    def entries(self) -> Iterator[Path]:
+        """Every entry file (not authenticated)."""
+        if not self.root.is_dir():
+            return
+        for sub in sorted(self.root.iterdir()):
+            if len(sub.name) == 2 and sub.is_dir():
+                for path in sorted(sub.iterdir()):
+                    if not path.name.startswith("."):
+                        yield path
+
+    def read(self, path: Path) -> CacheEntry:
+        """Authenticate the entry file ``path``.
+
+        Raises:
+            Refused, OSError: it cannot be read or is not authentic.
+        """
+        return decode_entry(path.name, path.read_bytes(), path)
+
+
+class ResultCache:
+    """The entry directories one executor view uses: the client's, then the endpoint's."""
+
+    def __init__(self, dirs: Sequence[ResultDir], failures: bool) -> None:
+        self.dirs = list(dirs)
+        self.failures = failures
+
+    @property
+    def root(self) -> Path:
+        return self.dirs[0].root
+
+    def get(self, call: str) -> CacheEntry | None:
+        for d in self.dirs:
+            entry = d.get(call)
+            if entry is not None and (entry.ok or self.failures):
+                return entry
+        return None
+
+    def put(self, call: str, raw: tuple[Any, ...], what: str) -> None:
+        if raw[0] == OUTCOME_ERROR and not self.failures:
+            return
+        data = encode_entry(call, raw, what)
+        for d in self.dirs:
+            try:
+                d.put(call, data)
+            except OSError as exc:
+                logger.warning("cannot store the result of %s in %s: %s", what, d.root, exc)
+
+
+_dirs: dict[str, ResultDir] = {}
+_dirs_lock = threading.Lock()
+
+
+def _result_dir(root: Path) -> ResultDir:
+    with _dirs_lock:
+        found = _dirs.get(str(root))
+        if found is None:
+            found = _dirs[str(root)] = ResultDir(root)
+        return found
+
+
+_caches: dict[tuple[Any, bool, int], tuple[Any, ResultCache]] = {}
+
+
+def result_cache(setting: Any, failures: bool, backend: Any) -> ResultCache:
+    """`make_result_cache`, remembered per setting and backend."""
+    found = _caches.get((setting, failures, id(backend)))
+    if found is not None and found[0] is backend:
+        return found[1]
+    made = make_result_cache(setting, failures, backend)
+    if len(_caches) > 64:
+        _caches.clear()
+    _caches[(setting, failures, id(backend))] = (backend, made)
+    return made
+
+
+def make_result_cache(setting: Any, failures: bool, backend: Any) -> ResultCache:
+    """The cache for a ``cache=`` setting (True: the default directory; a path) on a backend.
+
+    A Slurm backend adds a directory next to its jobs (``<shared_dir>/hog-results``), so
+    that clients on other machines of the cluster find what this one stored.
+    """
+    root = default_root() if setting is True else Path(os.path.expanduser(str(setting)))
+    dirs = [_result_dir(root)]
+    shared = getattr(backend, "shared_dir", None)
+    if isinstance(shared, str) and getattr(backend.endpoint, "backend", "") == "slurm":
+        dirs.append(_result_dir(Path(shared) / SHARED_NAME))
+    for d in dirs:
+        try:
+            d._ready()
+        except OSError as exc:
+            from .errors import ConfigError
+
+            raise ConfigError(f"the result cache cannot use {d.root}: {exc}") from None
+    return ResultCache(dirs, failures)
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+class Unkeyable(Exception):
+    """The function (or what it reaches) cannot be pickled for its key."""
+
+
+def _code(*parts: Any) -> None:
+    """Stands for a code object in key pickles (never called)."""
+
+
+def _class(*parts: Any) -> None:
+    """Stands for a class pickled by value in key pickles (never called)."""
+
+
+def _module(*parts: Any) -> None:
+    """Stands for a module in key pickles (never called)."""
+
+
+_CODE_FIELDS = ("co_name", "co_qualname", "co_argcount", "co_posonlyargcount",
+                "co_kwonlyargcount", "co_nlocals", "co_flags", "co_code", "co_consts",
+                "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_exceptiontable")
+_SKIPPED_MEMBERS = frozenset({"__dict__", "__weakref__", "__module__"})
+_DESCRIPTORS = (types.MemberDescriptorType, types.GetSetDescriptorType)
+
+
+class _KeyPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, with every object of ``by_value`` modules pickled by value, and nothing
+    that depends on where code sits (file names, line numbers) or on the process (string
+    identity, set order, class tracker ids). Its output is hashed, never unpickled."""
+
+    def __init__(self, file: io.BytesIO, by_value: frozenset[str]) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._forced = by_value
+
+    def persistent_id(self, obj: Any) -> Any:
+        # Equal strings pickle alike whether or not they are one object (interning).
+        if type(obj) is str:
+            return obj.encode("utf-8", "surrogatepass")
+        return None
+
+    def _by_value(self, obj: Any) -> bool:
+        name = getattr(obj, "__module__", None)
+        if name in self._forced or (isinstance(name, str) and is_local_module(name)):
+            return True  # what travels by value (local modules) is keyed by its code
+        try:
+            return not cloudpickle.cloudpickle._should_pickle_by_reference(obj)
+        except Exception:
+            return False
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is types.CodeType:
+            return (_code, tuple(getattr(obj, f, None) for f in _CODE_FIELDS))
+        if kind is types.FunctionType and self._by_value(obj):
+            reduced = self._dynamic_function_reduce(obj)
+            code, _, _, _, closure = reduced[1]
+            state, slots = reduced[2]
+            slots = {k: v for k, v in slots.items() if k != "__module__"}
+            return (reduced[0], (code, {}, None, None, closure), (state, slots), None, None,
+                    reduced[5])
+        if isinstance(obj, type) and self._by_value(obj):
+            members = {k: v for k, v in vars(obj).items()
+                       if k not in _SKIPPED_MEMBERS and not k.startswith("_abc_")
+                       and not isinstance(v, _DESCRIPTORS)}
+            return (_class, (obj.__qualname__, obj.__bases__), members)
+        if kind is types.ModuleType and obj.__name__ in self._forced:
+            defined = {k: v for k, v in vars(obj).items()
+                       if isinstance(v, (types.FunctionType, type))
+                       and getattr(v, "__module__", None) == obj.__name__}
+            return (_module, (), defined)
+        if kind in (set, frozenset):
+            return (kind, (sorted(obj, key=repr),))
+        return super().reducer_override(obj)
+
+
+def value_digest(obj: Any, by_value: frozenset[str] = frozenset()) -> str:
+    """A hex digest of ``obj`` as a key sees it (functions by value, see `function_key`).
+
+    Raises:
+        Unkeyable: ``obj`` cannot be pickled.
+    """
+    buf = io.BytesIO()
+    try:
+        _KeyPickler(buf, by_value).dump(obj)
+    except Exception as exc:
+        raise Unkeyable(f"{type(exc).__name__}: {exc}") from exc
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def function_key(fn: Any, module: types.ModuleType | None = None,
+                 by_value: frozenset[str] = frozenset()) -> str:
+    """The digest of ``fn`` pickled by value: its code and what it reaches.
+
+    ``module`` is the client's module of the script: its functions and classes are keyed by
+    value although they travel by reference. File names and line numbers are not part of
+    the key.
+
+    Raises:
+        Unkeyable: ``fn`` (or a global it reaches) cannot be pickled.
+    """
+    forced = set(by_value) | {"__main__"}
+    if module is not None:
+        forced.add(module.__name__)
+    return value_digest(fn, frozenset(forced))
+
+
+_fn_keys: OrderedDict[tuple[bytes, int], str | Unkeyable] = OrderedDict()
+_fn_keys_lock = threading.Lock()
+
+
+def _context_function_key(ctx: CallContext, by_value: frozenset[str]) -> str:
+    """The function key of a context's function (remembered per pickled function)."""
+    ident = (hashlib.sha256(ctx.fn_bytes).digest(), id(ctx.module))
+    with _fn_keys_lock:
+        found = _fn_keys.get(ident)
+    if found is None:
+        from . import payload as _payload
+
+        try:
+            fn = _payload.loads(ctx.fn_bytes, ctx.module)
+            found = function_key(fn, ctx.module, by_value)
+        except Unkeyable as exc:
+            found = exc
+            logger.warning("calls of %s are not cached: the function cannot be keyed (%s)",
+                           ctx.description, exc)
+        except Exception as exc:
+            found = Unkeyable(f"{type(exc).__name__}: {exc}")
+            logger.warning("calls of %s are not cached: %s", ctx.description, found)
+        with _fn_keys_lock:
+            _fn_keys[ident] = found
+            while len(_fn_keys) > FUNCTION_KEYS:
+                _fn_keys.popitem(last=False)
+    if isinstance(found, Unkeyable):
+        raise found
+    return found
+
+
+_env_digests: dict[str, str] = {}
+_env_lock = threading.Lock()
+
+
+def _lock_requirements(env: EnvSpec) -> str:
+    """The versions uv resolves the environment's requirements to (``uv export --script``);
+    offline from uv's cache when the index cannot be reached; '' when there is nothing to
+    lock or uv cannot lock it (then only the declared requirements are in the key)."""
+    from .script import parse_metadata
+
+    meta = parse_metadata(env.metadata)
+    if not meta.dependencies:
+        return ""
+    from .backends.processes import uv_binary
+
+    uv = uv_binary()
+    if uv is None:
+        logger.warning("uv not found: the cache key holds the declared requirements only")
+        return "unlocked\n"
+    with tempfile.TemporaryDirectory(prefix="hog-lock-") as tmp:
+        script = os.path.join(tmp, "env.py")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(env.metadata)
+        cmd = [uv, "export", "--script", script, "--no-header", "--no-hashes", "--quiet",
+               "--python", env.python]
+        last = ""
+        for extra in ([], ["--offline"]):
+            try:
+                proc = subprocess.run([*cmd, *extra], capture_output=True, text=True,
+                                      timeout=LOCK_TIMEOUT, stdin=subprocess.DEVNULL, cwd=tmp)
+            except (OSError, subprocess.SubprocessError) as exc:
+                last = str(exc)
+                continue
+            if proc.returncode == 0:
+                return proc.stdout
+            last = proc.stderr.strip()
+    logger.warning("uv could not lock the environment's requirements (%s): the cache key "
+                   "holds the declared requirements only", last[-500:])
+    return "unlocked\n"
+
+
+def env_digest(env: EnvSpec, root: Path) -> str:
+    """The environment's part of a key: its key and the versions its requirements lock to.
+
+    The lock is computed once per environment key and kept in ``<root>/envs/<key>`` (a
+    cached environment is also built once per key and reused until pruned).
+    """
+    with _env_lock:
+        found = _env_digests.get(env.key)
+    if found is not None:
+        return found
+    path = root / "envs" / env.key
+    try:
+        lock = path.read_text(encoding="utf-8")
+    except OSError:
+        lock = _lock_requirements(env)
+        if lock != "unlocked\n":
+            try:
+                private_dir(path.parent)  # root is private already (result_cache)
+                _write_private(path, lock.encode())
+            except OSError as exc:
+                logger.debug("cannot keep the lock of %s: %s", env.key, exc)
+    found = hashlib.sha256(f"{env.key}\0{lock}".encode()).hexdigest()
+    with _env_lock:
+        _env_digests[env.key] = found
+    return found
+
+
+def call_key(fn_key: str, env: str, env_vars: dict[str, str], item: bytes) -> str:
+    """The key of one call: the function's, the environment's, ``env`` and the arguments."""
+    h = hashlib.sha256(f"{CACHE_FORMAT}\0{__version__}\0{fn_key}\0{env}\0".encode())
+    h.update(json.dumps(env_vars, sort_keys=True).encode())
+    h.update(b"\0")
+    h.update(item)
+    return h.hexdigest()
+
+
+def content_call_key(content: str, env: str, env_vars: dict[str, str]) -> str:
+    """The key of a call whose content key was computed by the caller (a Dask task)."""
+    return call_key("content", env, env_vars, content.encode())
+
+
+#: Keys chosen by the caller for the next submission (the Dask adapter): one per call,
+#: None for a call that is not cached.
+_explicit: contextvars.ContextVar[Sequence[str | None] | None] = contextvars.ContextVar(
+    "hog_cache_explicit", default=None)
+
+
+class explicit_keys:
+    """``with explicit_keys(keys): submit_calls(...)``: the calls' content keys are ``keys``."""
+
+    def __init__(self, keys: Sequence[str | None]) -> None:
+        self.keys = keys
+        self.token: contextvars.Token[Sequence[str | None] | None] | None = None
+
+    def __enter__(self) -> None:
+        self.token = _explicit.set(self.keys)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.token is not None
+        _explicit.reset(self.token)
+
+
+def context_keys(ex: HogExecutor, ctx: CallContext, items: Sequence[bytes],
+                 call_refs: Sequence[Sequence[Any]], root: Path) -> list[str | None]:
+    """Each call's key (None: the call is not cached)."""
+    env = env_digest(ctx.spec.env, root)
+    env_vars = ctx.spec.env_vars
+    explicit = _explicit.get()
+    if explicit is not None and len(explicit) == len(items):
+        return [None if c is None else content_call_key(c, env, env_vars) for c in explicit]
+    try:
+        fn_key = _context_function_key(ctx, frozenset())
+    except Unkeyable:
+        return [None] * len(items)
+    # Arguments that went to a store travel as handles named at random: not keyable.
+    return [None if refs else call_key(fn_key, env, env_vars, item)
+            for item, refs in zip(items, call_refs, strict=True)]
+
+
+# -- submission --------------------------------------------------------------------------------
+
+class Sending:
+    """The cache's view of one submission: the keys of the calls sent, in order.
+
+    Registered (`hog_executor.results.NEW_JOB_HOOK`) while the executor builds the jobs, it
+    gives each job's results the keys of its calls (`on_job`), so that outcomes are stored
+    as they arrive, and writes the journal record before the job is sent.
+    """
+
+    def __init__(self, cache: ResultCache, keys: list[str | None], what: str,
+                 journal: Any, backend: str = "") -> None:
+        self.backend = backend
+        self.cache = cache
+        self.keys = keys
+        self.what = what
+        self.journal = journal
+        self.cursor = 0
+        self.jobs: list[JobResults] = []
+
+    def on_job(self, results: JobResults) -> None:
+        n = len(results.futures)
+        keys = self.keys[self.cursor:self.cursor + n]
+        self.cursor += n
+        if len(keys) != n:  # the executor packed calls otherwise: store nothing
+            return
+        attach_outcomes(results, keys, self.cache, self.what)
+        self.jobs.append(results)
+        if self.journal is not None:
+            self.journal.record(results, keys, self.backend)
+
+
+def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: ResultCache,
+                    what: str) -> None:
+    """Store each call's outcome of ``results`` under its key as it arrives."""
+    by_future = {id(f): k for f, k in zip(results.futures, keys, strict=True) if k is not None}
+    if not by_future:
+        return
+
+    def on_outcome(f: HogFuture[Any], raw: tuple[Any, ...], outcome: Outcome) -> None:
+        key = by_future.get(id(f))
+        if key is None or (not outcome.ok and raw[0] != OUTCOME_ERROR):
+            return  # not cached, or the client could not decode the value
+        try:
+            if raw[0] == OUTCOME_STORED:
+                raw = (OUTCOME_VALUE, _stored_bytes(outcome.value, results))
+            cache.put(key, raw, what)
+        except Exception as exc:  # the call's outcome is delivered all the same
+            logger.warning("cannot store the result of %s: %s", what, exc)
+
+    results.on_outcome = on_outcome
+
+
+def _stored_bytes(value: Any, results: JobResults) -> bytes:
+    """The pickle of a value that came back through the store."""
+    from . import payload as _payload
+    from .store import StoredRef
+
+    store: ClientStore | None = results.store
+    if isinstance(value, StoredRef) and store is not None:
+        return bytes(store.get(value))
+    return _payload.dumps(value, results.module)
+
+
+def _hit_future(entry: CacheEntry, ctx: CallContext, submitted: float) -> HogFuture[Any]:
+    from . import payload as _payload
+    from .futures import CallTimings, HogFuture, settle
+
+    f: HogFuture[Any] = HogFuture()
+    f.cached = True
+    now = time.time()
+    f.timings = CallTimings(submitted, received=now)
+    f.stdout = f.stderr = ""
+    outcome = _payload.decode_outcome(entry.raw, ctx.module)
+    if outcome.ok:
+        settle(f, result=outcome.value)
+    else:
+        settle(f, exception=outcome.error)
+    return f
+
+
+#: The context of each cached context without the cache keys (what is sent).
+_plain: dict[int, tuple[CallContext, CallContext]] = {}
+
+
+def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
+                  call_refs: list[list[Any]], chunksize: int | None, store: ClientStore | None,
+                  threshold: int, keep_stored: bool, optional: bool,
+                  submitted: float) -> list[HogFuture[Any]]:
+    """`HogExecutor._submit_items` with the cache on: hits resolve at once, calls a previous
+    client sent are taken over (see `hog_executor.journal`), the others are sent."""
+    import dataclasses
+
+    from . import journal as _journal
+    from .results import NEW_JOB_HOOK
+
+    values = ctx.values
+    cache = result_cache(values["cache"], bool(values.get("cache_failures")), ex.backend)
+    keys = context_keys(ex, ctx, items, call_refs, cache.root)
+    futures: list[HogFuture[Any] | None] = [None] * len(items)
+    misses: list[int] = []
+    for i, key in enumerate(keys):
+        entry = cache.get(key) if key is not None else None
+        if entry is None:
+            misses.append(i)
+        else:
+            futures[i] = _hit_future(entry, ctx, submitted)
+    if not misses:
+        return futures  # type: ignore[return-value]
+    journal = _journal.journal_for(cache.root)
+    keyed = {i: key for i in misses if (key := keys[i]) is not None}
+    adopted = journal.adopt(ex, ctx, keyed, cache, submitted)
+    for i, f in adopted.items():
+        futures[i] = f
+    rest = [i for i in misses if i not in adopted]
+    if rest:
+        sending = Sending(cache, [keys[i] for i in rest], ctx.description, journal,
+                          ex.endpoint.backend)
+        found = _plain.get(id(ctx))
+        if found is None or found[0] is not ctx:
+            plain = dataclasses.replace(ctx, values={k: v for k, v in values.items()
+                                                     if k not in ("cache", "cache_failures")})
+            if len(_plain) > 256:
+                _plain.clear()
+            _plain[id(ctx)] = (ctx, plain)
+        else:
+            plain = found[1]
+        token = NEW_JOB_HOOK.set(sending.on_job)
+        try:
+            sent = ex._submit_items(plain, [items[i] for i in rest],
+                                    [call_refs[i] for i in rest], chunksize, store, threshold,
+                                    keep_stored, optional, submitted)
+        finally:
+            NEW_JOB_HOOK.reset(token)
+        journal.sent(ex.backend, sending.jobs)
+        for i, f in zip(rest, sent, strict=True):
+            futures[i] = f
+    return futures  # type: ignore[return-value]
+
+
+def describe_entry(entry: CacheEntry) -> dict[str, Any]:
+    """What ``hog results show`` prints about an entry (nothing is unpickled but the
+    outcome tuple: the value itself stays a pickle)."""
+    raw = entry.raw
+    out: dict[str, Any] = {"key": entry.key, "what": entry.what, "ok": entry.ok,
+                           "created": entry.created, "size": entry.size,
+                           "path": str(entry.path)}
+    if raw[0] == OUTCOME_ERROR:
+        out["error"] = f"{raw[2]}: {raw[3]}"
+    return out
+
+
+def stored_value(entry: CacheEntry) -> Any:
+    """The value an entry holds, unpickled (script objects need the script importable)."""
+    from . import payload as _payload
+
+    outcome = _payload.decode_outcome(entry.raw, None)
+    return outcome.value if outcome.ok else outcome.error
+
+
+# For `hog results`: an iterator over the authenticated entries of a root.
+def iter_entries(root: Path, on_refused: Callable[[Path, str], None] | None = None
+                 ) -> Iterator[CacheEntry]:
+    d = ResultDir(root)
+    for path in d.entries():
+        try:
+            yield d.read(path)
+        except Exception as exc:
+            if on_refused is not None:
+                on_refused(path, str(exc))
+

@@ -1,0 +1,432 @@
+"""The journal: which calls a client sent, so that another client can take them over.
+
+With the result cache on, every job a client sends is written to the client's journal
+(``<cache root>/journal/<host>-<pid>-<start>-<random>.jsonl``), with the keys of its calls,
+*before* the backend receives it; once the backend has answered, the backend's identity for
+the job is added (a Slurm job id, its array index and directory); once the job is over, a
+``done`` line. A journal whose every job is done is removed.
+
+A client that misses the cache for a call looks for that call's key in the journals of
+clients that are gone (the process no longer exists on this machine). It claims such a
+journal (an atomic rename: one client takes it over) and then, per job:
+
+- a Slurm job still queued or running, or that finished while nobody watched and left its
+  result files, is *attached*: the Slurm backend follows it by its id and reads its
+  result, authenticated with the key of the backend that sent it; no job is submitted;
+- any other job (a local process, a Slurm job that ended without a result) was lost with
+  its client: a warning says so, and the call runs again.
+
+Every line carries an HMAC-SHA256 (the result cache's key); lines that fail it are ignored
+with a warning.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cache import attach_outcomes, hmac_key, private_dir
+
+if TYPE_CHECKING:
+    from .cache import ResultCache
+    from .context import CallContext
+    from .executor import HogExecutor
+    from .futures import HogFuture
+    from .results import JobResults
+
+__all__ = ["Journal", "journal_for", "process_start"]
+
+logger = logging.getLogger(__name__)
+
+#: Slurm states in which a job may still deliver its result.
+ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
+                           "REQUEUED", "RESIZING", "STAGE_OUT", "SIGNALING", "STOPPED",
+                           "COMPLETED"})
+
+
+#: Seconds between two looks for the journals of gone clients.
+SCAN_INTERVAL = 5.0
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot; None: no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+@dataclass
+class JobRecord:
+    """One job of a journal: the keys of its calls and where it went."""
+
+    job: str
+    keys: list[str | None]
+    marker: str
+    backend: str
+    what: str
+    time: float
+    owner: dict[str, Any]
+    sent: dict[str, Any] | None = None
+
+
+@dataclass
+class _Owner:
+    host: str
+    pid: int
+    start: str | None
+
+    def gone(self) -> bool | None:
+        """True: the process is gone; False: alive; None: another machine (unknown)."""
+        if self.host != _host():
+            return None
+        start = process_start(self.pid)
+        return start is None or (self.start is not None and start != self.start)
+
+
+@dataclass
+class Journal:
+    """The journal of this client for one cache root (see the module docstring)."""
+
+    dir: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    path: Path | None = None
+    open_jobs: set[str] = field(default_factory=set)
+    orphans: dict[str, tuple[JobRecord, int]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    fd: int | None = None
+    scanned: float = 0.0
+    pending_done: list[bytes] = field(default_factory=list)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _line(self, record: Mapping[str, Any]) -> bytes:
+        text = json.dumps(record, separators=(",", ":"))
+        mac = hmac.new(hmac_key(), text.encode(), hashlib.sha256).hexdigest()
+        return f"{mac} {text}\n".encode()
+
+    def _write(self, *records: Mapping[str, Any]) -> None:
+        data = b"".join(self._line(r) for r in records)
+        with self.lock:
+            if self.pending_done:
+                data = b"".join(self.pending_done) + data
+                self.pending_done.clear()
+            if self.fd is None or self.path is None:
+                private_dir(self.dir)
+                me = os.getpid()
+                name = f"{_host()}-{me}-{process_start(me)}-{secrets.token_hex(4)}.jsonl"
+                self.path = self.dir / name
+                self.seen.add(name)
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                owner = {"t": "owner", "host": _host(), "pid": me, "start": process_start(me)}
+                data = self._line(owner) + data
+                atexit.register(self.close)
+            os.write(self.fd, data)
+
+    def close(self) -> None:
+        """At exit: remove the journal when nothing in it is open any more."""
+        with self.lock:
+            fd, path, self.fd, self.path = self.fd, self.path, None, None
+            idle = not self.open_jobs and not self.orphans
+            done, self.pending_done = b"".join(self.pending_done), []
+        if fd is not None:
+            if done and not idle:
+                os.write(fd, done)
+            os.close(fd)
+        if idle and path is not None:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def record(self, results: JobResults, keys: list[str | None], backend: str) -> None:
+        """A job is about to be sent (called before the backend sees it)."""
+        job = results.job
+        try:
+            self._write({"t": "job", "job": job.id, "keys": keys, "marker": results.marker,
+                         "what": job.description, "time": time.time(), "backend": backend})
+        except OSError as exc:
+            logger.warning("cannot write the journal in %s: %s", self.dir, exc)
+            return
+        with self.lock:
+            self.open_jobs.add(job.id)
+        job.future.add_done_callback(lambda _: self.done(job.id))
+
+    def sent(self, backend: Any, jobs: list[JobResults]) -> None:
+        """The backend accepted ``jobs``: record its identity for each (a Slurm job id...)."""
+        name = backend.endpoint.backend
+        describe = getattr(backend, "job_record", None)
+        if describe is None:
+            return  # the job line names the backend: all another client needs to know
+        lines = []
+        for results in jobs:
+            info = describe(results.job.id) if describe is not None else None
+            lines.append({"t": "sent", "job": results.job.id, "backend": name,
+                          **(info or {})})
+        if lines:
+            try:
+                self._write(*lines)
+            except OSError as exc:
+                logger.warning("cannot write the journal in %s: %s", self.dir, exc)
+
+    def done(self, job_id: str) -> None:
+        """The job is over (its outcome delivered, or failed): nobody needs to take it over.
+
+        The line is written with the next one (or at exit): a client killed before that
+        leaves the job open, and its successor then warns about a call whose result it
+        finds in the cache anyway (only calls missing the cache consult the journal)."""
+        line = self._line({"t": "done", "job": job_id})
+        with self.lock:
+            if job_id not in self.open_jobs:
+                return
+            self.open_jobs.discard(job_id)
+            self.pending_done.append(line)
+
+    # -- reading the journals of clients that are gone ------------------------------------
+
+    def _read(self, path: Path) -> tuple[_Owner | None, dict[str, JobRecord]]:
+        key = hmac_key()
+        owner: _Owner | None = None
+        jobs: dict[str, JobRecord] = {}
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError:
+            return None, {}
+        bad = 0
+        for line in lines:
+            mac, _, text = line.partition(b" ")
+            if not hmac.compare_digest(mac, hmac.new(key, text, hashlib.sha256)
+                                       .hexdigest().encode()):
+                bad += 1
+                continue
+            rec = json.loads(text)
+            kind = rec.get("t")
+            if kind == "owner":
+                owner = _Owner(rec["host"], int(rec["pid"]), rec.get("start"))
+            elif kind == "job" and owner is not None:
+                jobs[rec["job"]] = JobRecord(rec["job"], list(rec["keys"]), rec["marker"],
+                                             rec.get("backend", ""), rec.get("what", ""),
+                                             float(rec.get("time", 0)),
+                                             rec.get("from") or vars(owner).copy())
+            elif kind == "sent" and rec.get("job") in jobs:
+                jobs[rec["job"]].sent = rec
+                jobs[rec["job"]].backend = rec.get("backend", "")
+            elif kind == "done":
+                jobs.pop(rec.get("job"), None)
+        if bad:
+            logger.warning("journal %s: %d line(s) failed authentication and were ignored",
+                           path, bad)
+        return owner, jobs
+
+    def _claim_gone(self) -> None:
+        """Take over the journals of clients gone from this machine (looked for at most
+        every `SCAN_INTERVAL` seconds)."""
+        now = time.monotonic()
+        if now - self.scanned < SCAN_INTERVAL:
+            return
+        self.scanned = now
+        try:
+            names = [e.name for e in os.scandir(self.dir)
+                     if e.name.endswith(".jsonl") and e.name not in self.seen]
+        except OSError:
+            return
+        for name in names:
+            path = self.dir / name
+            owner, _ = self._read_owner(path)
+            if owner is None or not owner.gone():
+                if owner is not None and owner.gone() is None:
+                    self.seen.add(name)  # another machine: left alone
+                continue
+            claimed = self.dir / f".claimed-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(path, claimed)  # atomic: one client takes it over
+            except OSError:
+                continue
+            _, jobs = self._read(claimed)
+            self.seen.add(name)
+            for rec in jobs.values():
+                self._adopt_record(rec)
+            try:
+                claimed.unlink()
+            except OSError:
+                pass
+
+    def _read_owner(self, path: Path) -> tuple[_Owner | None, None]:
+        try:
+            with open(path, "rb") as f:
+                first = f.readline()
+        except OSError:
+            return None, None
+        mac, _, text = first.rstrip(b"\n").partition(b" ")
+        if not hmac.compare_digest(mac, hmac.new(hmac_key(), text, hashlib.sha256)
+                                   .hexdigest().encode()):
+            return None, None
+        rec = json.loads(text)
+        if rec.get("t") != "owner":
+            return None, None
+        return _Owner(rec["host"], int(rec["pid"]), rec.get("start")), None
+
+    def _adopt_record(self, rec: JobRecord) -> None:
+        """Keep a gone client's job as ours (also in our journal, in case we go too)."""
+        lines: list[dict[str, Any]] = [{"t": "job", "job": rec.job, "keys": rec.keys,
+                                        "marker": rec.marker, "what": rec.what,
+                                        "time": rec.time, "from": rec.owner,
+                                        "backend": rec.backend}]
+        if rec.sent is not None:
+            lines.append(rec.sent)
+        try:
+            self._write(*lines)
+        except OSError:
+            pass
+        with self.lock:
+            for pos, key in enumerate(rec.keys):
+                if key is not None:
+                    self.orphans[key] = (rec, pos)
+
+    def _drop(self, rec: JobRecord) -> None:
+        with self.lock:
+            for key in rec.keys:
+                if key is not None and self.orphans.get(key, (None,))[0] is rec:
+                    del self.orphans[key]
+            self.open_jobs.add(rec.job)
+        self.done(rec.job)
+
+    # -- taking over ------------------------------------------------------------------------
+
+    def adopt(self, ex: HogExecutor, ctx: CallContext, keyed: dict[int, str],
+              cache: ResultCache, submitted: float) -> dict[int, HogFuture[Any]]:
+        """Futures for the calls (index -> key) that a gone client sent and that can be
+        followed; warns about those lost with their client (they are sent again)."""
+        if not keyed:
+            return {}
+        self._claim_gone()
+        with self.lock:
+            if not self.orphans:
+                return {}
+            found: dict[str, tuple[JobRecord, list[tuple[int, int]]]] = {}
+            for i, key in keyed.items():
+                hit = self.orphans.get(key)
+                if hit is not None:
+                    rec, pos = hit
+                    found.setdefault(rec.job, (rec, []))[1].append((i, pos))
+        out: dict[int, HogFuture[Any]] = {}
+        for rec, wanted in found.values():
+            futures = self._follow(ex, ctx, rec, cache, submitted)
+            if futures is None:
+                continue
+            for i, pos in wanted:
+                out[i] = futures[pos]
+        return out
+
+    def _lost(self, rec: JobRecord, why: str) -> None:
+        owner = rec.owner
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.time))
+        logger.warning(
+            "%s: %d call(s) sent at %s by the client process %s on %s were lost with that "
+            "client (%s); running them again", rec.what, len(rec.keys), when,
+            owner.get("pid"), owner.get("host"), why)
+        self._drop(rec)
+
+    def _follow(self, ex: HogExecutor, ctx: CallContext, rec: JobRecord, cache: ResultCache,
+                submitted: float) -> list[HogFuture[Any]] | None:
+        """Attach to a gone client's Slurm job; None: it cannot be followed (lost)."""
+        backend = ex.backend
+        attach = getattr(backend, "attach", None)
+        sent = rec.sent
+        if rec.backend != "slurm" or sent is None or "slurm_id" not in sent:
+            why = (f"its {rec.backend or 'backend'} job ran in that client"
+                   if rec.backend != "slurm" else "it died before Slurm answered sbatch")
+            self._lost(rec, why)
+            return None
+        if attach is None:
+            self._lost(rec, f"it ran as Slurm job {sent['slurm_id']}, and this executor's "
+                            "backend is not Slurm")
+            return None
+        state = _slurm_state(sent)
+        if state is not None and state not in ACTIVE_STATES:
+            self._lost(rec, f"Slurm job {sent['slurm_id']} ended {state} without a result")
+            return None
+        from .backends import Job
+        from .futures import CallTimings, HogFuture
+        from .results import JobResults
+
+        futures: list[HogFuture[Any]] = [HogFuture() for _ in rec.keys]
+        for f in futures:
+            f.timings = CallTimings(submitted, sent=time.time())
+        job = Job(id=uuid.uuid4().hex, head="", payload=b"", tail="",
+                  walltime=ctx.spec.walltime, config=ctx.values, description=rec.what,
+                  calls=len(rec.keys), runner_key=None)
+        results = JobResults(ex._state, job, futures, rec.marker, ctx.module)
+        attach_outcomes(results, rec.keys, cache, rec.what)
+        state_ = ex._state
+        with state_.submit_lock:
+            state_.check_open()
+            state_.track([results])
+            try:
+                attach(job, sent)
+            except Exception as exc:
+                state_.forget(results)
+                self._lost(rec, f"Slurm job {sent['slurm_id']} cannot be followed: {exc}")
+                return None
+        with self.lock:
+            for key in rec.keys:
+                if key is not None and self.orphans.get(key, (None,))[0] is rec:
+                    del self.orphans[key]
+            self.open_jobs.add(rec.job)
+        logger.info("%s: following Slurm job %s, sent by the client process %s on %s "
+                    "(gone)", rec.what, sent["slurm_id"], rec.owner.get("pid"),
+                    rec.owner.get("host"))
+        job.future.add_done_callback(results.finished)
+        job.future.add_done_callback(lambda _: self.done(rec.job))
+        return futures
+
+
+def _slurm_state(sent: Mapping[str, Any]) -> str | None:
+    """A gone client's Slurm job: None when it may still deliver (queued, running, or its
+    result files are there), else the state it ended in."""
+    result = os.path.join(str(sent.get("dir", "")), f"task-{sent.get('index', 0)}.hmac")
+    if os.path.exists(result):
+        return None
+    from .backends.slurm.watcher import SlurmQueryError, query_states
+
+    slurm_id = str(sent["slurm_id"])
+    try:
+        states = query_states([slurm_id.split("_", 1)[0]])
+    except SlurmQueryError:
+        return None  # the watcher will tell
+    listed = states.get(slurm_id)
+    if listed is None:
+        return None if os.path.exists(result) else "(no longer known to Slurm)"
+    return listed[0]
+
+
+_journals: dict[str, Journal] = {}
+_journals_lock = threading.Lock()
+
+
+def journal_for(root: Path) -> Journal:
+    """This process's journal for the cache root ``root``."""
+    with _journals_lock:
+        found = _journals.get(str(root))
+        if found is None:
+            found = _journals[str(root)] = Journal(root / "journal")
+        return found

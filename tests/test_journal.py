@@ -1,0 +1,116 @@
+"""The journal: a new client takes over the calls of a client that is gone.
+
+Clients are processes of their own, killed with SIGKILL (nothing of theirs runs at exit).
+The Slurm case counts sbatch runs with a logging ``sbatch`` first on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPTS, wait_for
+from test_cache import APP, run_app, runs
+
+JOURNAL_APP = SCRIPTS / "hogtest_journal_app.py"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), **extra}
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_a_local_call_lost_with_its_client_runs_again_with_a_warning(
+        tmp_path: Path, cache_dir: str) -> None:
+    root, log = tmp_path / "results", tmp_path / "log"
+    Path(str(log) + ".slow").write_text("")  # the first client's call hangs
+    proc = subprocess.Popen([sys.executable, str(APP), str(root), cache_dir, str(log), "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(tmp_path))
+    try:
+        assert wait_for(lambda: runs(log) == 1, timeout=120), "the call did not start"
+    finally:
+        _kill(proc)
+    journals = list((root / "journal").glob("*.jsonl"))
+    assert len(journals) == 1
+    os.unlink(str(log) + ".slow")
+    out, stderr = run_app(APP, root, cache_dir, log, n=1)
+    assert out == {"values": [1], "cached": [False], "jobs": 1}
+    assert "lost with that client" in stderr and f"process {proc.pid}" in stderr
+    assert runs(log) == 2
+    assert not list((root / "journal").glob("*.jsonl"))  # taken over, then done
+
+
+ACTIVE = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING"
+
+
+def _partition() -> str | None:
+    if shutil.which("sinfo") is None:
+        return None
+    proc = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True,
+                          text=True, timeout=15)
+    for line in proc.stdout.splitlines():
+        name, _, avail = line.strip().partition(" ")
+        if name.endswith("*") and avail.strip() == "up":
+            return name.rstrip("*")
+    return None
+
+
+@pytest.fixture
+def sbatch_log(tmp_path: Path) -> tuple[Path, Path]:
+    real = shutil.which("sbatch")
+    if real is None or _partition() is None:
+        pytest.skip("no Slurm cluster answers sinfo")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    shim = bin_dir / "sbatch"
+    shim.write_text(f'#!/bin/bash\necho "$*" >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    return bin_dir, log
+
+
+def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
+        tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path]) -> None:
+    bin_dir, log = sbatch_log
+    partition = _partition()
+    assert partition is not None
+    root, shared = tmp_path / "results", tmp_path / "shared"
+    env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    args = [sys.executable, str(JOURNAL_APP), str(root), cache_dir, str(shared), partition,
+            "50"]
+    # The array starts 25 s after it is queued: the first client is killed while it waits.
+    first = subprocess.Popen([*args, "--begin=now+25"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline().strip() == "submitted"
+    finally:
+        _kill(first)
+    sent = log.read_text().splitlines()
+    assert len(sent) == 1  # one job array
+    user = str(os.getuid())
+    queued = subprocess.run(["squeue", "--noheader", "--array", f"--user={user}",
+                             f"--states={ACTIVE}", "--format=%i"], capture_output=True,
+                            text=True, timeout=30).stdout.split()
+    assert queued, "the array is no longer queued"
+    second = subprocess.run([*args], capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout.splitlines()[-1]) == {"values": [3 * i for i in range(50)]}
+    assert len(log.read_text().splitlines()) == 1, "the new client ran sbatch"
+    assert "following Slurm job" in second.stderr
+    # Every result is now a hit, still without sbatch.
+    third = subprocess.run([*args], capture_output=True, text=True, timeout=600, env=env)
+    assert third.returncode == 0, third.stderr
+    assert json.loads(third.stdout.splitlines()[-1]) == {"values": [3 * i for i in range(50)]}
+    assert len(log.read_text().splitlines()) == 1
