@@ -334,3 +334,40 @@ def test_max_array_size_key():
     ex.shutdown()
     with pytest.raises(ConfigError, match="positive integer"):
         HogExecutor("slurm", max_array_size=0)
+
+
+# -- dependencies (futures as arguments) ------------------------------------------------------
+
+def test_dependency_flags() -> None:
+    from hog_executor.backends.slurm.sbatch import dependency_flags
+
+    assert dependency_flags(()) == ()
+    assert dependency_flags(["12", "13_4", "12"]) == (
+        "--dependency=afterok:12:13_4", "--kill-on-invalid-dep=yes")
+    for bad in ("12;rm", "x", "12_", ""):
+        with pytest.raises(ValueError, match="not a Slurm job id"):
+            dependency_flags([bad])
+
+
+def test_render_with_dependencies_and_result_check() -> None:
+    from hog_executor.backends.slurm.sbatch import (
+        EXIT_RESULT_MISSING,
+        SbatchSpec,
+        render_sbatch,
+    )
+
+    text = render_sbatch(SbatchSpec(job_dir="/d", key_file="/d/key", submission="s1",
+                                    after=("7", "8_1")))
+    assert "#SBATCH --dependency=afterok:7:8_1\n#SBATCH --kill-on-invalid-dep=yes\n" in text
+    assert f"exit {EXIT_RESULT_MISSING}" in text and '"$hog_task.keys"' in text
+    assert "--dependency" not in render_sbatch(
+        SbatchSpec(job_dir="/d", key_file="/d/key", submission="s1"))
+
+
+def test_after_key_is_checked() -> None:
+    from hog_executor.backends.slurm.keys import SLURM_KEYS
+
+    check = SLURM_KEYS["after"].check
+    assert check(["1", "2_3"]) == ("1", "2_3") and check(5) == ("5",)
+    with pytest.raises(ValueError):
+        check(["1 2"])
