@@ -11,9 +11,19 @@ hog-executor with ``chunksize=1`` (one array task per call, like submitit), and 
 default ``poll_interval`` (2 s, backing off), submitit with its own. Goal: hog-executor's
 ``map`` at most 1.0x submitit's wall time, with one ``sbatch`` call.
 
+Two more measurements, each run on its own:
+
+- ``--pipeline``: a 3-stage pipeline of 16-task stages (each task of a stage takes two results
+  of the previous one) with a simulated queue delay of `QUEUE_DELAY` s per job (sbatch
+  ``--begin=now+N``): queue-native submission (futures as arguments: every stage is queued at
+  once, waiting with ``--dependency=afterok``) against wave-by-wave submission (a stage is
+  submitted once the previous one is done). Goal: queue-native at most 0.5x the wall time.
+- ``--pilots``: job arrays against pilot workers (dask-jobqueue ``SLURMCluster`` workers
+  running the ``dask`` backend) on the same calls: latency of one call, and 1,000 short calls.
+
 Needs a cluster: ``bash tests/services/slurm-start.sh`` (as root on Debian) starts a
 single-node one.
-Run: ``python benchmarks/bench_slurm.py [--repeat N]``.
+Run: ``python benchmarks/bench_slurm.py [--repeat N] [--pipeline | --pilots]``.
 """
 
 from __future__ import annotations
@@ -173,5 +183,129 @@ def main() -> None:
         sys.exit(f"bench_slurm: wrong results from {sorted(wrong)}")
 
 
+QUEUE_DELAY = 15
+STAGE = 16
+PIPELINE_GOAL = 0.5
+
+
+def pipeline_main() -> None:
+    import operator
+
+    args = c.parse_args("3-stage pipeline on Slurm: queue-native against wave by wave",
+                        repeat=1)
+    cache_dir = c.BENCH_DIR / "hog-cache"
+    bench = c.BENCH_DIR / "slurm"
+    bench.mkdir(parents=True, exist_ok=True)
+    c.header("bench_slurm --pipeline",
+             f"3 stages x {STAGE} tasks, {QUEUE_DELAY} s queue delay per job "
+             f"(--begin=now+{QUEUE_DELAY}), partition {PARTITION!r}", [])
+    add = operator.add
+    want = [i + 1 for i in range(STAGE)]
+    for _ in range(2):
+        want = [add(want[i], want[(i + 1) % STAGE]) for i in range(STAGE)]
+
+    def executor() -> HogExecutor:
+        folder = c.fresh_dir(bench / "hog-shared")
+        return HogExecutor("slurm", partition=PARTITION, shared_dir=str(folder),
+                           cache_dir=str(cache_dir), script=benchfuncs.__file__,
+                           poll_interval=0.5, sbatch_flags=[f"--begin=now+{QUEUE_DELAY}"])
+
+    def queue_native() -> None:
+        with executor() as ex:
+            stage = [ex.submit(add, i, 1) for i in range(STAGE)]
+            for _ in range(2):
+                stage = [ex.submit(add, stage[i], stage[(i + 1) % STAGE]) for i in range(STAGE)]
+            if [f.result() for f in stage] != want:
+                sys.exit("bench_slurm: wrong results (queue-native)")
+
+    def wave_by_wave() -> None:
+        with executor() as ex:
+            values = [f.result() for f in [ex.submit(add, i, 1) for i in range(STAGE)]]
+            for _ in range(2):
+                values = [f.result() for f in [ex.submit(add, values[i], values[(i + 1) % STAGE])
+                                               for i in range(STAGE)]]
+            if values != want:
+                sys.exit("bench_slurm: wrong results (wave by wave)")
+
+    c.progress("warm-up (builds the environment if absent)")
+    with HogExecutor("local", cache_dir=str(cache_dir), script=benchfuncs.__file__) as ex:
+        ex.submit(benchfuncs.noop).result()
+    waves: list[float] = []
+    native: list[float] = []
+    for i in range(args.repeat):
+        c.progress(f"round {i + 1}: wave by wave")
+        waves.append(c.timed(wave_by_wave))
+        c.progress(f"round {i + 1}: queue-native")
+        native.append(c.timed(queue_native))
+    r = c.ratio(c.Row("", native).median, c.Row("", waves).median)
+    c.print_table([
+        c.Row("wave by wave (submit a stage when the previous is done)", waves, "1.00x"),
+        c.Row("queue-native (futures as arguments, afterok)", native, f"{r:.2f}x",
+              f"<= {PIPELINE_GOAL:.1f}x", r <= PIPELINE_GOAL),
+    ])
+
+
+PILOT_CALLS = 1000
+PILOT_WORKERS = 4
+
+
+def pilots_main() -> None:
+    import time
+
+    import dask_jobqueue
+    import distributed
+
+    args = c.parse_args("job arrays against dask-jobqueue pilot workers", repeat=5)
+    cache_dir = c.BENCH_DIR / "hog-cache"
+    bench = c.BENCH_DIR / "slurm"
+    bench.mkdir(parents=True, exist_ok=True)
+    c.header("bench_slurm --pilots",
+             f"one call, then {PILOT_CALLS} short calls, partition {PARTITION!r}; pilots: "
+             f"{PILOT_WORKERS} SLURMCluster workers (cores=1, processes=1)", [])
+    expected = [benchfuncs.inc(i) for i in range(PILOT_CALLS)]
+
+    def measure(ex: HogExecutor) -> tuple[list[float], list[float]]:
+        ex.submit(benchfuncs.inc, 0).result()  # warm: environment, workers
+        latency = [c.timed(lambda: ex.submit(benchfuncs.inc, 1).result())
+                   for _ in range(args.repeat)]
+        bulk = [c.timed(lambda: list(ex.map(benchfuncs.inc, range(PILOT_CALLS))) == expected
+                        or sys.exit("bench_slurm: wrong results"))]
+        return latency, bulk
+
+    c.progress("job arrays")
+    with HogExecutor("slurm", partition=PARTITION, shared_dir=str(c.fresh_dir(
+            bench / "hog-shared")), cache_dir=str(cache_dir), script=benchfuncs.__file__,
+            poll_interval=0.2) as ex:
+        a_lat, a_bulk = measure(ex)
+    c.progress("pilot workers")
+    started = time.perf_counter()
+    with dask_jobqueue.SLURMCluster(cores=1, processes=1, memory="1GB", queue=PARTITION,
+                                    python=sys.executable, walltime="00:30:00",
+                                    scheduler_options={"dashboard_address": None}) as cluster, \
+            distributed.Client(cluster) as client:
+        cluster.scale(PILOT_WORKERS)
+        client.wait_for_workers(PILOT_WORKERS, timeout=300)
+        boot = time.perf_counter() - started
+        with HogExecutor("dask", client=client, cache_dir=str(cache_dir),
+                         script=benchfuncs.__file__) as ex:
+            p_lat, p_bulk = measure(ex)
+    c.print_table([
+        c.Row("job arrays: one call, submit to result", a_lat, "1.00x"),
+        c.Row("pilot workers: one call, submit to result", p_lat,
+              f"{c.ratio(c.Row('', p_lat).median, c.Row('', a_lat).median):.2f}x"),
+        c.Row(f"job arrays: {PILOT_CALLS} calls (map, default chunks)", a_bulk, "1.00x"),
+        c.Row(f"pilot workers: {PILOT_CALLS} calls (map, default chunks)", p_bulk,
+              f"{c.ratio(p_bulk[0], a_bulk[0]):.2f}x",
+              note=f"workers started in {boot:.1f} s (not counted)"),
+    ])
+
+
 if __name__ == "__main__":
-    main()
+    if "--pipeline" in sys.argv:
+        sys.argv.remove("--pipeline")
+        pipeline_main()
+    elif "--pilots" in sys.argv:
+        sys.argv.remove("--pilots")
+        pilots_main()
+    else:
+        main()

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # importing typing at runtime would double the package's impo
     from .errors import (
         BackendError,
         ConfigError,
+        DependencyError,
         HogError,
         MetadataError,
         PayloadTooLargeError,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # importing typing at runtime would double the package's impo
 __all__ = [
     "BackendError",
     "ConfigError",
+    "DependencyError",
     "HogError",
     "HogExecutor",
     "HogFuture",
@@ -83,7 +85,7 @@ _LAZY = {
     **{
         name: "errors"
         for name in (
-            "BackendError", "ConfigError", "HogError", "MetadataError", "PayloadTooLargeError",
+            "BackendError", "ConfigError", "DependencyError", "HogError", "MetadataError", "PayloadTooLargeError",
             "RemoteError", "RemoteProcessError", "SerializationError", "UndeclaredImportError",
             "WalltimeExceeded",
         )

@@ -21,6 +21,14 @@ Callbacks (``dask.diagnostics.ProgressBar``, ``Profiler``, custom ``Callback``) 
 dictionary of ``dask.local``, keyed by the fused graph. A failing task raises its original
 exception on the client.
 
+On a backend that queues dependencies itself (Slurm), without callbacks, the whole graph is
+submitted at once instead (`queued`): the fused graph is cut into waves (a task's wave is one
+more than the latest wave among its inputs), each wave is one submission (one job array on
+Slurm) whose jobs wait in the queue for the jobs of the previous waves
+(``--dependency=afterok`` on their arrays), and the client then waits once. Tasks get their
+inputs from the files their upstream jobs wrote (see `hog_executor.dependencies`); every task
+runs remotely, bookkeeping ones included.
+
 Dask is imported only when a graph runs: ``import hog_executor`` stays cheap.
 """
 
@@ -34,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-__all__ = ["get", "persist", "run_node"]
+__all__ = ["get", "persist", "queued", "run_node", "waves"]
 
 
 def _dask(module: str) -> Any:
@@ -196,6 +204,10 @@ def get(executor: Any, dsk: Any, keys: Any, *, callbacks: Any = None,
         drop(value)
 
     with cbs.local_callbacks(callbacks) as active:
+        if not active and getattr(executor.backend, "queue_dependencies", False):
+            values = queued(executor, graph, wanted, cache, chunksize=chunksize,
+                            keep_remote=keep_remote, packages=packages, module=module)
+            return local_.nested_get(keys, values)
         _, _, pretask_cbs, posttask_cbs, _ = cbs.unpack_callbacks(active)
         started: list[Any] = []
         state: dict[str, Any] = {}
@@ -309,7 +321,7 @@ def _content_keys(executor: Any, graph: Mapping[Any, Any], inputs: Mapping[Any, 
     from .cache import Unkeyable, value_digest
     from .store import StoredRef
 
-    forced = frozenset({*executor._state.by_value, "__main__",
+    forced = frozenset({"__main__",
                         *((module.__name__,) if module is not None else ())})
     keys: dict[Any, str | None] = {
         k: value_digest(("stored", v.ident)) for k, v in inputs.items()}
@@ -358,6 +370,88 @@ def _content_keys(executor: Any, graph: Mapping[Any, Any], inputs: Mapping[Any, 
         except (_Missing, Unkeyable):
             keys[key] = None
     return keys
+
+def waves(graph: Mapping[Any, Any]) -> list[list[Any]]:
+    """The keys of ``graph`` by wave: a task's wave is one more than the latest wave of its
+    inputs in the graph (0: no input in it), in the order of the graph within a wave."""
+    level: dict[Any, int] = {}
+    for start in graph:
+        if start in level:
+            continue
+        stack: list[tuple[Any, bool]] = [(start, False)]
+        while stack:
+            key, expanded = stack.pop()
+            if key in level:
+                continue
+            deps = [d for d in graph[key].dependencies if d in graph]
+            if expanded:
+                level[key] = 1 + max((level[d] for d in deps), default=-1)
+                continue
+            stack.append((key, True))
+            stack.extend((d, False) for d in deps if d not in level)
+    out: list[list[Any]] = [[] for _ in range(1 + max(level.values(), default=-1))]
+    for key in graph:
+        out[level[key]].append(key)
+    return out
+
+
+def queued(executor: Any, graph: Mapping[Any, Any], wanted: set[Any], cache: dict[Any, Any],
+           *, chunksize: int | None, keep_remote: bool, packages: tuple[str, ...],
+           module: Any) -> dict[Any, Any]:
+    """Run a culled, fused graph by submitting every wave at once (see the module's
+    docstring); return the values of the ``wanted`` keys.
+
+    Raises:
+        Exception: the original exception of the first task that failed.
+    """
+    import concurrent.futures as cf
+
+    from . import executor as internal
+    from . import payload as _payload
+    from .errors import DependencyError
+    from .store import StoredRef
+
+    store = internal.client_store(executor)
+    workers = max(1, executor.backend.workers)
+    futures: dict[Any, Any] = {}
+    succeeded = False
+    try:
+        for wave in waves(graph):
+            calls: list[tuple[tuple[Any, dict[Any, Any]], dict[str, Any]]] = []
+            for key in wave:
+                data = {dep: futures[dep] if dep in futures else cache[dep]
+                        for dep in graph[key].dependencies}
+                calls.append(((graph[key], data), {}))
+            size = chunksize or -(-len(calls) // workers)
+            submitted = internal.submit_calls(executor, run_node, calls, chunksize=size,
+                                              keep_stored=True, packages=packages)
+            futures.update(zip(wave, submitted, strict=True))
+        waiting = [futures[k] for k in wanted]
+        cf.wait(waiting, return_when=cf.FIRST_EXCEPTION)
+        failed = [f for f in futures.values() if f.done() and not f.cancelled()
+                  and f.exception() is not None]
+        if failed:
+            exc = next((f.exception() for f in failed
+                        if not isinstance(f.exception(), DependencyError)), failed[0].exception())
+            if isinstance(exc, DependencyError) and exc.__cause__ is not None:
+                exc = exc.__cause__  # the original exception of the task that failed
+            raise exc
+        values = {}
+        for key in wanted:
+            value = futures[key].result()
+            if isinstance(value, StoredRef) and not keep_remote:
+                assert store is not None
+                value = _payload.loads(store.get(value), module)
+            values[key] = value
+        succeeded = True
+        return values
+    finally:
+        for key, fut in futures.items():
+            if not fut.done():
+                fut.cancel()
+            if succeeded and keep_remote and key in wanted:
+                continue
+            fut.add_done_callback(functools.partial(_evict_result, store))
 
 
 def _is_hashable(obj: Any) -> bool:

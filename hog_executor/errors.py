@@ -7,6 +7,7 @@ import concurrent.futures
 __all__ = [
     "BackendError",
     "ConfigError",
+    "DependencyError",
     "HogError",
     "MetadataError",
     "PayloadTooLargeError",
@@ -87,6 +88,28 @@ def _rebuild_payload_error(message: str, size: int, limit: int) -> PayloadTooLar
 
 class BackendError(HogError, RuntimeError):
     """A backend could not accept a submission (sbatch failed, service refused, ...)."""
+
+
+class DependencyError(HogError, RuntimeError):
+    """A future passed as an argument failed or was cancelled: the call never ran.
+
+    ``__cause__`` is the upstream call's exception (its root cause when the upstream call
+    failed for a dependency of its own; a ``CancelledError`` when it was cancelled).
+
+    Attributes:
+        upstream: the ``task_id`` of the upstream call, when known.
+    """
+
+    def __init__(self, message: str, *, upstream: str | None = None) -> None:
+        super().__init__(message)
+        self.upstream = upstream
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_dependency_error, (str(self), self.upstream))
+
+
+def _rebuild_dependency_error(message: str, upstream: str | None) -> DependencyError:
+    return DependencyError(message, upstream=upstream)
 
 
 class RemoteProcessError(HogError, RuntimeError):

@@ -20,6 +20,7 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from . import dependencies as _dependencies
 from . import payload as _payload
 from .backends import Backend, Job, backend_class, backend_keys, backend_names
 from .chunks import chunk_size, payload_header, plan_chunks
@@ -196,6 +197,9 @@ class HogExecutor(Executor):
         state.check_open()
         if not calls:
             return []
+        if _dependencies.has_futures(calls):  # futures as arguments: see dependencies.py
+            return _dependencies.submit(self, fn, calls, chunksize, keep_stored=keep_stored,
+                                        packages=packages)
         submitted = time.time()
         # The local endpoint's default store is created only once something needs it.
         store = state.client_store(create=keep_stored)
@@ -343,6 +347,8 @@ class HogExecutor(Executor):
                 stopped and their futures end cancelled; nothing is left behind.
         """
         state = self._state
+        if wait or cancel_futures or terminate:  # dependent calls still waiting on the client
+            _dependencies.drain(state, cancel=cancel_futures or terminate)
         with state.submit_lock:
             state.shutdown = True
         jobs = state.in_flight()

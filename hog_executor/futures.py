@@ -128,6 +128,13 @@ class HogFuture(Future[T]):
         self.attempts = 1
         self._free_retries = 0  # retries that did not count (preemption)
         self._results: JobResults | None = None
+        self._owner: object | None = None  # the executor's state (futures as arguments)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(
+            "a HogFuture is a dependency only as an argument, or inside lists, tuples, dicts "
+            "and sets a few levels deep (see hog_executor.dependencies); pass "
+            "future.result() to use its value elsewhere")
 
     def cancel(self) -> bool:
         """Cancel the call if it has not started; a job none of whose calls remain is stopped.

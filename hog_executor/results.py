@@ -147,6 +147,7 @@ class JobResults:
         for f in futures:
             f.job_id = f.task_id = job.id
             f._results = self
+            f._owner = state
         job.on_start = self.started
         job.on_task_id = self.task_id_assigned
         job.on_call = self.call_finished

@@ -7,7 +7,9 @@ cheap.
 
 Usage: ``python runner.py PAYLOAD``. The payload is one JSON header line (``marker``,
 ``script``, ``by_value``, ``count``; with a store ``threshold`` and ``store_optional``;
-``prefetch``, files of a file store to start reading before the script is imported)
+``prefetch``, files of a file store to start reading before the script is imported;
+``result_keys``, one path or null per call: where a call's result is also put, as a file
+store frame, for calls that depend on it; a call that fails puts nothing there)
 followed by a pickle of ``(function_bytes, [item_bytes, ...])``. The result frame, written
 to the original stdout after everything else, is (the pickled list holds one outcome per
 call, then a dict of timings: see `process_times`, plus ``calls``, each call's start and end)::
@@ -262,8 +264,10 @@ def run_calls(header: dict[str, Any], body: bytes, where: str,
         return
     results = _ResultStore(extra[0] if extra else None, header.get("threshold") or 0,
                            header.get("store_optional", False))
+    keys = header.get("result_keys") or ()
     for index in range(start, len(items)):
-        yield index, _call(fn, items[index], results)
+        yield index, _call(fn, items[index], results,
+                           keys[index] if index < len(keys) else None)
 
 
 #: Whether a real SIGINT arrived (see `_watch_sigint`).
@@ -303,8 +307,17 @@ def _runtime_failed(exc: BaseException) -> None:
     raise SystemExit(EXIT_RUNTIME_FAILED)
 
 
-def _call(fn: Any, item: bytes, results: _ResultStore) -> tuple[object, ...]:
-    """Run one call; its outcome."""
+def _put_result(path: str, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
+    """Put a call's result at ``path`` of a file store (a ``result_keys`` entry)."""
+    from hog_executor.store.files import write_file
+    from hog_executor.store.frames import frame_parts
+
+    write_file(os.path.dirname(path), frame_parts(data, buffers), os.path.basename(path))
+
+
+def _call(fn: Any, item: bytes, results: _ResultStore,
+          key: str | None = None) -> tuple[object, ...]:
+    """Run one call; its outcome. With ``key``, its result is also put there."""
     if not _watching_sigint:
         _watch_sigint()
     try:
@@ -326,6 +339,11 @@ def _call(fn: Any, item: bytes, results: _ResultStore) -> tuple[object, ...]:
         _runtime_failed(exc)
         return _error(TypeError(
             f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"))
+    if key:
+        try:
+            _put_result(key, data, buffers or [])
+        except Exception as exc:
+            return _error(OSError(f"the result could not be put at {key}: {exc}"))
     try:
         return results.outcome(value, data, buffers or [])
     except Exception as exc:

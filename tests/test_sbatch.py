@@ -356,3 +356,39 @@ def test_ranks_keys_of_the_slurm_backend():
     endpoint = resolve_endpoint("slurm", kwargs={"ranks": 2, "ranks_per_node": 1, "nodes": 2},
                                 backend_keys=backend_keys, builtin_backends=backend_names)
     assert endpoint.values["ranks"] == 2 and endpoint.values["nodes"] == "2"
+
+# -- dependencies (futures as arguments) ------------------------------------------------------
+
+def test_dependency_flags() -> None:
+    from hog_executor.backends.slurm.sbatch import dependency_flags
+
+    assert dependency_flags(()) == ()
+    assert dependency_flags(["12", "13_4", "12"]) == (
+        "--dependency=afterok:12:13_4", "--kill-on-invalid-dep=yes")
+    for bad in ("12;rm", "x", "12_", ""):
+        with pytest.raises(ValueError, match="not a Slurm job id"):
+            dependency_flags([bad])
+
+
+def test_render_with_dependencies_and_result_check() -> None:
+    from hog_executor.backends.slurm.sbatch import (
+        EXIT_RESULT_MISSING,
+        SbatchSpec,
+        render_sbatch,
+    )
+
+    text = render_sbatch(SbatchSpec(job_dir="/d", key_file="/d/key", submission="s1",
+                                    after=("7", "8_1")))
+    assert "#SBATCH --dependency=afterok:7:8_1\n#SBATCH --kill-on-invalid-dep=yes\n" in text
+    assert f"exit {EXIT_RESULT_MISSING}" in text and '"$hog_task.keys"' in text
+    assert "--dependency" not in render_sbatch(
+        SbatchSpec(job_dir="/d", key_file="/d/key", submission="s1"))
+
+
+def test_after_key_is_checked() -> None:
+    from hog_executor.backends.slurm.keys import SLURM_KEYS
+
+    check = SLURM_KEYS["after"].check
+    assert check(["1", "2_3"]) == ("1", "2_3") and check(5) == ("5",)
+    with pytest.raises(ValueError):
+        check(["1 2"])

@@ -68,11 +68,16 @@ class FileFrames:
                 pass  # evicted already: evicting twice is not an error
 
 
-def write_file(store_dir: str, parts: Sequence[Any]) -> str:
+def write_file(store_dir: str, parts: Sequence[Any], name: str | None = None) -> str:
     """Write the pieces of a frame into a new file of ``store_dir``, as ``FileConnector.put``
-    lays it out, the directory created ``0700`` if need be; return the file's name."""
+    lays it out, the directory created ``0700`` if need be; return the file's name.
+
+    ``name``: the file's name, chosen beforehand (a result key the client chose: see
+    ``result_keys`` in `hog_executor.runner`); default: a new UUID.
+    """
     os.makedirs(store_dir, mode=DIR_MODE, exist_ok=True)
-    name = str(uuid.uuid4())
+    if name is None:
+        name = str(uuid.uuid4())
     path = os.path.join(store_dir, name)
     fd = os.open(path, _CREATE_FLAGS, FILE_MODE)
     try:

@@ -8,6 +8,7 @@ Each job is a plain Slurm job, or one task of a job array (one sbatch for the jo
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -64,6 +66,9 @@ LOG_TAIL_BYTES = 64 * 1024
 KEY_BYTES = 32
 #: Characters of the host name kept in the name of the backend's directory.
 HOST_LABEL_LENGTH = 32
+#: The directory, in the backend's own, where each call also puts its result (a file store)
+#: for calls that depend on it (futures as arguments).
+RESULTS_DIR = "results"
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +122,10 @@ class _SlurmJob:
         self.err = base + ".err"
         self.rc = base + ".rc"
         self.hmac = base + ".hmac"
+        self.keys = base + ".keys"
         self.log = os.path.join(submission.dir, f"slurm-{index}.log")
+        #: Where each call puts its result (see `SlurmBackend.hold_result`).
+        self.results: list[str] = []
 
     @property
     def array_id(self) -> str:
@@ -129,7 +137,7 @@ class _SlurmJob:
 
     @property
     def files(self) -> tuple[str, ...]:
-        return (self.bundle, self.out, self.err, self.rc, self.hmac, self.log)
+        return (self.bundle, self.out, self.err, self.rc, self.hmac, self.keys, self.log)
 
     @property
     def log_paths(self) -> tuple[str, ...]:
@@ -205,7 +213,28 @@ def _exit_code(slurm_id: str) -> int:
 def _remove_job_dir(directory: str) -> None:
     """Remove a backend's key and its directory (kept if it holds files of failed jobs)."""
     _remove_quietly(os.path.join(directory, "key"))
+    shutil.rmtree(os.path.join(directory, RESULTS_DIR), ignore_errors=True)
     _remove_quietly(directory)
+
+
+def _remove_result(path: str) -> None:
+    """Remove a call's result file and its marker (if they are there)."""
+    for name in (path, path + ".ready"):
+        try:
+            os.unlink(name)
+        except OSError:
+            pass  # never written (the call failed), or removed already
+
+
+def _with_result_keys(payload: bytes, paths: list[str]) -> bytes:
+    """``payload`` whose header asks the runner to put each call's result at ``paths``."""
+    line, sep, body = payload.partition(b"\n")
+    try:
+        header = json.loads(line)
+    except ValueError:
+        return payload  # not a runner's payload: nothing to ask
+    header["result_keys"] = paths
+    return json.dumps(header).encode() + sep + body
 
 
 def _remove_quietly(path: str) -> None:
@@ -230,6 +259,9 @@ class SlurmBackend(Backend):
     """
 
     keys: ClassVar[Mapping[str, Key]] = SLURM_KEYS
+    #: Calls may wait in the queue for the jobs of their upstream calls (see
+    #: `hog_executor.dependencies`, `hold_result`).
+    queue_dependencies: ClassVar[bool] = True
 
     def __init__(self, endpoint: Endpoint) -> None:
         super().__init__(endpoint)
@@ -244,6 +276,8 @@ class SlurmBackend(Backend):
         self._cleanup: weakref.finalize[..., SlurmBackend] | None = None
         self._lock = threading.RLock()
         self._jobs: dict[str, _SlurmJob] = {}
+        self._holds: dict[str, int] = {}  # result file -> dependent calls holding it
+        self._settled: set[str] = set()  # held result files of settled jobs
         self._uv = uv_binary()
         self._watcher: Watcher = watcher()
         stop_at_exit(self)
@@ -310,6 +344,41 @@ class SlurmBackend(Backend):
             self._ensure_open()
             self._jobs[job.id] = sjob
         self._watcher.track([sjob])
+
+    def hold_result(self, job_id: str, index: int) -> tuple[str, Any, str] | None:
+        """Keep the result of call ``index`` of job ``job_id`` for a call that depends on it.
+
+        Returns the Slurm id of the job, the handle that stands for the result in the
+        dependent call's arguments (read where that call runs) and the result file, which
+        stays until `release_result` is called for it as often as it was held. None: the job
+        is no longer in the queue (or is being cancelled): its future has the result.
+        """
+        from ...payload import Proxied
+        from ...store import FILE_CONNECTOR, FILE_KEY, StoredRef
+
+        with self._lock:
+            sjob = self._jobs.get(job_id)
+            if (sjob is None or sjob.cancelled or not sjob.slurm_id or sjob.job.future.done()
+                    or index >= len(sjob.results)):
+                return None
+            path = sjob.results[index]
+            self._holds[path] = self._holds.get(path, 0) + 1
+        directory, name = os.path.split(path)
+        ref = StoredRef((FILE_CONNECTOR, {"store_dir": directory}), (FILE_KEY, (name,)), 0)
+        return sjob.slurm_id, Proxied(ref), path
+
+    def release_result(self, path: str) -> None:
+        """A call that depended on the result at ``path`` is done (see `hold_result`)."""
+        with self._lock:
+            left = self._holds.get(path, 0) - 1
+            if left > 0:
+                self._holds[path] = left
+                return
+            self._holds.pop(path, None)
+            if path not in self._settled:
+                return
+            self._settled.discard(path)
+        _remove_result(path)
 
     def submit(self, jobs: Sequence[Job]) -> None:
         if not jobs:
@@ -380,6 +449,7 @@ class SlurmBackend(Backend):
             if st.st_uid != os.getuid() or st.st_mode & 0o077:
                 raise OSError(f"{directory} is not private to this user")
             write_private(os.path.join(directory, "key"), self._key.hex())
+            os.mkdir(os.path.join(directory, RESULTS_DIR), 0o700)
         except OSError as exc:
             raise BackendError(
                 f"cannot create the slurm backend's job directory under {self.shared_dir}: "
@@ -411,11 +481,19 @@ class SlurmBackend(Backend):
             time_minutes=time_limit_minutes(max(walltimes)) if walltimes else None,
             extra_flags=tuple(config.get("sbatch_flags", ())),
             uv=self._uv,
+            after=tuple(config.get("after", ())),
         )
         script = os.path.join(job_dir, "job.sbatch")
+        results = os.path.join(directory, RESULTS_DIR)
         try:
             os.mkdir(job_dir, 0o700)
             for sjob in sjobs:
+                # Each call also puts its result in a file named now, before anything runs:
+                # calls submitted later may wait in the queue for it and read it there.
+                sjob.results = [os.path.join(results, uuid.uuid4().hex)
+                                for _ in range(sjob.job.calls)]
+                sjob.job.payload = _with_result_keys(sjob.job.payload, sjob.results)
+                write_private(sjob.keys, "".join(p + "\n" for p in sjob.results))
                 write_private(sjob.bundle, sjob.job.bundle)
             write_private(script, render_sbatch(spec))
         except (OSError, ValueError) as exc:
@@ -519,9 +597,17 @@ class SlurmBackend(Backend):
             self._fail(sjob, BackendError(f"cannot read the result of {where}: {exc}"),
                        keep=True)
             return True
+        if state == "FAILED" and result is not None:
+            # The job script recorded the bundle's result, then failed the job on purpose
+            # (EXIT_RESULT_MISSING: a call failed, so its dependents must not run).
+            state = "COMPLETED"
         outcome = settle(state, result, sjob.facts(), missing_for=missing_for,
                          settling_for=settling_for)
         if isinstance(outcome, Deliver):
+            if state == "CANCELLED" and result is None and sjob.job.config.get("after"):
+                # Dropped, never run, as an upstream job failed (or cancelled by hand): its
+                # files tell nothing, and the call's future names the upstream error.
+                outcome = Deliver(outcome.output, keep=False)
             self._done(sjob, keep=outcome.keep)
             resolve(sjob.job.future, outcome.output)
         elif isinstance(outcome, Lost):
@@ -540,6 +626,8 @@ class SlurmBackend(Backend):
             if self._jobs.get(sjob.job.id) is not sjob:
                 return
             del self._jobs[sjob.job.id]
+            unheld = [p for p in sjob.results if p not in self._holds]
+            self._settled.update(p for p in sjob.results if p in self._holds)
             sub.remaining -= 1
             sub.keep = sub.keep or keep
             if not keep:
@@ -547,6 +635,8 @@ class SlurmBackend(Backend):
                     _remove_quietly(path)  # some are never written (a job that failed early)
             if sub.remaining == 0 and not sub.keep:
                 shutil.rmtree(sub.dir, ignore_errors=True)
+        for path in unheld:
+            _remove_result(path)
         self._cleanup_if_idle()
 
     def _idle(self) -> bool:

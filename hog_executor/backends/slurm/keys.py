@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...config import Key, positive_int
-from .sbatch import check_flags
+from .sbatch import check_flags, dependency_flags
 
 __all__ = ["SLURM_KEYS", "default_shared_dir", "shared_dir_path"]
 
@@ -58,6 +58,16 @@ def _flags(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise ValueError("expected a list of sbatch options such as [\"--exclusive\"]")
     return check_flags(value)
+
+
+def _after(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, int)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of Slurm job ids such as [\"4711\", \"4712_3\"]")
+    ids = tuple(str(v) for v in value)
+    dependency_flags(ids)  # checks each id
+    return ids
 
 
 def shared_dir_path(value: Any) -> str:
@@ -110,6 +120,8 @@ SLURM_KEYS: dict[str, Key] = {
                      "split into several arrays (default 1000, lowered to what the cluster's "
                      "MaxArraySize and MaxJobCount allow)", positive_int),
         _job_key("sbatch_flags", "extra sbatch options, each \"--flag=value\"", _flags),
+        _job_key("after", "Slurm job ids the jobs wait for (--dependency=afterok, "
+                 "--kill-on-invalid-dep=yes); set for futures passed as arguments", _after),
         _backend_key("shared_dir", "directory for job files, visible from the compute nodes "
                      "(default: $SCRATCH or ~, /.hog-executor/slurm)", shared_dir_path),
         _backend_key("poll_interval", "seconds between status queries at first (default 2; "

@@ -27,10 +27,12 @@ from ..._version import __version__
 from ...runner import EXIT_WRAPPER_FAILED
 
 __all__ = [
+    "EXIT_RESULT_MISSING",
     "EXIT_WRAPPER_FAILED",
     "ClusterLimits",
     "SbatchSpec",
     "array_limit",
+    "dependency_flags",
     "directive_quote",
     "parse_cluster_limits",
     "render_sbatch",
@@ -46,6 +48,9 @@ __all__ = [
 TIME_MARGIN_MINUTES = 5
 #: First line of the authenticated message (bump when its layout changes).
 RESULT_VERSION = "hog-result-v1"
+#: A task's exit status when a call of its bundle left no result file (it failed): Slurm
+#: then counts the job as failed, and jobs waiting on it (``afterok``) never run.
+EXIT_RESULT_MISSING = 3
 
 #: Backend keys that become sbatch options, in the order they are written.
 OPTION_FLAGS: dict[str, str] = {
@@ -78,6 +83,9 @@ class SbatchSpec:
         time_minutes: ``--time`` in minutes, None: the partition's default.
         extra_flags: ``sbatch_flags`` of the endpoint, written last so that they win.
         uv: a uv binary for the bundles (exported as ``HOG_UV`` unless already set).
+        after: Slurm ids (``"123"``, ``"123_4"``) of jobs that must complete successfully
+            before this one starts (``--dependency=afterok``); the job is cancelled if one
+            fails or is cancelled (``--kill-on-invalid-dep=yes``).
     """
 
     job_dir: str
@@ -89,6 +97,7 @@ class SbatchSpec:
     time_minutes: int | None = None
     extra_flags: tuple[str, ...] = ()
     uv: str | None = None
+    after: tuple[str, ...] = ()
 
 
 def directive_quote(value: str) -> str:
@@ -143,6 +152,26 @@ def result_digest(key: bytes, submission: str, index: int, returncode: int, out:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
+_SLURM_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+
+
+def dependency_flags(after: Sequence[str]) -> tuple[str, ...]:
+    """The sbatch options that make a job wait for the jobs ``after`` (Slurm ids ``"123"``
+    or ``"123_4"``; an array's id waits for all of its tasks) to complete successfully, and
+    be cancelled when one of them fails or is cancelled. Empty when ``after`` is.
+
+    Raises:
+        ValueError: an id is not a Slurm job or array task id.
+    """
+    if not after:
+        return ()
+    for job in after:
+        if not _SLURM_ID.match(job):
+            raise ValueError(f"{job!r} is not a Slurm job id (123, or 123_4 for an array task)")
+    ids = ":".join(dict.fromkeys(after))
+    return (f"--dependency=afterok:{ids}", "--kill-on-invalid-dep=yes")
+
+
 # The job script's body. __EXIT__ is EXIT_WRAPPER_FAILED, __VERSION__ RESULT_VERSION.
 _BODY = r"""set -u
 umask 077
@@ -181,7 +210,14 @@ hog_nout=$(wc -c < "$hog_task.out") && hog_nerr=$(wc -c < "$hog_task.err") \
 } | hog_hmac "$hog_key" > "$hog_task.hmac.part" \
   && mv -f "$hog_task.hmac.part" "$hog_task.hmac" \
   || hog_fail "cannot record the result of task $hog_i"
-# The outcome of the call is in task-$hog_i.rc: the job itself succeeded.
+# The outcome of the call is in task-$hog_i.rc. A call whose result file (listed in
+# task-$hog_i.keys) is missing failed: the job fails too, so that jobs depending on it
+# (afterok) never run; otherwise the job succeeded.
+if [ -r "$hog_task.keys" ]; then
+  while IFS= read -r hog_k; do
+    [ -z "$hog_k" ] || [ -e "$hog_k.ready" ] || exit __MISSING__
+  done < "$hog_task.keys"
+fi
 exit 0
 """
 
@@ -253,6 +289,8 @@ def render_sbatch(spec: SbatchSpec) -> str:
         lines.append(f"#SBATCH --time={int(spec.time_minutes)}")
     for flag, value in spec.options:
         lines.append(f"#SBATCH {flag}={dq(value)}")
+    for flag in dependency_flags(spec.after):
+        lines.append(f"#SBATCH {flag}")
     for extra in spec.extra_flags:
         lines.append(f"#SBATCH {dq(extra)}")
     what = f"{spec.count} bundles as a job array" if array else "one bundle"
@@ -266,7 +304,7 @@ def render_sbatch(spec: SbatchSpec) -> str:
     if spec.uv:
         lines.append(f"[ -n \"${{HOG_UV:-}}\" ] || export HOG_UV={q(spec.uv)}")
     body = _BODY.replace("__EXIT__", str(EXIT_WRAPPER_FAILED)).replace(
-        "__VERSION__", RESULT_VERSION)
+        "__VERSION__", RESULT_VERSION).replace("__MISSING__", str(EXIT_RESULT_MISSING))
     return "\n".join(lines) + "\n" + body
 
 
