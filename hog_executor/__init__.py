@@ -85,7 +85,8 @@ _LAZY = {
     **{
         name: "errors"
         for name in (
-            "BackendError", "ConfigError", "DependencyError", "HogError", "MetadataError", "PayloadTooLargeError",
+            "BackendError", "ConfigError", "DependencyError", "HogError", "MetadataError",
+            "PayloadTooLargeError",
             "RemoteError", "RemoteProcessError", "SerializationError", "UndeclaredImportError",
             "WalltimeExceeded",
         )
