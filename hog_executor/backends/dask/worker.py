@@ -32,6 +32,19 @@ def _processes(worker: Any) -> BundleProcesses:
     return processes
 
 
+def _announcer(worker: Any, topic: str, job_id: str) -> Any:
+    """Logs ``{"job": job_id}`` under ``topic``: the client learns that the job started."""
+
+    def announce() -> None:
+        try:
+            worker.log_event(topic, {"job": job_id})
+        except Exception:  # the call runs all the same; the client sees it start at its end
+            logger.warning("could not tell the client that job %s started", job_id,
+                           exc_info=True)
+
+    return announce
+
+
 def run_bundle(job_id: str, bundle: str, topic: str) -> tuple[int, bytes, bytes]:
     """Run one bundle with bash on this worker; return ``(returncode, stdout, stderr)``.
 
@@ -46,13 +59,7 @@ def run_bundle(job_id: str, bundle: str, topic: str) -> tuple[int, bytes, bytes]
 
     worker = get_worker()
 
-    def announce() -> None:
-        try:
-            worker.log_event(topic, {"job": job_id})
-        except Exception:  # the call runs all the same; the client sees it start at its end
-            logger.warning("could not tell the client that job %s started", job_id,
-                           exc_info=True)
-
+    announce = _announcer(worker, topic, job_id)
     workdir = tempfile.mkdtemp(prefix="hog-dask-", dir=worker.local_directory)
     try:
         env = {**os.environ, **same_machine_hints(), "HOG_WORK_DIR": workdir}
@@ -194,13 +201,7 @@ def run_warm(job_id: str, bundle: str, payload: bytes, calls: int, walltime: flo
         runners.idle_timeout = idle_timeout
     runners.reap()
 
-    def announce() -> None:
-        try:
-            worker.log_event(topic, {"job": job_id})
-        except Exception:  # the call runs all the same; the client sees it start at its end
-            logger.warning("could not tell the client that job %s started", job_id,
-                           exc_info=True)
-
+    announce = _announcer(worker, topic, job_id)
     job = _WarmJob(job_id, bundle, payload, calls, walltime, runner_key, announce)
     slot = runners.take(runner_key, max_calls)
     slot.stopping = False
