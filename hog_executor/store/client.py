@@ -14,13 +14,12 @@ import shutil
 import tempfile
 import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .connectors import ConnectorSpec, RawKey, connector_spec, frame_store, key_from
 from .files import check_private_dir, private_dir
 from .frames import frame_parts, frame_size, loads_frame
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 import importlib
 import pickle
 import threading
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .files import FILE_CONNECTOR, FileFrames
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 

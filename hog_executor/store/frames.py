@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import pickle
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..runner import STORE_FRAME_MAGIC
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
