@@ -114,3 +114,27 @@ def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
     assert third.returncode == 0, third.stderr
     assert json.loads(third.stdout.splitlines()[-1]) == {"values": [3 * i for i in range(50)]}
     assert len(log.read_text().splitlines()) == 1
+
+
+def test_a_client_that_exits_after_submitting_leaves_its_graph_to_finish(
+        tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path]) -> None:
+    bin_dir, log = sbatch_log
+    partition = _partition()
+    assert partition is not None
+    root, shared = tmp_path / "results", tmp_path / "shared"
+    env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    args = [sys.executable, str(JOURNAL_APP), str(root), cache_dir, str(shared), partition,
+            "8"]
+    first = subprocess.run([*args, "--leave", "--begin=now+5"], capture_output=True,
+                           text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "submitted" in first.stdout
+    user = str(os.getuid())
+    queued = subprocess.run(["squeue", "--noheader", "--array", f"--user={user}",
+                             f"--states={ACTIVE}", "--format=%i"], capture_output=True,
+                            text=True, timeout=30).stdout.split()
+    assert queued, "the client's exit cancelled its jobs"
+    second = subprocess.run([*args], capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout.splitlines()[-1]) == {"values": [3 * i for i in range(8)]}
+    assert len(log.read_text().splitlines()) == 1, "the new client ran sbatch"

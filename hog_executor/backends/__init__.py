@@ -136,6 +136,12 @@ class Backend(abc.ABC):
     def cancel(self, job: Job) -> bool:
         """Stop ``job`` if it has not finished; return whether it was stopped."""
 
+    def leave_at_exit(self) -> bool:
+        """At interpreter exit, leave the jobs that are still queued or running to finish on
+        their own, if this backend can and should (a result cache's journal lets a later
+        client collect them); returns whether it did. Default: it cannot."""
+        return False
+
     @abc.abstractmethod
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         """Release resources; with ``cancel``, stop queued and running jobs first."""

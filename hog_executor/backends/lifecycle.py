@@ -158,6 +158,8 @@ def at_exit_after(backend: Backend, fn: Callable[[], object]) -> None:
 
 def _shut_down(backend: Backend) -> None:
     try:
+        if not interrupted() and backend.leave_at_exit():
+            return
         backend.shutdown(wait=True, cancel=not backend.drains_at_exit or interrupted())
     except Exception:
         logger.warning("shutting down the %s backend at exit failed", type(backend).__name__,

@@ -413,6 +413,24 @@ class SlurmBackend(Backend):
             self._watcher.kick()
         return True
 
+    def leave_at_exit(self) -> bool:
+        """With a result cache (``cache=``), jobs still in the queue at exit are left to
+        finish: the journal records them, and a later client collects their results. Their
+        directory and key stay."""
+        if not self.endpoint.values.get("cache"):
+            return False
+        with self._lock:
+            self._closed = True
+            left = [s.slurm_id for s in self._jobs.values() if not s.job.future.done()]
+            cleanup = self._cleanup
+        if not left:
+            return False
+        if cleanup is not None:
+            cleanup.detach()  # the directory is theirs now
+        logger.info("leaving Slurm jobs %s to finish; rerun to collect their results",
+                    ", ".join(left))
+        return True
+
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         with self._lock:
             self._closed = True
