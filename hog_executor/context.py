@@ -178,6 +178,15 @@ class Contexts:
             seen.add(message)
             _log.log(level, "%s", message)
 
+    def argument_packages(self, ctx: CallContext, modules: set[str]) -> tuple[str, ...]:
+        """Pinned requirements for ``modules`` (referred to by a call's arguments) that the
+        call's environment does not hold yet; logged once."""
+        found = tuple(r for r in _imports.requirements_for(modules)
+                      if r not in ctx.spec.env.inferred)
+        if found:
+            self.log_inferred(f"{ctx.description} (its arguments)", found)
+        return found
+
     def log_inferred(self, what: str, inferred: tuple[str, ...]) -> None:
         if inferred:
             self.log_once(f"{what} has no PEP 723 block: its environment gets the packages "

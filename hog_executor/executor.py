@@ -208,14 +208,20 @@ class HogExecutor(Executor):
         ctx = self._contexts.get(fn)
         call_refs: list[list[Any]] = []
         items = []
+        # Without a block, what the arguments need remotely is inferred too (numpy for an
+        # array argument): the modules their pickles refer to, pinned as installed here.
+        modules: set[str] | None = None if ctx.meta.has_block else set()
         try:
             for args, kwargs in calls:
                 refs: list[Any] = []
                 call_refs.append(refs)
                 offload = _offloader(state, refs) if can_store else None
-                items.append(_payload.dumps_call(args, kwargs, ctx.module, offload, threshold))
+                items.append(_payload.dumps_call(args, kwargs, ctx.module, offload, threshold,
+                                                 modules))
             store = state.client_store(create=False)
             extras = packages
+            if modules:
+                extras = (*extras, *self._contexts.argument_packages(ctx, modules))
             if store is not None and (store.explicit or any(call_refs) or keep_stored):
                 extras = (*extras, *store.requirements)
             if extras:

@@ -259,7 +259,8 @@ def references(obj: Any, module: types.ModuleType | None = None) -> set[str]:
 
 
 def dumps(obj: Any, module: types.ModuleType | None = None, offload: Offload | None = None,
-          threshold: int = 0, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
+          threshold: int = 0, buffers: list[pickle.PickleBuffer] | None = None,
+          refs: set[str] | None = None) -> bytes:
     """Pickle ``obj`` for the runner; ``module`` is the client's module of the script.
 
     With ``offload``, objects known to be over ``threshold`` bytes (bytes, str, arrays) are
@@ -267,10 +268,12 @@ def dumps(obj: Any, module: types.ModuleType | None = None, offload: Offload | N
     With ``buffers``, buffers that support it (contiguous NumPy arrays...) are appended to it
     instead of being copied into the pickle (protocol 5 out-of-band data).
 
+    With ``refs``, the names of the modules the pickle refers to are added to it.
+
     Raises whatever pickling raises (callers turn it into `SerializationError`).
     """
     buf = io.BytesIO()
-    _Pickler(buf, module, offload, threshold, buffers).dump(obj)
+    _Pickler(buf, module, offload, threshold, buffers, refs=refs).dump(obj)
     return buf.getvalue()
 
 
@@ -343,12 +346,13 @@ def _plain(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
 
 def dumps_call(
     args: Sequence[Any], kwargs: dict[str, Any], module: types.ModuleType | None,
-    offload: Offload | None = None, threshold: int = 0,
+    offload: Offload | None = None, threshold: int = 0, refs: set[str] | None = None,
 ) -> bytes:
     """Pickle one call's arguments.
 
     With ``offload``, arguments whose pickle is over ``threshold`` bytes go to the store
-    through it and travel as store handles (see `dumps`).
+    through it and travel as store handles (see `dumps`). With ``refs``, the names of the
+    modules the arguments' pickle refers to are added to it.
 
     Raises:
         SerializationError: an argument cannot be pickled; the message names it.
@@ -357,7 +361,7 @@ def dumps_call(
         # nothing a plain pickle would write differently, and nothing for a store
         return pickle.dumps((tuple(args), kwargs), protocol=PROTOCOL)
     try:
-        data = dumps((tuple(args), kwargs), module, offload, threshold)
+        data = dumps((tuple(args), kwargs), module, offload, threshold, refs=refs)
         if offload is None or len(data) <= threshold:
             return data
         # Still large: offload each top-level argument that is over the threshold by itself.

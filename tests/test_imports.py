@@ -257,3 +257,14 @@ def test_a_dask_array_without_a_block_gets_numpy(cache_dir, caplog):
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
     assert any(f"numpy=={np.__version__}" in r.getMessage() for r in caplog.records)
+
+
+def test_a_no_block_call_gets_what_its_arguments_need(cache_dir):
+    import hogtest_noblock_args as noblock
+    import numpy as np
+
+    from hog_executor import HogExecutor
+
+    with HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
+        # The function's module imports nothing; numpy reaches the call as an argument.
+        assert ex.submit(noblock.total, np.arange(4)).result(timeout=600) == 6.0
