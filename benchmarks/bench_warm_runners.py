@@ -13,6 +13,9 @@ Rows (goals from the warm-runner issue; figures, never asserts):
   Python of the script's own environment and imports NumPy there.
 - a runner's resident memory after 10,000 calls that allocate and free 64 KiB, against after
   100 such calls. Goal: <= 1.1x.
+- what per-call timings (``future.timings``) add to a warm call: the client-side work of
+  recording them (a record and a few clock reads per call), timed on its own, against the
+  warm call's median. Goal: the call with timings <= 1.05x the call without.
 
 The environments are built before timing; each pool and executor is created once per round
 and shut down after it (its start is timed too). Run: ``python benchmarks/bench_warm_runners.py``.
@@ -119,6 +122,17 @@ def main() -> None:
         after_10k = ex.submit(benchfuncs.rss_kib).result()
 
     med = statistics.median
+    from hog_executor.futures import CallTimings
+
+    def record_timings() -> None:
+        t = CallTimings(time.time())
+        t.sent = time.time()
+        t.queued = time.time()
+        t.received = time.time()
+        t.started, t.finished, t.worker = t.queued, t.received, "host:1"
+
+    timing_cost = min(c.timed(lambda: [record_timings() for _ in range(10_000)])
+                      for _ in range(5)) / 10_000
     call_ratio = c.ratio(med(call_hog), med(call_pool))
     rows = [
         c.Row("pool: `submit(noop).result()`", call_pool, ratio="1.00x pool"),
@@ -144,6 +158,14 @@ def main() -> None:
     ]
     c.print_table(rows)
     growth = c.ratio(after_10k, after_100)
+    call = med(call_hog)
+    with_timings = c.ratio(call, call - timing_cost)
+    print("| per-call timings | cost per call | warm call | call with / without | goal | "
+          "goal met |")
+    print("|---|---|---|---|---|---|")
+    print(f"| recording `future.timings` | {timing_cost * 1e6:.1f} us | {c.fmt_time(call)} | "
+          f"{with_timings:.3f}x | <= 1.05x | {'yes' if with_timings <= 1.05 else 'NO'} |")
+    print()
     print("| runner RSS | after 100 calls | after 10,100 calls | ratio | goal | goal met |")
     print("|---|---|---|---|---|---|")
     print(f"| `churn(64)` calls on one warm runner | {after_100:,} KiB | {after_10k:,} KiB | "
