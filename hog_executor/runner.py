@@ -544,10 +544,10 @@ _child_files: dict[int, int] = {}
 def children() -> set[int]:
     """This process's children, as its Python threads started them (Linux ``/proc``;
     elsewhere none are known)."""
-    import threading
-
     found: set[int] = set()
-    tids = {t.native_id for t in threading.enumerate() if t.native_id is not None}
+    threading = sys.modules.get("threading")  # not imported: one thread, the main one
+    tids = ({t.native_id for t in threading.enumerate() if t.native_id is not None}
+            if threading is not None else {os.getpid()})
     for tid in [t for t in _child_files if t not in tids]:
         os.close(_child_files.pop(tid))
     for tid in tids:
