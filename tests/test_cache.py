@@ -194,6 +194,7 @@ def test_no_cache_costs_no_lookup(executor: HogExecutor, monkeypatch) -> None:
     assert not executor.submit(basic.square, 3).cached
 
 
+@pytest.mark.slow
 def test_a_dask_pipeline_reruns_only_what_an_edit_touches(tmp_path: Path,
                                                           cache_dir: str) -> None:
     pytest.importorskip("dask")

@@ -73,6 +73,7 @@ def test_local_failed_upstream_never_runs_its_dependents(executor: HogExecutor) 
     assert late.done() and isinstance(late.exception(), DependencyError)
 
 
+@pytest.mark.slow
 def test_local_cancelled_upstream(executor: HogExecutor) -> None:
     blockers = [executor.submit(basic.sleep, 2) for _ in range(2)]  # both workers busy
     f = executor.submit(basic.add, 1, 1)
@@ -84,6 +85,7 @@ def test_local_cancelled_upstream(executor: HogExecutor) -> None:
     cf.wait(blockers)
 
 
+@pytest.mark.slow
 def test_cancel_a_waiting_dependent(executor: HogExecutor) -> None:
     f = executor.submit(basic.sleep, 1)
     g = executor.submit(basic.add, f, 1)
@@ -114,6 +116,7 @@ def test_future_beyond_the_scan_is_refused_clearly(executor: HogExecutor) -> Non
     f.result(timeout=120)
 
 
+@pytest.mark.slow
 def test_shutdown_waits_for_waiting_dependents(cache_dir: str) -> None:
     ex = HogExecutor("local", max_workers=1, cache_dir=cache_dir)
     f = ex.submit(basic.sleep, 1, 1)

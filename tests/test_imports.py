@@ -259,6 +259,7 @@ def test_a_dask_array_without_a_block_gets_numpy(cache_dir, caplog):
     assert any(f"numpy=={np.__version__}" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_no_block_call_gets_what_its_arguments_need(cache_dir):
     import hogtest_noblock_args as noblock
     import numpy as np

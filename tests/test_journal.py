@@ -80,6 +80,7 @@ def sbatch_log(tmp_path: Path) -> tuple[Path, Path]:
     return bin_dir, log
 
 
+@pytest.mark.slow
 def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
         tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path]) -> None:
     bin_dir, log = sbatch_log
@@ -116,6 +117,7 @@ def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
     assert len(log.read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_client_that_exits_after_submitting_leaves_its_graph_to_finish(
         tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path]) -> None:
     bin_dir, log = sbatch_log

@@ -27,6 +27,7 @@ def test_processes_a_call_leaves_behind_end_with_it(ex, kind):
     assert ex.submit(warm.pid).result(timeout=30)  # the slot is free
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["session", "daemon"])
 def test_walltime_stops_what_the_call_started(ex, kind, tmp_path):
     f = ex.options(walltime=2).submit(warm.spawn, kind, 30)

@@ -78,6 +78,7 @@ def test_shutdown_without_wait_returns_at_once(cache_dir):
     assert wait_for(lambda: not os.path.exists(ex.backend.workdir), 30)
 
 
+@pytest.mark.slow
 def test_closing_a_map_iterator_cancels_what_is_left(cache_dir):
     with HogExecutor("local", max_workers=1, cache_dir=cache_dir) as ex:
         results = ex.map(basic.sleep, [0, 2, 60, 60], chunksize=1)

@@ -165,6 +165,7 @@ def test_walltime_when_the_call_ignores_sigterm(cache_dir):
         ex.submit(basic.stubborn_sleep, 60).result(timeout=60)
 
 
+@pytest.mark.slow
 def test_options_override_env_and_walltime(executor):
     view = executor.options(env={"HOG_X": "from options"}, walltime=1)
     assert view.submit(basic.getenv, "HOG_X").result() == "from options"

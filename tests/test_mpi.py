@@ -258,6 +258,7 @@ def plugin(plugin_site: Path, monkeypatch: pytest.MonkeyPatch):
     sys.modules.pop("hog_bash_launcher", None)
 
 
+@pytest.mark.slow
 def test_a_launcher_plugin_is_used_when_named(plugin: Path, cache_dir: str):
     assert {"bashranks", "bashfn"} <= set(launcher_names())
     with HogExecutor("local", cache_dir=cache_dir, ranks=3, launcher="bashranks",

@@ -78,6 +78,7 @@ def test_its_keys_are_validated(installed: Path) -> None:
         HogExecutor("thread", threads=0)
 
 
+@pytest.mark.slow
 def test_a_queued_call_is_cancelled(installed: Path, cache_dir: str) -> None:
     with HogExecutor("thread", threads=1, cache_dir=cache_dir) as ex:
         first = ex.submit(basic.sleep, 2, "slept")

@@ -36,6 +36,7 @@ def test_bad_retry_settings_are_config_errors():
         HogExecutor("local", retry_on=("ValueError",))
 
 
+@pytest.mark.slow
 def test_a_thousand_calls_with_killed_processes_all_succeed(cache_dir, tmp_path):
     doomed = set(range(3, 1000, 10))  # 10% of the calls lose their warm runner once
     with HogExecutor("local", max_workers=2, cache_dir=cache_dir, retries=2) as ex:
@@ -47,6 +48,7 @@ def test_a_thousand_calls_with_killed_processes_all_succeed(cache_dir, tmp_path)
     assert all(f.attempts == 2 for f in futures if f.attempts > 1)
 
 
+@pytest.mark.slow
 def test_a_killed_one_shot_chunk_runs_its_calls_again(cache_dir, tmp_path):
     doomed = {5, 55}  # a process per chunk: each death takes its chunk down
     with HogExecutor("local", max_workers=2, cache_dir=cache_dir, retries=1,

@@ -268,6 +268,7 @@ def test_tampered_result_file_is_rejected(ex, monkeypatch):
         ex.submit(basic.echo, 1).result(timeout=120)
 
 
+@pytest.mark.slow
 def test_forged_result_with_another_key_is_rejected(ex, monkeypatch):
     from hog_executor.backends.slurm.sbatch import result_digest
 
@@ -288,6 +289,7 @@ def test_forged_result_with_another_key_is_rejected(ex, monkeypatch):
         ex.submit(basic.square, 3).result(timeout=120)
 
 
+@pytest.mark.slow
 def test_vanished_job_fails_within_a_bounded_time(ex, monkeypatch):
     monkeypatch.setattr(slurm_states, "VANISH_GRACE", 1.0)
     f = ex.submit(basic.sleep, 3)
@@ -361,6 +363,7 @@ def test_sbatch_timeout_cancels_the_job_it_may_have_queued(shared, cache_dir, tm
     assert list(shared.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_executor_dropped_without_shutdown_removes_its_directory(shared, cache_dir):
     ex = HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
                      poll_interval=0.2)

@@ -50,6 +50,7 @@ def sex(cache_dir: str):
     ex.shutdown(wait=True, cancel_futures=True, terminate=True)
 
 
+@pytest.mark.slow
 def test_large_argument_and_result_through_default_local_store(sex: HogExecutor) -> None:
     a = np.arange(3_000_000, dtype=np.float64)  # 24 MB: over the 10 MB payload limit
     store = sex._state.client_store()
@@ -130,6 +131,7 @@ def test_map_with_large_items(sex: HogExecutor) -> None:
     assert settled(store)
 
 
+@pytest.mark.slow
 def test_small_calls_do_not_touch_the_store(sex: HogExecutor) -> None:
     store = sex._state.client_store()
     assert store is not None and settled(store)
@@ -259,6 +261,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
             proc.wait()
 
 
+@pytest.mark.slow
 def test_redis_store_both_directions(cache_dir: str, redis_url: str) -> None:
     import redis
 
@@ -284,6 +287,7 @@ def block_total(*blocks: Any) -> float:
     return float(sum(b.sum() for b in blocks))
 
 
+@pytest.mark.slow
 def test_redis_store_holds_dask_intermediates(cache_dir: str, redis_url: str) -> None:
     dask = pytest.importorskip("dask")
     import redis
@@ -302,6 +306,7 @@ def test_redis_store_holds_dask_intermediates(cache_dir: str, redis_url: str) ->
     assert server.dbsize() == 0
 
 
+@pytest.mark.slow
 def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any) -> None:
     """Both directions through a file store on the (single-node) cluster's shared disk."""
     from test_slurm import PARTITION, WHY_NOT

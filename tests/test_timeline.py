@@ -131,6 +131,7 @@ def test_html_in_chromium(tmp_path: Path, build: bool) -> None:
     assert all(label in text for label in labels)
 
 
+@pytest.mark.slow
 def test_png_through_matplotlib(tmp_path: Path) -> None:
     try:
         import matplotlib  # noqa: F401

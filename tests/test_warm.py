@@ -114,6 +114,7 @@ def test_each_call_keeps_its_own_output_under_many_threads(make):
         assert f.stderr == f"err {x}\n"
 
 
+@pytest.mark.slow
 def test_map_chunk_futures_resolve_one_by_one(make):
     ex = make(max_workers=1)
     ex.submit(warm.pid).result(timeout=120)  # warm
@@ -126,6 +127,7 @@ def test_map_chunk_futures_resolve_one_by_one(make):
     assert calls == list(range(6))
 
 
+@pytest.mark.slow
 def test_walltime_fails_only_its_own_call(make):
     ex = make(max_workers=1)
     pid = ex.submit(warm.pid).result(timeout=120)
