@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import SCRIPTS, wait_for
@@ -54,23 +55,11 @@ def test_a_local_call_lost_with_its_client_runs_again_with_a_warning(
 ACTIVE = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING"
 
 
-def _partition() -> str | None:
-    if shutil.which("sinfo") is None:
-        return None
-    proc = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True,
-                          text=True, timeout=15)
-    for line in proc.stdout.splitlines():
-        name, _, avail = line.strip().partition(" ")
-        if name.endswith("*") and avail.strip() == "up":
-            return name.rstrip("*")
-    return None
-
-
 @pytest.fixture
-def sbatch_log(tmp_path: Path) -> tuple[Path, Path]:
+def sbatch_log(tmp_path: Path, slurm_cluster: Any) -> tuple[Path, Path]:
+    """A logging ``sbatch`` first on PATH, on the tests' cluster (see `slurm_cluster`)."""
     real = shutil.which("sbatch")
-    if real is None or _partition() is None:
-        pytest.skip("no Slurm cluster answers sinfo")
+    assert real is not None
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "sbatch.log"
@@ -82,10 +71,10 @@ def sbatch_log(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
-        tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path]) -> None:
+        tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path],
+        slurm_cluster: Any) -> None:
     bin_dir, log = sbatch_log
-    partition = _partition()
-    assert partition is not None
+    partition = slurm_cluster.partition
     root, shared = tmp_path / "results", tmp_path / "shared"
     env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     args = [sys.executable, str(JOURNAL_APP), str(root), cache_dir, str(shared), partition,
@@ -119,10 +108,10 @@ def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
 
 @pytest.mark.slow
 def test_a_client_that_exits_after_submitting_leaves_its_graph_to_finish(
-        tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path]) -> None:
+        tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path],
+        slurm_cluster: Any) -> None:
     bin_dir, log = sbatch_log
-    partition = _partition()
-    assert partition is not None
+    partition = slurm_cluster.partition
     root, shared = tmp_path / "results", tmp_path / "shared"
     env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     args = [sys.executable, str(JOURNAL_APP), str(root), cache_dir, str(shared), partition,

@@ -31,38 +31,16 @@ from hog_executor.runner import EXIT_WRAPPER_FAILED
 ACTIVE = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED"
 
 
-def _partition() -> tuple[str | None, str]:
-    """The partition to use, or None and why the cluster cannot be used."""
-    if shutil.which("sinfo") is None:
-        return None, ("no Slurm client here (sinfo not found); start one: "
-                      "bash tests/services/slurm-start.sh")
-    try:
-        proc = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True,
-                              text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return None, "sinfo did not answer within 15 s"
-    if proc.returncode != 0:
-        return None, f"no Slurm cluster answers sinfo ({proc.stderr.strip()}); start one: " \
-                     "bash tests/services/slurm-start.sh"
-    partitions = [line.split() for line in proc.stdout.splitlines() if line.strip()]
-    wanted = os.environ.get("HOG_TEST_SLURM_PARTITION")
-    for name, avail in partitions:
-        if (wanted and name.rstrip("*") == wanted) or (not wanted and name.endswith("*")):
-            if avail != "up":
-                return None, f"partition {name.rstrip('*')} is {avail}"
-            return name.rstrip("*"), ""
-    return None, f"partition {wanted or '(default)'} not found in sinfo: {proc.stdout.strip()!r}"
-
-
-PARTITION, WHY_NOT = _partition()
+#: The partition of the cluster the tests use (set by `_need_cluster`).
+PARTITION: str = ""
 
 
 @pytest.fixture(autouse=True)
-def _need_cluster() -> None:
-    if PARTITION is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs a Slurm cluster for the slurm tests: {WHY_NOT}")
-        pytest.skip(WHY_NOT)
+def _need_cluster(slurm_cluster) -> None:
+    """Every test here needs the cluster: the running one, or one the tests start (see the
+    `slurm_cluster` fixture: otherwise they skip with how to run them, and fail in CI)."""
+    global PARTITION
+    PARTITION = slurm_cluster.partition
 
 
 @pytest.fixture

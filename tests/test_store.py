@@ -307,14 +307,10 @@ def test_redis_store_holds_dask_intermediates(cache_dir: str, redis_url: str) ->
 
 
 @pytest.mark.slow
-def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any) -> None:
+def test_slurm_with_a_shared_file_store(cache_dir: str, tmp_path: Any,
+                                        slurm_cluster: Any) -> None:
     """Both directions through a file store on the (single-node) cluster's shared disk."""
-    from test_slurm import PARTITION, WHY_NOT
-
-    if PARTITION is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs a Slurm cluster for the slurm tests: {WHY_NOT}")
-        pytest.skip(WHY_NOT)
+    PARTITION = slurm_cluster.partition
     store_dir = tmp_path / "store"
     ex = HogExecutor("slurm", partition=PARTITION, shared_dir=str(tmp_path / "shared"),
                      cache_dir=cache_dir, poll_interval=0.2, dependencies=["numpy"],
