@@ -462,6 +462,7 @@ class _Server:
         self.max_calls = int(os.environ.get(MAX_CALLS_ENV) or 0)
         self.calls = 0
         self.busy = True  # running a chunk (False: waiting for the next request)
+        self.hung_up = False  # the client's end of the channel closed
         self.baseline: set[int] = set()  # children of the script's import, left alone
 
     def send(self, *answer: object) -> None:
@@ -612,6 +613,9 @@ def _watch_client(server: _Server) -> None:
         poller = select.poll()
         poller.register(server.channel, 0)  # no events: only POLLHUP and POLLERR come back
         poller.poll()
+        # The main loop sets busy, then looks at hung_up; this sets hung_up, then looks at
+        # busy: a request the client sent just before it died is never run unwatched.
+        server.hung_up = True
         if server.busy:
             _end_session()
 
@@ -645,6 +649,8 @@ def serve(argv: list[str]) -> int:
         if data is None:
             return 0
         server.busy = True
+        if server.hung_up:  # sent by a client that is gone since: nobody wants the answer
+            return 0
         start = struct.unpack_from(_INDEX, data)[0]
         line, _, body = data[_INDEX_SIZE:].partition(b"\n")
         header = json.loads(line)

@@ -69,16 +69,29 @@ def sbatch_log(tmp_path: Path, slurm_cluster: Any) -> tuple[Path, Path]:
     return bin_dir, log
 
 
+def _app(tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path], partition: str,
+         n: int) -> tuple[list[str], dict[str, str], Path]:
+    """The journal app's command line for ``n`` calls, its environment (the logging sbatch
+    first on PATH) and the sbatch log."""
+    bin_dir, log = sbatch_log
+    root, shared = tmp_path / "results", tmp_path / "shared"
+    env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return ([sys.executable, str(JOURNAL_APP), str(root), cache_dir, str(shared), partition,
+             str(n)], env, log)
+
+
+def _queued() -> list[str]:
+    """This user's Slurm jobs (array tasks) still queued or running."""
+    return subprocess.run(["squeue", "--noheader", "--array", f"--user={os.getuid()}",
+                           f"--states={ACTIVE}", "--format=%i"], capture_output=True,
+                          text=True, timeout=30).stdout.split()
+
+
 @pytest.mark.slow
 def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
         tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path],
         slurm_cluster: Any) -> None:
-    bin_dir, log = sbatch_log
-    partition = slurm_cluster.partition
-    root, shared = tmp_path / "results", tmp_path / "shared"
-    env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    args = [sys.executable, str(JOURNAL_APP), str(root), cache_dir, str(shared), partition,
-            "50"]
+    args, env, log = _app(tmp_path, cache_dir, sbatch_log, slurm_cluster.partition, 50)
     # The array starts 25 s after it is queued: the first client is killed while it waits.
     first = subprocess.Popen([*args, "--begin=now+25"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
@@ -89,10 +102,7 @@ def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
         _kill(first)
     sent = log.read_text().splitlines()
     assert len(sent) == 1  # one job array
-    user = str(os.getuid())
-    queued = subprocess.run(["squeue", "--noheader", "--array", f"--user={user}",
-                             f"--states={ACTIVE}", "--format=%i"], capture_output=True,
-                            text=True, timeout=30).stdout.split()
+    queued = _queued()
     assert queued, "the array is no longer queued"
     second = subprocess.run([*args], capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr
@@ -110,20 +120,12 @@ def test_a_new_client_attaches_to_the_slurm_array_of_a_killed_one(
 def test_a_client_that_exits_after_submitting_leaves_its_graph_to_finish(
         tmp_path: Path, cache_dir: str, sbatch_log: tuple[Path, Path],
         slurm_cluster: Any) -> None:
-    bin_dir, log = sbatch_log
-    partition = slurm_cluster.partition
-    root, shared = tmp_path / "results", tmp_path / "shared"
-    env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    args = [sys.executable, str(JOURNAL_APP), str(root), cache_dir, str(shared), partition,
-            "8"]
+    args, env, log = _app(tmp_path, cache_dir, sbatch_log, slurm_cluster.partition, 8)
     first = subprocess.run([*args, "--leave", "--begin=now+5"], capture_output=True,
                            text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr
     assert "submitted" in first.stdout
-    user = str(os.getuid())
-    queued = subprocess.run(["squeue", "--noheader", "--array", f"--user={user}",
-                             f"--states={ACTIVE}", "--format=%i"], capture_output=True,
-                            text=True, timeout=30).stdout.split()
+    queued = _queued()
     assert queued, "the client's exit cancelled its jobs"
     second = subprocess.run([*args], capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr

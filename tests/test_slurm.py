@@ -175,7 +175,8 @@ def test_external_scancel_is_a_clear_error(ex):
     assert slurm_id is not None
     # Job files are private to the user.
     directory = Path(backend.directory or "")
-    job_dir = next(p for p in directory.iterdir() if p.is_dir())
+    job_dir = next(p for p in directory.iterdir()
+                   if p.is_dir() and p.name != slurm_backend.RESULTS_DIR)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((directory / "key").stat().st_mode) == 0o600
