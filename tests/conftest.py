@@ -107,7 +107,7 @@ class SlurmCluster:
 
     Attributes:
         partition: ``$HOG_TEST_SLURM_PARTITION``, else the cluster's default partition.
-        started: whether this session started the cluster.
+        started: whether this pytest run started the cluster.
     """
 
     partition: str

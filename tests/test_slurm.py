@@ -93,19 +93,7 @@ def test_submit_returns_value_and_output(ex, shared):
 
 @pytest.mark.slow
 def test_map_is_one_job_array(shared, cache_dir, tmp_path, monkeypatch):
-    real = shutil.which("sbatch")
-    log = tmp_path / "sbatch.log"
-    shim = tmp_path / "bin" / "sbatch"
-    shim.parent.mkdir()
-    shim.write_text(
-        "#!/bin/bash\n"
-        f'grep -h "^#SBATCH --array" "${{@: -1}}" >> {log}\n'
-        f"out=$({real} \"$@\"); rc=$?\n"
-        f'echo "job $out" >> {log}\n'
-        'echo "$out"; exit $rc\n'
-    )
-    shim.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    log = _sbatch_log(tmp_path, monkeypatch)
     with HogExecutor("slurm", partition=PARTITION, shared_dir=str(shared), cache_dir=cache_dir,
                      poll_interval=0.2, max_parallel=4) as ex:
         assert list(ex.map(basic.square, range(12), chunksize=1)) == [x * x for x in range(12)]
