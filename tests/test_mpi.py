@@ -297,8 +297,21 @@ def test_a_launcher_that_gives_two_processes_one_rank(plugin: Path, cache_dir: s
 
 # -- Slurm: srun inside the job -------------------------------------------------------------------
 
+def _remove_stale_mpich_segments() -> None:
+    """Ranks killed by the tests above (walltime, cancel) leave MPICH's shared-memory
+    segments in /dev/shm; a later job whose segment name collides fails in MPI_Init."""
+    shm = Path("/dev/shm")
+    for seg in shm.glob("mpich_shm_*") if shm.is_dir() else ():
+        try:
+            if seg.stat().st_uid == os.getuid():
+                seg.unlink()
+        except OSError:
+            continue
+
+
 @pytest.fixture
 def slurm(slurm_cluster, tmp_path: Path, cache_dir: str):
+    _remove_stale_mpich_segments()
     # retries: MPICH's start-up over UCX under srun failed once in CI ("Message truncated"
     # in MPI_Init, the step then killed): an infrastructure failure, run again once.
     ex = HogExecutor("slurm", partition=slurm_cluster.partition,
