@@ -77,6 +77,21 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.02) -> bool:
     return bool(predicate())
 
 
+def install_package(source: Path, target: Path) -> Path:
+    """Build the package in ``source`` and install it, without dependencies, into ``target``
+    (a directory to put on ``sys.path``), as a user's ``pip install`` would; returns ``target``."""
+    from hog_executor.backends.processes import uv_binary
+
+    uv = uv_binary()
+    if uv is None:
+        pytest.fail("no uv: it is installed with hog-executor")
+    proc = subprocess.run([uv, "pip", "install", "--quiet", "--no-deps", "--target",
+                           str(target), "--python", sys.executable, str(source)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return target
+
+
 # -- services the suite needs: a Redis server, a throwaway Slurm cluster -----------------------
 
 SERVICES = Path(__file__).resolve().parent / "services"

@@ -15,7 +15,7 @@ from pathlib import Path
 import hogtest_basic as basic
 import hogtest_mpi as mpi
 import pytest
-from conftest import SCRIPTS, alive, wait_for
+from conftest import SCRIPTS, alive, install_package, wait_for
 
 from hog_executor import (
     BackendError,
@@ -26,7 +26,6 @@ from hog_executor import (
     cli,
 )
 from hog_executor.backends.local import same_machine_hints
-from hog_executor.backends.processes import uv_binary
 from hog_executor.errors import RemoteTraceback
 from hog_executor.executor import submit_calls
 from hog_executor.launchers import launcher_names
@@ -240,14 +239,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("launcher-src")
     (src / "hog_bash_launcher.py").write_text(textwrap.dedent(PLUGIN_MODULE))
     (src / "pyproject.toml").write_text(textwrap.dedent(PLUGIN_PROJECT))
-    target = tmp_path_factory.mktemp("launcher-site")
-    uv = uv_binary()
-    assert uv is not None
-    proc = subprocess.run([uv, "pip", "install", "--quiet", "--no-deps", "--target",
-                           str(target), "--python", sys.executable, str(src)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return target
+    return install_package(src, tmp_path_factory.mktemp("launcher-site"))
 
 
 @pytest.fixture

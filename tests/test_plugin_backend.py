@@ -8,18 +8,16 @@ one installed by a site.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import hogtest_basic as basic
 import pytest
-from conftest import ROOT
+from conftest import ROOT, install_package
 
 from hog_executor import ConfigError, HogExecutor
 from hog_executor.backends import backend_names
-from hog_executor.backends.processes import uv_binary
 
 PLUGIN = ROOT / "tests" / "plugins" / "hog-thread-backend"
 PAGE = ROOT / "docs" / "backends" / "writing.md"
@@ -28,17 +26,7 @@ PAGE = ROOT / "docs" / "backends" / "writing.md"
 @pytest.fixture(scope="module")
 def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The plugin, built and installed into a directory of its own."""
-    uv = uv_binary()
-    if uv is None:
-        pytest.fail("no uv: it is installed with hog-executor")
-    target = tmp_path_factory.mktemp("plugin-site")
-    proc = subprocess.run(
-        [uv, "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-         "--python", sys.executable, str(PLUGIN)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return target
+    return install_package(PLUGIN, tmp_path_factory.mktemp("plugin-site"))
 
 
 @pytest.fixture
