@@ -118,6 +118,8 @@ SlurmdTimeout=60
 InactiveLimit=0
 KillWait=5
 MinJobAge=300
+# Small, so that the tests meet a map larger than one array allows (Slurm's default is 1001).
+MaxArraySize=64
 NodeName=localhost CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
