@@ -258,14 +258,16 @@ class HogExecutor(Executor):
         def resubmitter(chunk: list[int]) -> Callable[[list[int]], None] | None:
             if policy is None:
                 return None
+            # The chunk's own calls: the list returned to the caller is theirs to change
+            # (``map`` reverses it and pops from it).
+            mine = [(items[i], call_refs[i], futures[i]) for i in chunk]
 
             def resubmit(picks: list[int]) -> None:
                 # One call per job: a call that kills its process again takes no other down.
-                calls = [chunk[k] for k in picks]
-                self._submit_items(ctx, [items[i] for i in calls],
-                                   [call_refs[i] for i in calls], 1, store, threshold,
-                                   keep_stored, optional, submitted,
-                                   again=[futures[i] for i in calls])
+                calls = [mine[k] for k in picks]
+                self._submit_items(ctx, [c[0] for c in calls], [c[1] for c in calls], 1,
+                                   store, threshold, keep_stored, optional, submitted,
+                                   again=[c[2] for c in calls])
 
             return resubmit
 

@@ -76,3 +76,12 @@ def test_without_retries_or_for_exceptions_nothing_runs_again(executor, tmp_path
         with pytest.raises(ValueError):
             h.result(timeout=120)
         assert h.attempts == 4
+
+
+def test_map_runs_a_killed_call_again(cache_dir, tmp_path):
+    # map reorders the futures list it gets back; the retry must still find its own call
+    with HogExecutor("local", max_workers=2, cache_dir=cache_dir, retries=1) as ex:
+        args = range(6)
+        assert list(ex.map(warm.die_once, args, [{4}] * 6, [str(tmp_path)] * 6,
+                           chunksize=1)) == list(args)
+    assert (tmp_path / "died-4").exists()

@@ -112,6 +112,14 @@ def sleep(seconds, value=None):
     return value
 
 
+def sleep_once(seconds, marker, value=None):
+    """Sleep the first time (creating ``marker``), return at once after that."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(seconds)
+    return value
+
+
 def sleep_with_child(seconds, pidfile):
     """Start a grandchild process that would outlive a careless kill, then sleep."""
     child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
