@@ -2,9 +2,9 @@
 
 A call whose process or node died without an answer (a signal such as the OOM killer's
 SIGKILL, a Slurm ``NODE_FAIL``, ``BOOT_FAIL``, ``OUT_OF_MEMORY`` or ``PREEMPTED``, a lost Dask
-worker) runs again, up to ``retries`` times. A call that raised, or ran past its walltime,
-runs again only when ``retry_on`` (exception types, or a predicate) says so. Preemption does
-not use up the budget.
+worker, a lost Globus Compute endpoint worker) runs again, up to ``retries`` times. A call
+that raised, or ran past its walltime, runs again only when ``retry_on`` (exception types,
+or a predicate) says so. Preemption does not use up the budget.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ __all__ = ["INFRASTRUCTURE_STATES", "RetryPolicy", "is_infrastructure"]
 
 #: Scheduler states that say the infrastructure, not the call, failed.
 INFRASTRUCTURE_STATES = frozenset({"NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-                                   "KilledWorker"})
+                                   "KilledWorker", "WorkerLost"})
 #: States whose retries do not count against the budget.
 FREE_STATES = frozenset({"PREEMPTED"})
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ...config import Endpoint, Key
-from ...errors import BackendError, ConfigError, PayloadTooLargeError
+from ...errors import BackendError, ConfigError, PayloadTooLargeError, RemoteProcessError
 from .. import Backend, Job
 from ..lifecycle import resolve
 from .keys import GLOBUS_KEYS, resource_specification, user_endpoint_config
@@ -58,6 +58,11 @@ MAX_RESENDS = 3
 #: Distinct scripts and configurations whose derived values are cached; beyond, the caches
 #: are cleared (only a process running very many scripts gets there).
 CACHE_LIMIT = 256
+
+#: What the endpoint's engine says when the worker running a task died (Parsl's
+#: ``WorkerLost`` and ``ManagerLost``, a process pool's abrupt termination): the task may
+#: succeed on another worker, so it counts as an infrastructure failure (``retries=``).
+_WORKER_LOST = re.compile(r"\b(WorkerLost|ManagerLost)\b|terminated abruptly while the future")
 
 _RESULT_SIZE = re.compile(
     r"Task result of (\d+)B exceeded current limit of (\d+)B"
@@ -325,6 +330,14 @@ class GlobusBackend(Backend):
                     "(HogExecutor(..., store=...)).",
                     size=size, limit=limit,
                 )
+            lost = _WORKER_LOST.search(text)
+            if lost:
+                return RemoteProcessError(
+                    f"{where} was lost: the endpoint worker running it died "
+                    f"({lost.group(0)}); look at the endpoint's logs for why (memory?). "
+                    f"retries= runs such calls again.\n{text}",
+                    state="WorkerLost",
+                )
             return BackendError(
                 f"{where} failed on the endpoint (it could not run the bundle or read its "
                 f"output):\n{text}"
@@ -383,6 +396,6 @@ class GlobusBackend(Backend):
 
 
 def _fail(job: Job, error: BaseException) -> None:
-    if not isinstance(error, (BackendError, PayloadTooLargeError)):
+    if not isinstance(error, (BackendError, PayloadTooLargeError, RemoteProcessError)):
         error = BackendError(f"task {job.id}: {type(error).__name__}: {error}")
     resolve(job.future, error=error)
