@@ -26,6 +26,9 @@ from .runner import (
     EXIT_RUNTIME_FAILED,
     EXIT_SETUP_FAILED,
     EXIT_WALLTIME,
+    RUNNER_PID_NAME,
+    STOP_FILE_NAME,
+    WARN_AFTER_ENV,
     frame_lines,
 )
 
@@ -109,6 +112,17 @@ trap 'rm -rf "$hog_tmp"' EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 trap 'exit 129' HUP
+# SIGUSR1: the call's time is nearly up (hog_executor.checkpoint). It is marked for a runner
+# still to start, and passed on to a running one (its pid is in __PIDFILE__).
+hog_sig=0
+hog_stop() {
+  local pid=''
+  hog_sig=1
+  : > "$hog_tmp/__STOPFILE__"
+  { read -r pid < "$hog_tmp/__PIDFILE__"; } 2>/dev/null
+  [ -z "$pid" ] || kill -USR1 "$pid" 2>/dev/null
+}
+trap hog_stop USR1
 hog_put() { printf '%s' "$2" | base64 -d > "$hog_tmp/$1" || hog_fail "cannot unpack $1" __SETUP__; }
 """
 
@@ -239,13 +253,22 @@ _RUN = r"""if [ -n "${HOG_SERVE:-}" ]; then
   "$hog_env/bin/python" "$hog_tmp/__RUNNER__" --serve "$hog_tmp/__PAYLOAD__"
   exit $?
 fi
+# The runner warns the call itself HOG_SIGNAL_LEAD seconds before the walltime.
+if [ "$hog_walltime" != 0 ] && [ "${HOG_SIGNAL_LEAD:-0}" -gt 0 ] 2>/dev/null \
+     && [ "$hog_walltime" -gt "$HOG_SIGNAL_LEAD" ]; then
+  export __WARNENV__=$((hog_walltime - HOG_SIGNAL_LEAD))
+fi
 hog_start=$SECONDS
 timeout -k 5 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
   "$hog_tmp/__PAYLOAD__" &
 hog_pid=$!
 trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
-wait "$hog_pid" 2>/dev/null
-hog_rc=$?
+while :; do
+  hog_sig=0
+  wait "$hog_pid" 2>/dev/null
+  hog_rc=$?
+  [ "$hog_sig" = 1 ] || break  # SIGUSR1 interrupted the wait: the runner goes on
+done
 if [ "$hog_walltime" != 0 ] && { [ "$hog_rc" -eq __WALLTIME__ ] \
      || { [ "$hog_rc" -gt 128 ] && [ $((SECONDS - hog_start)) -ge "$hog_walltime" ]; }; }; then
   hog_rc=__WALLTIME__  # also when the call ignored SIGTERM and was killed
@@ -357,7 +380,10 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
                    f"{_CONTROL.sub('?', spec.launch.launcher)}:")
         out.append("#   " + _CONTROL.sub("?", line.command))
     out.append(
-        _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED)).rstrip("\n")
+        _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED))
+        .replace("__STOPFILE__", STOP_FILE_NAME)
+        .replace("__PIDFILE__", RUNNER_PID_NAME)
+        .rstrip("\n")
     )
     out.append(f"hog_put {RUNNER_NAME} {_b64(runner_source(spec.launch is not None))}")
     out.append(f"hog_put {ENV_NAME} {_b64(spec.env.metadata)}")
@@ -399,6 +425,7 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
         out.append(
             _RUN.replace("__RUNNER__", RUNNER_NAME)
             .replace("__PAYLOAD__", PAYLOAD_NAME)
+            .replace("__WARNENV__", WARN_AFTER_ENV)
             .replace("__WALLTIME__", str(EXIT_WALLTIME))
             .rstrip("\n")
         )

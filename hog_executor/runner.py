@@ -270,6 +270,63 @@ def run_calls(header: dict[str, Any], body: bytes, where: str,
                            keys[index] if index < len(keys) else None)
 
 
+# -- the warning that a call's time is nearly up ---------------------------------------------
+# SIGUSR1 (Slurm's --signal, passed on by the job script and the bundle), or a timer
+# WARN_AFTER_ENV seconds after the start, sets STOPPING_ENV and the event
+# ``hog_executor.checkpoint.stopping``, which the call polls (``hog_executor.time_is_up()``).
+# The bundle marks a warning that came before the runner started with STOP_FILE_NAME, and
+# passes later ones to the pid the runner writes to RUNNER_PID_NAME.
+
+#: Set to "1" in the runner's environment once the call is warned.
+STOPPING_ENV = "HOG_STOPPING"
+#: Seconds after the runner's start at which it warns the call itself.
+WARN_AFTER_ENV = "HOG_WARN_AFTER"
+#: Files beside the payload: the bundle got the warning; the runner's pid.
+STOP_FILE_NAME = ".hog_stopping"
+RUNNER_PID_NAME = ".hog_runner.pid"
+
+
+def _stop_requested(signum: int = 0, frame: Any = None) -> None:
+    """The call's time is nearly up: tell `hog_executor.checkpoint` (signal-safe: the
+    event is set from a thread of its own)."""
+    os.environ[STOPPING_ENV] = "1"
+    module = sys.modules.get("hog_executor.checkpoint")
+    event = getattr(module, "stopping", None)
+    if event is not None and not event.is_set():
+        import threading
+
+        threading.Thread(target=event.set, name="hog-stopping", daemon=True).start()
+
+
+def _watch_stop(where: str) -> None:
+    """Take SIGUSR1 as the warning, write this runner's pid for the bundle, and start the
+    timer of `WARN_AFTER_ENV`."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGUSR1, _stop_requested)
+    except (ValueError, AttributeError):  # not the main thread, or no SIGUSR1
+        return
+    try:
+        with open(os.path.join(where, RUNNER_PID_NAME), "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError:
+        pass
+    if os.path.exists(os.path.join(where, STOP_FILE_NAME)):
+        _stop_requested()
+    after = os.environ.pop(WARN_AFTER_ENV, "")
+    try:
+        delay = float(after) if after else None
+    except ValueError:
+        delay = None
+    if delay is not None:
+        import threading
+
+        timer = threading.Timer(max(0.0, delay), _stop_requested)
+        timer.daemon = True
+        timer.start()
+
+
 #: Whether a real SIGINT arrived (see `_watch_sigint`).
 _sigint: list[int] = []
 _watching_sigint = False
@@ -970,6 +1027,7 @@ def main(argv: list[str]) -> int:
     line, _, body = data.partition(b"\n")
     header = json.loads(line)
     _become_subreaper()
+    _watch_stop(os.path.dirname(os.path.abspath(argv[1])))
     outcomes: list[tuple[object, ...]] = []
     calls = []
     began = time.time()
