@@ -256,6 +256,7 @@ class JobResults:
         outcome = _payload.decode_outcome(raw, self.module, self.store, self.keep_stored)
         cont = as_continuation(outcome.value if outcome.ok else outcome.error)
         if cont is not None:  # not an outcome: the call goes on as another call
+            self._moved.add(index)
             continue_call(self.view, self.futures[index], cont, self.continued, self.where)
             return
         if self.on_outcome is not None:

@@ -48,7 +48,7 @@ def test_single_job_script():
     assert _directives(script) == [
         '--job-name="hog-s1"',
         '--output="/shared/hog-x/s1/slurm-0.log"',
-        "--no-requeue",
+        "--requeue",
         "--time=7",
         '--partition="debug"',
     ]
