@@ -18,8 +18,13 @@ def _record(path, text):
 
 
 def twice(directory, x):
-    """Note each run of call ``x`` in ``directory/x``, wait for ``directory/go``, return 2x."""
-    _record(os.path.join(directory, str(x)), os.getpid())
+    """Note each run of call ``x`` in ``directory/x`` (its Slurm id and restart count), wait
+    for ``directory/go``, return 2x."""
+    env = os.environ
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    slurm_id = (f"{env['SLURM_ARRAY_JOB_ID']}_{task}" if task and env.get("SLURM_ARRAY_JOB_ID")
+                else env.get("SLURM_JOB_ID", "-"))
+    _record(os.path.join(directory, str(x)), f"{slurm_id} {env.get('SLURM_RESTART_COUNT', '0')}")
     go = os.path.join(directory, "go")
     for _ in range(1200):
         if os.path.exists(go):
