@@ -296,8 +296,12 @@ hog_start=$SECONDS
 timeout -k 5 "$hog_walltime" __LAUNCH__ < /dev/null &
 hog_pid=$!
 trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
-wait "$hog_pid" 2>/dev/null
-hog_rc=$?
+while :; do
+  hog_sig=0
+  wait "$hog_pid" 2>/dev/null
+  hog_rc=$?
+  [ "$hog_sig" = 1 ] || break  # SIGUSR1 interrupted the wait: the ranks go on
+done
 if [ "$hog_walltime" != 0 ] && { [ "$hog_rc" -eq __WALLTIME__ ] \
      || { [ "$hog_rc" -gt 128 ] && [ $((SECONDS - hog_start)) -ge "$hog_walltime" ]; }; }; then
   printf 'hog: the call exceeded its walltime of %s s; its ranks were killed\n' \
