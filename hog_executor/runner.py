@@ -298,6 +298,12 @@ def _stop_requested(signum: int = 0, frame: Any = None) -> None:
         threading.Thread(target=event.set, name="hog-stopping", daemon=True).start()
 
 
+def _is_continuation(value: object) -> bool:
+    """Whether ``value`` is a `hog_executor.checkpoint.Continue` (without importing it)."""
+    kind = type(value)
+    return kind.__name__ == "Continue" and kind.__module__ == "hog_executor.checkpoint"
+
+
 def _watch_stop(where: str) -> None:
     """Take SIGUSR1 as the warning, write this runner's pid for the bundle, and start the
     timer of `WARN_AFTER_ENV`."""
@@ -396,7 +402,7 @@ def _call(fn: Any, item: bytes, results: _ResultStore,
         _runtime_failed(exc)
         return _error(TypeError(
             f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"))
-    if key:
+    if key and not _is_continuation(value):  # not a result: nothing for dependents to read
         try:
             _put_result(key, data, buffers or [])
         except Exception as exc:

@@ -21,7 +21,7 @@ import hogtest_requeue as rq
 import pytest
 from conftest import ROOT, SCRIPTS, wait_for
 
-from hog_executor import Continue, HogExecutor, RequeueLimitExceeded
+from hog_executor import Continue, HogExecutor, RemoteProcessError, RequeueLimitExceeded
 from hog_executor.backends.slurm import SlurmBackend
 from hog_executor.backends.slurm.clients import hog_jobs
 
@@ -137,6 +137,15 @@ def test_a_continuation_past_max_requeues_is_an_error(ex, tmp_path):
         future.result(timeout=600)
     assert info.value.max_requeues == 1
     assert _lines(path) == ["0", "1"]  # the first continuation ran, the second was refused
+
+
+@pytest.mark.slow
+def test_a_call_queued_behind_a_continuing_call_fails_rather_than_get_the_continuation(ex):
+    upstream = ex.submit(rq.countdown, 1)
+    dependent = ex.submit(rq.echo, upstream)  # waits in the queue for the first job only
+    assert upstream.result(timeout=300) == "liftoff" and upstream.continuations == 1
+    with pytest.raises(RemoteProcessError, match="CANCELLED"):
+        dependent.result(timeout=300)
 
 
 def test_continuations_on_the_local_backend(executor):
