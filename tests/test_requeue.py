@@ -25,8 +25,6 @@ from hog_executor import Continue, HogExecutor, RemoteProcessError, RequeueLimit
 from hog_executor.backends.slurm import SlurmBackend
 from hog_executor.backends.slurm.clients import hog_jobs
 
-PARTITION = ""
-
 
 @pytest.fixture
 def slurm(slurm_cluster) -> str:
