@@ -113,7 +113,6 @@ class _Followed:
     state: str | None = None
     started: bool = False
     running: bool = False  # seen running since it was last seen waiting
-    requeues: int = 0
     missing_since: float | None = None
     settling_since: float | None = None
 
@@ -262,7 +261,6 @@ class Watcher:
                         self._call(entry, entry.job.started, "start")
                 elif state in WAITING_STATES and entry.running:
                     entry.running = False
-                    entry.requeues += 1
                     self._call(entry, entry.job.requeued, "requeue")
                 if state not in TERMINAL_STATES:
                     entry.settling_since = None  # back in the queue (requeued): not ending
