@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ._version import __version__
+from .checkpoint import RUNNER_PID_NAME, STOP_FILE_NAME, WALLTIME_ENV
 from .environment import EnvSpec
 from .launchers import LaunchLine, LaunchPlan
 from .runner import (
@@ -26,9 +27,6 @@ from .runner import (
     EXIT_RUNTIME_FAILED,
     EXIT_SETUP_FAILED,
     EXIT_WALLTIME,
-    RUNNER_PID_NAME,
-    STOP_FILE_NAME,
-    WARN_AFTER_ENV,
     frame_lines,
 )
 
@@ -102,6 +100,10 @@ def _b64(data: bytes | str) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# SIGUSR1 warns the call that its time is nearly up (hog_executor.checkpoint): the prelude's
+# trap marks it in STOP_FILE_NAME for a runner still to start and passes it on to the pid in
+# RUNNER_PID_NAME; the waits below go on after it (hog_sig). Every byte here travels in every
+# Globus Compute command: the bash stays terse.
 _PRELUDE = r"""set -o pipefail
 umask 077
 export HOG_JOB_STARTED="${HOG_JOB_STARTED:-${EPOCHREALTIME:-}}"  # the queue wait ends here
@@ -112,17 +114,8 @@ trap 'rm -rf "$hog_tmp"' EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 trap 'exit 129' HUP
-# SIGUSR1: the call's time is nearly up (hog_executor.checkpoint). It is marked for a runner
-# still to start, and passed on to a running one (its pid is in __PIDFILE__).
-hog_sig=0
-hog_stop() {
-  local pid=''
-  hog_sig=1
-  : > "$hog_tmp/__STOPFILE__"
-  { read -r pid < "$hog_tmp/__PIDFILE__"; } 2>/dev/null
-  [ -z "$pid" ] || kill -USR1 "$pid" 2>/dev/null
-}
-trap hog_stop USR1
+trap 'hog_sig=1; : >"$hog_tmp/__STOPFILE__"; read -r hog_p 2>/dev/null <"$hog_tmp/__PIDFILE__" \
+  && kill -USR1 "$hog_p" 2>/dev/null' USR1
 hog_put() { printf '%s' "$2" | base64 -d > "$hog_tmp/$1" || hog_fail "cannot unpack $1" __SETUP__; }
 """
 
@@ -253,22 +246,12 @@ _RUN = r"""if [ -n "${HOG_SERVE:-}" ]; then
   "$hog_env/bin/python" "$hog_tmp/__RUNNER__" --serve "$hog_tmp/__PAYLOAD__"
   exit $?
 fi
-# The runner warns the call itself HOG_SIGNAL_LEAD seconds before the walltime.
-if [ "$hog_walltime" != 0 ] && [ "${HOG_SIGNAL_LEAD:-0}" -gt 0 ] 2>/dev/null \
-     && [ "$hog_walltime" -gt "$HOG_SIGNAL_LEAD" ]; then
-  export __WARNENV__=$((hog_walltime - HOG_SIGNAL_LEAD))
-fi
 hog_start=$SECONDS
-timeout -k 5 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
+__WALLENV__=$hog_walltime timeout -k 5 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
   "$hog_tmp/__PAYLOAD__" &
 hog_pid=$!
 trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
-while :; do
-  hog_sig=0
-  wait "$hog_pid" 2>/dev/null
-  hog_rc=$?
-  [ "$hog_sig" = 1 ] || break  # SIGUSR1 interrupted the wait: the runner goes on
-done
+while hog_sig=0; wait "$hog_pid" 2>/dev/null; hog_rc=$?; [ "$hog_sig" = 1 ]; do :; done
 if [ "$hog_walltime" != 0 ] && { [ "$hog_rc" -eq __WALLTIME__ ] \
      || { [ "$hog_rc" -gt 128 ] && [ $((SECONDS - hog_start)) -ge "$hog_walltime" ]; }; }; then
   hog_rc=__WALLTIME__  # also when the call ignored SIGTERM and was killed
@@ -296,12 +279,7 @@ hog_start=$SECONDS
 timeout -k 5 "$hog_walltime" __LAUNCH__ < /dev/null &
 hog_pid=$!
 trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
-while :; do
-  hog_sig=0
-  wait "$hog_pid" 2>/dev/null
-  hog_rc=$?
-  [ "$hog_sig" = 1 ] || break  # SIGUSR1 interrupted the wait: the ranks go on
-done
+while hog_sig=0; wait "$hog_pid" 2>/dev/null; hog_rc=$?; [ "$hog_sig" = 1 ]; do :; done
 if [ "$hog_walltime" != 0 ] && { [ "$hog_rc" -eq __WALLTIME__ ] \
      || { [ "$hog_rc" -gt 128 ] && [ $((SECONDS - hog_start)) -ge "$hog_walltime" ]; }; }; then
   printf 'hog: the call exceeded its walltime of %s s; its ranks were killed\n' \
@@ -429,7 +407,7 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
         out.append(
             _RUN.replace("__RUNNER__", RUNNER_NAME)
             .replace("__PAYLOAD__", PAYLOAD_NAME)
-            .replace("__WARNENV__", WARN_AFTER_ENV)
+            .replace("__WALLENV__", WALLTIME_ENV)
             .replace("__WALLTIME__", str(EXIT_WALLTIME))
             .rstrip("\n")
         )

@@ -23,7 +23,9 @@ A continuation asked for once ``max_requeues`` are used up fails the future with
 :class:`RequeueLimitExceeded`. Without a continuation, a call that runs past its walltime
 still fails with `hog_executor.WalltimeExceeded`.
 
-This module is imported where calls run too: it needs only the standard library.
+This module is imported where calls run too (by the runner, when ``HOG_SIGNAL_LEAD`` is
+set: `watch`); it needs only the standard library. The runner writes no result file for
+calls queued behind one (futures as arguments on Slurm) when the value is a `Continue`.
 """
 
 from __future__ import annotations
@@ -48,18 +50,24 @@ __all__ = [
     "continue_call",
     "stopping",
     "time_is_up",
+    "warn_after",
+    "watch",
 ]
 
 #: Continuations one call may ask for when ``max_requeues`` is not set.
 DEFAULT_MAX_REQUEUES = 3
-#: Set (to "1") by the runner once the call is warned (see ``hog_executor.runner``).
-STOPPING_ENV = "HOG_STOPPING"
+#: Set (seconds) where calls are warned that long before the end of their time.
+SIGNAL_LEAD_ENV = "HOG_SIGNAL_LEAD"
+#: The call's walltime in seconds (0: none), set for the runner by the bundle.
+WALLTIME_ENV = "HOG_WALLTIME"
+#: Files beside the payload: the bundle got the warning before the runner said where it
+#: is; the runner's pid, for the bundle to pass the warning (SIGUSR1) on to.
+STOP_FILE_NAME = ".hog_stopping"
+RUNNER_PID_NAME = ".hog_runner.pid"
 
 #: Set when the running call is warned that its time is nearly up; never set on the client.
 #: A ``threading.Event``: poll ``stopping.is_set()`` or block in ``stopping.wait(timeout)``.
 stopping = threading.Event()
-if os.environ.get(STOPPING_ENV) == "1":  # warned before this module was imported
-    stopping.set()
 
 
 def time_is_up() -> bool:
@@ -68,7 +76,52 @@ def time_is_up() -> bool:
     Always False outside a remote call, and for calls without a warning (no walltime, or
     ``signal_lead = 0``).
     """
-    return stopping.is_set() or os.environ.get(STOPPING_ENV) == "1"
+    return stopping.is_set()
+
+
+def _warned(signum: int = 0, frame: Any = None) -> None:
+    """SIGUSR1, or the timer: set `stopping` (from a thread of its own: a signal handler
+    must not wait for the event's lock, which the interrupted code may hold)."""
+    if not stopping.is_set():
+        threading.Thread(target=stopping.set, name="hog-stopping", daemon=True).start()
+
+
+def warn_after(lead: str, walltime: str) -> float | None:
+    """Seconds after the start at which a call of ``walltime`` seconds is warned, ``lead``
+    seconds before its end (both as the environment holds them); None: never."""
+    try:
+        lead_s, wall_s = float(lead), float(walltime)
+    except ValueError:
+        return None
+    if lead_s <= 0 or wall_s <= lead_s:
+        return None
+    return wall_s - lead_s
+
+
+def watch(where: str) -> None:
+    """Where a call runs (the runner calls this before the call, when `SIGNAL_LEAD_ENV` is
+    set): take SIGUSR1 as the warning, write the runner's pid beside its payload in
+    ``where`` for the bundle, and warn the call itself `SIGNAL_LEAD_ENV` seconds before
+    the walltime (`WALLTIME_ENV`)."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGUSR1, _warned)
+    except (ValueError, AttributeError):  # not the main thread, or no SIGUSR1
+        return
+    try:
+        with open(os.path.join(where, RUNNER_PID_NAME), "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError:
+        pass
+    if os.path.exists(os.path.join(where, STOP_FILE_NAME)):
+        _warned()
+    delay = warn_after(os.environ.get(SIGNAL_LEAD_ENV, ""), os.environ.pop(WALLTIME_ENV, ""))
+    if delay is None:
+        return
+    timer = threading.Timer(max(0.0, delay), _warned)
+    timer.daemon = True
+    timer.start()
 
 
 def _rebuild(fn: Callable[..., Any], args: tuple[Any, ...],

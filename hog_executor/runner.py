@@ -270,69 +270,6 @@ def run_calls(header: dict[str, Any], body: bytes, where: str,
                            keys[index] if index < len(keys) else None)
 
 
-# -- the warning that a call's time is nearly up ---------------------------------------------
-# SIGUSR1 (Slurm's --signal, passed on by the job script and the bundle), or a timer
-# WARN_AFTER_ENV seconds after the start, sets STOPPING_ENV and the event
-# ``hog_executor.checkpoint.stopping``, which the call polls (``hog_executor.time_is_up()``).
-# The bundle marks a warning that came before the runner started with STOP_FILE_NAME, and
-# passes later ones to the pid the runner writes to RUNNER_PID_NAME.
-
-#: Set to "1" in the runner's environment once the call is warned.
-STOPPING_ENV = "HOG_STOPPING"
-#: Seconds after the runner's start at which it warns the call itself.
-WARN_AFTER_ENV = "HOG_WARN_AFTER"
-#: Files beside the payload: the bundle got the warning; the runner's pid.
-STOP_FILE_NAME = ".hog_stopping"
-RUNNER_PID_NAME = ".hog_runner.pid"
-
-
-def _stop_requested(signum: int = 0, frame: Any = None) -> None:
-    """The call's time is nearly up: tell `hog_executor.checkpoint` (signal-safe: the
-    event is set from a thread of its own)."""
-    os.environ[STOPPING_ENV] = "1"
-    module = sys.modules.get("hog_executor.checkpoint")
-    event = getattr(module, "stopping", None)
-    if event is not None and not event.is_set():
-        import threading
-
-        threading.Thread(target=event.set, name="hog-stopping", daemon=True).start()
-
-
-def _is_continuation(value: object) -> bool:
-    """Whether ``value`` is a `hog_executor.checkpoint.Continue` (without importing it)."""
-    kind = type(value)
-    return kind.__name__ == "Continue" and kind.__module__ == "hog_executor.checkpoint"
-
-
-def _watch_stop(where: str) -> None:
-    """Take SIGUSR1 as the warning, write this runner's pid for the bundle, and start the
-    timer of `WARN_AFTER_ENV`."""
-    import signal
-
-    try:
-        signal.signal(signal.SIGUSR1, _stop_requested)
-    except (ValueError, AttributeError):  # not the main thread, or no SIGUSR1
-        return
-    try:
-        with open(os.path.join(where, RUNNER_PID_NAME), "w") as f:
-            f.write(f"{os.getpid()}\n")
-    except OSError:
-        pass
-    if os.path.exists(os.path.join(where, STOP_FILE_NAME)):
-        _stop_requested()
-    after = os.environ.pop(WARN_AFTER_ENV, "")
-    try:
-        delay = float(after) if after else None
-    except ValueError:
-        delay = None
-    if delay is not None:
-        import threading
-
-        timer = threading.Timer(max(0.0, delay), _stop_requested)
-        timer.daemon = True
-        timer.start()
-
-
 #: Whether a real SIGINT arrived (see `_watch_sigint`).
 _sigint: list[int] = []
 _watching_sigint = False
@@ -402,7 +339,7 @@ def _call(fn: Any, item: bytes, results: _ResultStore,
         _runtime_failed(exc)
         return _error(TypeError(
             f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"))
-    if key and not _is_continuation(value):  # not a result: nothing for dependents to read
+    if key and type(value).__module__ != "hog_executor.checkpoint":
         try:
             _put_result(key, data, buffers or [])
         except Exception as exc:
@@ -1033,7 +970,9 @@ def main(argv: list[str]) -> int:
     line, _, body = data.partition(b"\n")
     header = json.loads(line)
     _become_subreaper()
-    _watch_stop(os.path.dirname(os.path.abspath(argv[1])))
+    if os.environ.get("HOG_SIGNAL_LEAD"):
+        from hog_executor.checkpoint import watch
+        watch(os.path.dirname(os.path.abspath(argv[1])))
     outcomes: list[tuple[object, ...]] = []
     calls = []
     began = time.time()

@@ -171,6 +171,16 @@ def test_continue_pickles_with_its_arguments():
         Continue(3)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("lead", "walltime", "after"), [
+    ("25", "30", 5.0), ("30", "30", None), ("0", "30", None), ("25", "0", None),
+    ("x", "30", None), ("25", "", None),
+])
+def test_when_the_runner_warns_the_call_itself(lead, walltime, after):
+    from hog_executor.checkpoint import warn_after
+
+    assert warn_after(lead, walltime) == after
+
+
 def test_time_is_up_is_false_on_the_client():
     import hog_executor
 
