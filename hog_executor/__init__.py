@@ -41,6 +41,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing at runtime would double the package's import time
     from typing import Any
 
+    from .checkpoint import Continue, RequeueLimitExceeded, stopping, time_is_up
     from .decorators import function, harness
     from .errors import (
         BackendError,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # importing typing at runtime would double the package's impo
 __all__ = [
     "BackendError",
     "ConfigError",
+    "Continue",
     "DependencyError",
     "HogError",
     "HogExecutor",
@@ -69,12 +71,15 @@ __all__ = [
     "PayloadTooLargeError",
     "RemoteError",
     "RemoteProcessError",
+    "RequeueLimitExceeded",
     "SerializationError",
     "UndeclaredImportError",
     "WalltimeExceeded",
     "__version__",
     "function",
     "harness",
+    "stopping",
+    "time_is_up",
 ]
 
 _LAZY = {
@@ -82,6 +87,8 @@ _LAZY = {
     "HogFuture": "futures",
     "function": "decorators",
     "harness": "decorators",
+    **{name: "checkpoint" for name in ("Continue", "RequeueLimitExceeded", "stopping",
+                                        "time_is_up")},
     **{
         name: "errors"
         for name in (

@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ._version import __version__
+from .checkpoint import RUNNER_PID_NAME, STOP_FILE_NAME, WALLTIME_ENV
 from .environment import EnvSpec
 from .launchers import LaunchLine, LaunchPlan
 from .runner import (
@@ -99,6 +100,10 @@ def _b64(data: bytes | str) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# SIGUSR1 warns the call that its time is nearly up (hog_executor.checkpoint): the prelude's
+# trap marks it in STOP_FILE_NAME for a runner still to start and passes it on to the pid in
+# RUNNER_PID_NAME; the waits below go on after it (hog_sig). Every byte here travels in every
+# Globus Compute command: the bash stays terse.
 _PRELUDE = r"""set -o pipefail
 umask 077
 export HOG_JOB_STARTED="${HOG_JOB_STARTED:-${EPOCHREALTIME:-}}"  # the queue wait ends here
@@ -109,6 +114,8 @@ trap 'rm -rf "$hog_tmp"' EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 trap 'exit 129' HUP
+trap 'hog_sig=1; : >"$hog_tmp/__STOPFILE__"; read -r hog_p 2>/dev/null <"$hog_tmp/__PIDFILE__" \
+  && kill -USR1 "$hog_p" 2>/dev/null' USR1
 hog_put() { printf '%s' "$2" | base64 -d > "$hog_tmp/$1" || hog_fail "cannot unpack $1" __SETUP__; }
 """
 
@@ -240,12 +247,11 @@ _RUN = r"""if [ -n "${HOG_SERVE:-}" ]; then
   exit $?
 fi
 hog_start=$SECONDS
-timeout -k 5 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
+__WALLENV__=$hog_walltime timeout -k 5 "$hog_walltime" "$hog_env/bin/python" "$hog_tmp/__RUNNER__" \
   "$hog_tmp/__PAYLOAD__" &
 hog_pid=$!
 trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
-wait "$hog_pid" 2>/dev/null
-hog_rc=$?
+while hog_sig=0; wait "$hog_pid" 2>/dev/null; hog_rc=$?; [ "$hog_sig" = 1 ]; do :; done
 if [ "$hog_walltime" != 0 ] && { [ "$hog_rc" -eq __WALLTIME__ ] \
      || { [ "$hog_rc" -gt 128 ] && [ $((SECONDS - hog_start)) -ge "$hog_walltime" ]; }; }; then
   hog_rc=__WALLTIME__  # also when the call ignored SIGTERM and was killed
@@ -273,8 +279,7 @@ hog_start=$SECONDS
 timeout -k 5 "$hog_walltime" __LAUNCH__ < /dev/null &
 hog_pid=$!
 trap 'kill -TERM "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; exit 143' TERM
-wait "$hog_pid" 2>/dev/null
-hog_rc=$?
+while hog_sig=0; wait "$hog_pid" 2>/dev/null; hog_rc=$?; [ "$hog_sig" = 1 ]; do :; done
 if [ "$hog_walltime" != 0 ] && { [ "$hog_rc" -eq __WALLTIME__ ] \
      || { [ "$hog_rc" -gt 128 ] && [ $((SECONDS - hog_start)) -ge "$hog_walltime" ]; }; }; then
   printf 'hog: the call exceeded its walltime of %s s; its ranks were killed\n' \
@@ -357,7 +362,10 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
                    f"{_CONTROL.sub('?', spec.launch.launcher)}:")
         out.append("#   " + _CONTROL.sub("?", line.command))
     out.append(
-        _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED)).rstrip("\n")
+        _PRELUDE.replace("__SETUP__", str(EXIT_SETUP_FAILED))
+        .replace("__STOPFILE__", STOP_FILE_NAME)
+        .replace("__PIDFILE__", RUNNER_PID_NAME)
+        .rstrip("\n")
     )
     out.append(f"hog_put {RUNNER_NAME} {_b64(runner_source(spec.launch is not None))}")
     out.append(f"hog_put {ENV_NAME} {_b64(spec.env.metadata)}")
@@ -399,6 +407,7 @@ def bundle_parts(spec: BundleSpec) -> tuple[str, str]:
         out.append(
             _RUN.replace("__RUNNER__", RUNNER_NAME)
             .replace("__PAYLOAD__", PAYLOAD_NAME)
+            .replace("__WALLENV__", WALLTIME_ENV)
             .replace("__WALLTIME__", str(EXIT_WALLTIME))
             .rstrip("\n")
         )

@@ -265,6 +265,8 @@ COMMON_KEYS: dict[str, Key] = {
         Key("retries", "times a call runs again when its process or node died without an "
             "answer (a signal, OOM, NODE_FAIL, PREEMPTED, a lost worker); default 0",
             _non_negative_int),
+        Key("max_requeues", "continuations (hog_executor.Continue) one call may ask for; "
+            "one more is an error (default 3)", _non_negative_int),
         Key("retry_on", "exception types (a tuple) or a predicate: calls that raised them also "
             "run again, within retries (executor argument or options() only)", _retry_on),
         Key("cache", "keep each call's result, keyed by its code, arguments and environment, "

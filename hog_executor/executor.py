@@ -289,7 +289,7 @@ class HogExecutor(Executor):
                       description=ctx.description, calls=len(chunk),
                       runner_key=ctx.runner_key)
             jobs.append(JobResults(state, job, [futures[i] for i in chunk], marker, ctx.module,
-                                   store, keep_stored, policy, resubmitter(chunk)))
+                                   store, keep_stored, policy, resubmitter(chunk), view=self))
         with state.submit_lock:
             state.check_open()
             state.track(jobs)

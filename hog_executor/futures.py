@@ -114,9 +114,12 @@ class HogFuture(Future[T]):
         timings: when the call went through each phase (`CallTimings`).
         attempts: how many runs the call took (more than 1 after retries).
         cached: the outcome came from the result cache (``cache=``): the call did not run.
+        continuations: how many continuations (`hog_executor.Continue`) the call went
+            through before its outcome.
     """
 
     cached: bool = False
+    continuations: int = 0
 
     def __init__(self) -> None:
         super().__init__()

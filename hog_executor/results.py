@@ -23,11 +23,13 @@ from . import payload as _payload
 from .backends import CallOutput, Job, Output
 from .backends.lifecycle import mark_running
 from .bundle import parse_output
+from .checkpoint import CONTINUED, as_continuation, continue_call
 from .errors import BackendError, HogError, RemoteProcessError, WalltimeExceeded
 from .futures import CallTimings, HogFuture, settle
 from .runner import EXIT_ENV_FAILED, EXIT_SETUP_FAILED, EXIT_WALLTIME
 
 if TYPE_CHECKING:
+    from .executor import HogExecutor
     from .retries import RetryPolicy
     from .state import ExecutorState
     from .store import ClientStore
@@ -121,6 +123,9 @@ class JobResults:
         store: the client store results may come through (None: none).
         keep_stored: results left in the store resolve to handles (graph intermediates).
         stop_requested: the executor stopped the job; its calls end cancelled.
+        view: the executor view the calls came through: a call that asks for a continuation
+            (`hog_executor.checkpoint.Continue`) continues through it (None: it cannot).
+        continued: continuations before this job's calls (a chain's length so far).
         on_outcome: called with each call's future, raw outcome and decoded `Outcome`
             before the future is settled (the result cache stores them); None: nothing.
     """
@@ -131,7 +136,8 @@ class JobResults:
                  marker: str, module: types.ModuleType | None,
                  store: ClientStore | None = None, keep_stored: bool = False,
                  policy: RetryPolicy | None = None,
-                 resubmit: Callable[[list[int]], None] | None = None) -> None:
+                 resubmit: Callable[[list[int]], None] | None = None,
+                 view: HogExecutor | None = None) -> None:
         self.state = state
         self.job = job
         self.futures = futures
@@ -142,6 +148,8 @@ class JobResults:
         self.stop_requested = False
         self.policy = policy
         self.resubmit = resubmit  # runs calls (by index) of this job again, in a new job
+        self.view = view
+        self.continued = CONTINUED.get()
         self._again: list[tuple[int, BaseException]] = []
         self._moved: set[int] = set()  # calls running again in another job
         for f in futures:
@@ -246,6 +254,11 @@ class JobResults:
 
     def _settle(self, index: int, raw: tuple[Any, ...]) -> None:
         outcome = _payload.decode_outcome(raw, self.module, self.store, self.keep_stored)
+        cont = as_continuation(outcome.value if outcome.ok else outcome.error)
+        if cont is not None:  # not an outcome: the call goes on as another call
+            self._moved.add(index)
+            continue_call(self.view, self.futures[index], cont, self.continued, self.where)
+            return
         if self.on_outcome is not None:
             self.on_outcome(self.futures[index], raw, outcome)
         if outcome.ok:

@@ -339,7 +339,7 @@ def _call(fn: Any, item: bytes, results: _ResultStore,
         _runtime_failed(exc)
         return _error(TypeError(
             f"the result ({type(value).__qualname__}) cannot be pickled: {exc}"))
-    if key:
+    if key and type(value).__module__ != "hog_executor.checkpoint":
         try:
             _put_result(key, data, buffers or [])
         except Exception as exc:
@@ -970,6 +970,9 @@ def main(argv: list[str]) -> int:
     line, _, body = data.partition(b"\n")
     header = json.loads(line)
     _become_subreaper()
+    if os.environ.get("HOG_SIGNAL_LEAD"):
+        from hog_executor.checkpoint import watch
+        watch(os.path.dirname(os.path.abspath(argv[1])))
     outcomes: list[tuple[object, ...]] = []
     calls = []
     began = time.time()

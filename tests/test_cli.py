@@ -407,3 +407,42 @@ def test_prune_skips_an_environment_being_built(tmp_path):
     assert env.exists()
     assert [(e.key, what) for e, what in prune(root, None)] == [("c" * 20, "removed")]
     assert cached_envs(root) == []
+
+
+# -- hog cancel -------------------------------------------------------------------------------
+
+def test_hog_cancel_without_slurm_says_where_it_runs(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue here
+    assert cli.main(["cancel", "--list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hog: error: squeue could not run")
+    assert "where Slurm's commands are" in err
+
+
+def test_hog_cancel_lists_only_gone_clients_and_cancels_only_with_yes(monkeypatch, tmp_path,
+                                                                     capsys):
+    """A fake squeue and scancel: the first names a gone client's job and a live one's."""
+    from hog_executor.backends.slurm.clients import client_tag
+
+    live = client_tag("cluster")
+    gone = live.replace(f"pid={os.getpid()}", "pid=1")  # pid 1 did not start with this test
+    listing = tmp_path / "squeue.out"
+    listing.write_text(f"70|70_[1-3]|hog-s1|PENDING|{gone}\n71|71|hog-s2|RUNNING|{live}\n"
+                       "72|72|mine|RUNNING|a job of someone else\n")
+    cancelled = tmp_path / "scancel.args"
+    (tmp_path / "squeue").write_text(f"#!/bin/sh\ncat {listing}\n")
+    (tmp_path / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {cancelled}\n")
+    for name in ("squeue", "scancel"):
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert cli.main(["cancel", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "70_[1-3]" in out and "gone" in out and "71" not in out.split("\n", 1)[1]
+    assert cli.main(["cancel"]) == 0  # without --yes: says what it would cancel
+    assert "hog cancel --yes" in capsys.readouterr().out and not cancelled.exists()
+    assert cli.main(["cancel", "--yes", "--endpoint", "other"]) == 0
+    assert "no hog job" in capsys.readouterr().out and not cancelled.exists()
+    assert cli.main(["cancel", "--yes"]) == 0
+    assert cancelled.read_text() == "70\n"  # the array as a whole; the live client's stays
+    assert cli.main(["cancel", "--yes", "--all"]) == 0
+    assert cancelled.read_text() == "70\n70 71\n"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -24,6 +26,7 @@ from hog_executor.backends.slurm.sbatch import (
     render_sbatch,
     result_digest,
     sbatch_options,
+    signal_lead,
     split_arrays,
     time_limit_minutes,
 )
@@ -48,7 +51,7 @@ def test_single_job_script():
     assert _directives(script) == [
         '--job-name="hog-s1"',
         '--output="/shared/hog-x/s1/slurm-0.log"',
-        "--no-requeue",
+        "--requeue",
         "--time=7",
         '--partition="debug"',
     ]
@@ -219,6 +222,7 @@ class _FakeTask:
         self.array_id = slurm_id.split("_")[0]
         self.poll_interval = 0.01
         self.starts = 0
+        self.requeues = 0
         self.settles: list[tuple[str | None, float]] = []
         self.settle_after = settle_after
         self.abandoned: str | None = None
@@ -226,6 +230,9 @@ class _FakeTask:
 
     def started(self) -> None:
         self.starts += 1
+
+    def requeued(self) -> None:
+        self.requeues += 1
 
     def settle(self, state, missing_for, settling_for) -> bool:
         self.settles.append((state, missing_for))
@@ -392,3 +399,155 @@ def test_after_key_is_checked() -> None:
     assert check(["1", "2_3"]) == ("1", "2_3") and check(5) == ("5",)
     with pytest.raises(ValueError):
         check(["1 2"])
+
+
+# -- requeues, the warning signal and the client tag ------------------------------------------
+
+def test_requeue_warning_and_client_lines():
+    script = render_sbatch(_spec(time_minutes=7, signal_lead=30,
+                                 comment="hog-client host=h pid=1 start=2 run=ab endpoint=e"))
+    directives = _directives(script)
+    assert "--requeue" in directives and "--no-requeue" not in directives
+    assert "--signal=B:USR1@30" in directives
+    assert '--comment="hog-client host=h pid=1 start=2 run=ab endpoint=e"' in directives
+    assert "export HOG_SIGNAL_LEAD=30\n" in script
+    plain = render_sbatch(_spec(signal_lead=0))
+    assert not [d for d in _directives(plain) if d.startswith(("--signal", "--comment"))]
+    assert "HOG_SIGNAL_LEAD" not in plain
+    assert "--signal=B:USR1@65535" in _directives(render_sbatch(_spec(signal_lead=99999)))
+
+
+@pytest.mark.parametrize(("value", "walltime", "lead"), [
+    (None, 60, 10), (None, 3600, 300), (None, 1200, 120), (None, None, 300), (None, 5, 10),
+    (45, 60, 45), (0, 60, 0), (10**6, None, 65535),
+])
+def test_signal_lead(value, walltime, lead):
+    assert signal_lead(value, walltime) == lead
+
+
+@pytest.mark.parametrize("flag", ["--no-requeue", "--signal=USR2@60", "--requeue"])
+def test_requeue_and_signal_flags_are_the_backends(flag):
+    with pytest.raises(ValueError, match="sets this itself"):
+        check_flags([flag])
+
+
+def test_job_script_passes_the_warning_on_and_drops_an_earlier_run(tmp_path: Path):
+    """SIGUSR1 to the job script reaches the bundle, which goes on to write its result; the
+    result files of an earlier run (before a requeue) are gone before the bundle starts."""
+    key = os.urandom(32)
+    (tmp_path / "key").write_text(key.hex())
+    job = tmp_path / "s3"
+    job.mkdir()
+    (job / "task-0.hmac").write_text("stale\n")
+    (job / "task-0.rc").write_text("0\n")
+    started = tmp_path / "started"
+    (job / "task-0.sh").write_text(
+        f"[ -e {shlex.quote(str(job / 'task-0.hmac'))} ] && echo stale-result\n"
+        "trap 'echo warned; exit 0' USR1\n"
+        f": > {shlex.quote(str(started))}\n"
+        "while :; do sleep 0.1; done\n")
+    script = render_sbatch(SbatchSpec(job_dir=str(job), key_file=str(tmp_path / "key"),
+                                      submission="s3", signal_lead=5))
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_ARRAY_TASK_ID"}
+    proc = subprocess.Popen(["bash", "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if started.exists():
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            threading.Event().wait(0.05)
+        assert started.exists()
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out, err = (job / "task-0.out").read_bytes(), (job / "task-0.err").read_bytes()
+    assert out == b"warned\n"  # no stale result was there when it started
+    assert (job / "task-0.rc").read_text() == "0\n"
+    digest = (job / "task-0.hmac").read_text().strip()
+    assert digest == result_digest(key, "s3", 0, 0, out, err)
+
+
+def test_watcher_follows_a_job_through_its_requeue():
+    rounds = iter([
+        {"8": ("RUNNING", "")},
+        {"8": ("PREEMPTED", "")},  # may turn into a requeue: the job decides (settle False)
+        {"8": ("PENDING", "BeginTime")},
+        {"8": ("RUNNING", "")},
+        {"8": ("REQUEUED", "")},
+        {"8": ("RUNNING", "")},
+    ])
+
+    def query(ids):
+        return next(rounds, {"8": ("COMPLETED", "")})
+
+    class Task(_FakeTask):
+        def settle(self, state, missing_for, settling_for) -> bool:
+            self.settles.append((state, settling_for))
+            if state == "COMPLETED":
+                self.done.set()
+                return True
+            return False
+
+    w = Watcher(query)
+    task = Task("8")
+    w.track([task])
+    assert task.done.wait(10)
+    assert task.starts == 1 and task.requeues == 2
+    assert [s for s, _ in task.settles] == ["PREEMPTED", "COMPLETED"]
+    assert task.settles[-1][1] == 0.0  # its settling began anew once it was back in the queue
+
+
+def test_a_preempted_job_waits_for_a_requeue_before_it_ends():
+    from hog_executor.backends.slurm.states import REQUEUE_GRACE, Deliver, JobFacts, settle
+
+    facts = JobFacts(slurm_id="9", job_id="j", log="l", log_paths=("l",), result_file="r",
+                     shared_dir="d", log_tail=lambda: b"", stderr=lambda: b"",
+                     exit_code=lambda: -15)
+    for state in ("PREEMPTED", "NODE_FAIL"):
+        assert settle(state, None, facts, missing_for=0, settling_for=1) is None
+        ended = settle(state, None, facts, missing_for=0, settling_for=REQUEUE_GRACE)
+        assert isinstance(ended, Deliver) and ended.output.state == state
+    assert isinstance(settle("TIMEOUT", None, facts, missing_for=0, settling_for=0), Deliver)
+
+
+def test_client_tags_name_the_client_and_tell_when_it_is_gone(tmp_path):
+    from hog_executor.backends.slurm.clients import (
+        ALIVE,
+        GONE,
+        UNKNOWN,
+        client_status,
+        client_tag,
+        parse_squeue_jobs,
+        parse_tag,
+        process_start,
+    )
+    from hog_executor.cli.cancel import select_jobs
+
+    tag = parse_tag(client_tag("my cluster"))
+    assert tag is not None
+    assert tag.pid == os.getpid() and tag.endpoint == "my_cluster"
+    assert tag.start == process_start(os.getpid()) is not None
+    assert client_status(tag) == ALIVE
+    assert client_status(tag, host="elsewhere") == UNKNOWN
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert client_status(dataclasses.replace(tag, pid=child.pid)) == GONE
+    recycled = dataclasses.replace(tag, start=(tag.start or 0) + 1)
+    assert client_status(recycled) == GONE  # the pid now runs another process
+    assert parse_tag("a comment of someone else") is None
+    assert parse_tag("hog-client host=h pid=x") is None
+    text = (f"12|12_[3-5]|hog-s1|PENDING|{client_tag('e')}\n"
+            "13|13|other|RUNNING|nothing to see\n"
+            f"14|14|hog-s2|RUNNING|{client_tag('f').replace(f'pid={os.getpid()}', 'pid=1')}\n")
+    jobs = parse_squeue_jobs(text)
+    assert [(j.array_id, j.slurm_id, j.state) for j in jobs] == [
+        ("12", "12_[3-5]", "PENDING"), ("14", "14", "RUNNING")]
+    # pid 1 did not start when this process did: that client is gone; this one is alive.
+    assert [(j.slurm_id, st) for j, st in select_jobs(jobs)] == [("14", GONE)]
+    assert [j.slurm_id for j, _ in select_jobs(jobs, everything=True)] == ["12_[3-5]", "14"]
+    assert [j.slurm_id for j, _ in select_jobs(jobs, everything=True, endpoint="e")] \
+        == ["12_[3-5]"]
+    assert select_jobs(jobs, run="nope") == []

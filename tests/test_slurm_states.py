@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from hog_executor.backends import Output
+from hog_executor.backends.slurm import states as slurm_states
 from hog_executor.backends.slurm.states import (
     RESULT_GRACE,
     STATE_NOTES,
@@ -54,8 +55,14 @@ class Files:
         return self._exit_code
 
 
-def _settle(state, result=None, files=None, missing_for=0.0, settling_for=0.0):
+REQUEUABLE = slurm_states.REQUEUABLE_STATES
+
+
+def _settle(state, result=None, files=None, missing_for=0.0, settling_for=None):
+    """`settle` of a job in ``state``; a state Slurm may requeue from is past its grace."""
     files = files or Files()
+    if settling_for is None:
+        settling_for = slurm_states.REQUEUE_GRACE if state in REQUEUABLE else 0.0
     return settle(state, result, files.facts(), missing_for=missing_for,
                   settling_for=settling_for), files
 

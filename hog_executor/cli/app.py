@@ -397,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check uv, Python, config files and backends")
     doctor.set_defaults(func=cmd_doctor)
 
+    from .cancel import add_parser as add_cancel
+
+    add_cancel(sub)
+
     timeline = sub.add_parser("timeline", help="draw per-call timing records as a timeline",
                               description="Read timing records (JSON lines, one call per "
                                           "line; '-' for stdin) and draw them: one row per "

@@ -2,8 +2,9 @@
 
 See ``docs/backends/slurm.md``. :mod:`.keys` checks the configuration keys, :mod:`.sbatch`
 renders the job script and :mod:`.states` decides what a job's end means (pure functions),
-:mod:`.watcher` follows every job of the process with one thread, :mod:`.backend` ties them
-to the :class:`~hog_executor.backends.Backend` interface.
+:mod:`.watcher` follows every job of the process with one thread (through requeues),
+:mod:`.clients` names the client of each job in its comment (``hog cancel``), :mod:`.backend`
+ties them to the :class:`~hog_executor.backends.Backend` interface.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from ...errors import BackendError
 from .. import Backend, Job
 from ..lifecycle import resolve, run_finalizer, stop_at_exit
 from ..processes import uv_binary, write_private
+from .clients import client_tag
 from .keys import SLURM_KEYS, default_shared_dir, shared_dir_path
 from .sbatch import (
     ClusterLimits,
@@ -37,6 +38,7 @@ from .sbatch import (
     render_sbatch,
     result_digest,
     sbatch_options,
+    signal_lead,
     split_arrays,
     time_limit_minutes,
 )
@@ -116,6 +118,7 @@ class _SlurmJob:
         self.job = job
         self.slurm_id = ""  # "123" or "123_4", once sbatch has answered
         self.cancelled = False
+        self.requeues = 0  # times Slurm put the job back in the queue after it ran
         base = os.path.join(submission.dir, f"task-{index}")
         self.bundle = base + ".sh"
         self.out = base + ".out"
@@ -155,6 +158,11 @@ class _SlurmJob:
     def started(self) -> None:
         if not self.cancelled and not self.job.future.done():
             self.job.on_start()
+
+    def requeued(self) -> None:
+        self.requeues += 1
+        logger.info("Slurm job %s (task %s) was requeued (%d time%s); following it",
+                    self.slurm_id, self.job.id, self.requeues, "" if self.requeues == 1 else "s")
 
     def settle(self, state: str | None, missing_for: float, settling_for: float) -> bool:
         return self.submission.backend._settle(self, state, missing_for, settling_for)
@@ -488,6 +496,7 @@ class SlurmBackend(Backend):
         submission = _Submission(self, sub_id, job_dir, len(jobs))
         sjobs = [_SlurmJob(submission, i, job) for i, job in enumerate(jobs)]
         walltimes = [j.walltime for j in jobs if j.walltime is not None]
+        longest = max(walltimes) if walltimes else None
         config = jobs[0].config or self.endpoint.values  # shared by all (see _same_config)
         spec = SbatchSpec(
             job_dir=job_dir,
@@ -496,10 +505,12 @@ class SlurmBackend(Backend):
             count=len(jobs),
             max_parallel=self._max_parallel,
             options=sbatch_options(config),
-            time_minutes=time_limit_minutes(max(walltimes)) if walltimes else None,
+            time_minutes=time_limit_minutes(longest),
             extra_flags=tuple(config.get("sbatch_flags", ())),
             uv=self._uv,
             after=tuple(config.get("after", ())),
+            signal_lead=signal_lead(config.get("signal_lead"), longest),
+            comment=client_tag(self.endpoint.name),
         )
         script = os.path.join(job_dir, "job.sbatch")
         results = os.path.join(directory, RESULTS_DIR)

@@ -87,6 +87,12 @@ def _interval(value: Any) -> float:
     return float(value)
 
 
+def _lead(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected whole seconds (0: no warning), got {value!r}")
+    return value
+
+
 def _job_key(name: str, doc: str, check: Callable[[Any], Any]) -> Key:
     """A key read from each submission's config, so ``ex.options(...)`` may change it."""
     return Key(name, doc, check, per_call=True)
@@ -124,6 +130,9 @@ SLURM_KEYS: dict[str, Key] = {
                  "--kill-on-invalid-dep=yes); set for futures passed as arguments", _after),
         _backend_key("shared_dir", "directory for job files, visible from the compute nodes "
                      "(default: $SCRATCH or ~, /.hog-executor/slurm)", shared_dir_path),
+        _job_key("signal_lead", "seconds before the end of a call's time at which it is "
+                 "warned with SIGUSR1 (hog_executor.time_is_up(); default: a tenth of the "
+                 "walltime, 10 to 300 s; 0: no warning)", _lead),
         _backend_key("poll_interval", "seconds between status queries at first (default 2; "
                      "grows while nothing changes)", _interval),
     ]

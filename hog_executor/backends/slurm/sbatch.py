@@ -39,6 +39,7 @@ __all__ = [
     "result_digest",
     "result_message",
     "sbatch_options",
+    "signal_lead",
     "split_arrays",
     "time_limit_minutes",
 ]
@@ -86,6 +87,12 @@ class SbatchSpec:
         after: Slurm ids (``"123"``, ``"123_4"``) of jobs that must complete successfully
             before this one starts (``--dependency=afterok``); the job is cancelled if one
             fails or is cancelled (``--kill-on-invalid-dep=yes``).
+        signal_lead: seconds before the end of its time that a call is warned (``SIGUSR1``,
+            see `hog_executor.checkpoint`): Slurm signals the job script that long before
+            ``--time`` (``--signal=B:USR1@N``), and each bundle gets it that long before its
+            own walltime (``HOG_SIGNAL_LEAD``). 0: no warning.
+        comment: the job's ``--comment``: the client that sent it (see `.clients`), None:
+            none.
     """
 
     job_dir: str
@@ -98,6 +105,8 @@ class SbatchSpec:
     extra_flags: tuple[str, ...] = ()
     uv: str | None = None
     after: tuple[str, ...] = ()
+    signal_lead: int = 0
+    comment: str | None = None
 
 
 def directive_quote(value: str) -> str:
@@ -121,6 +130,24 @@ def time_limit_minutes(walltime: float | None, margin: int = TIME_MARGIN_MINUTES
     if walltime is None:
         return None
     return max(1, math.ceil(walltime / 60)) + margin
+
+
+#: The longest warning ``--signal`` allows, in seconds.
+MAX_SIGNAL_LEAD = 65535
+#: The warning when ``signal_lead`` is not set: a tenth of the walltime, within these bounds
+#: (seconds); the upper one also when there is no walltime (Slurm's own time limit).
+SIGNAL_LEAD_BOUNDS = (10, 300)
+
+
+def signal_lead(value: int | None, walltime: float | None) -> int:
+    """Seconds of warning before the end of a call's time: ``value`` (the ``signal_lead``
+    key) when set, else a tenth of ``walltime`` within `SIGNAL_LEAD_BOUNDS`."""
+    if value is not None:
+        return min(int(value), MAX_SIGNAL_LEAD)
+    low, high = SIGNAL_LEAD_BOUNDS
+    if walltime is None:
+        return high
+    return int(min(high, max(low, walltime // 10)))
 
 
 def sbatch_options(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -199,8 +226,20 @@ hog_task="$hog_dir/task-$hog_i"
 [ -r "$hog_task.sh" ] \
   || hog_fail "cannot read $hog_task.sh on $(hostname): do compute nodes see shared_dir?"
 [ -r "$hog_key" ] || hog_fail "cannot read the key file $hog_key on $(hostname)"
-bash "$hog_task.sh" < /dev/null > "$hog_task.out" 2> "$hog_task.err"
-hog_rc=$?
+# A requeued job runs this script again from the start: no result of an earlier run stays.
+rm -f "$hog_task.rc" "$hog_task.hmac" "$hog_task.hmac.part"
+# SIGUSR1 (--signal=B:USR1@N, or scancel --signal=USR1 --batch) warns the call that its
+# time is nearly up: the bundle runs in the background so that this shell can pass it on.
+hog_bpid='' hog_sig=0
+trap 'hog_sig=1; [ -z "$hog_bpid" ] || kill -USR1 "$hog_bpid" 2>/dev/null' USR1
+bash "$hog_task.sh" < /dev/null > "$hog_task.out" 2> "$hog_task.err" &
+hog_bpid=$!
+while :; do
+  hog_sig=0
+  wait "$hog_bpid"
+  hog_rc=$?
+  [ "$hog_sig" = 1 ] || break  # a signal interrupted the wait, not the end of the bundle
+done
 printf '%s\n' "$hog_rc" > "$hog_task.rc" || hog_fail "cannot write $hog_task.rc"
 hog_nout=$(wc -c < "$hog_task.out") && hog_nerr=$(wc -c < "$hog_task.err") \
   || hog_fail "cannot read the output of task $hog_i"
@@ -280,13 +319,17 @@ def render_sbatch(spec: SbatchSpec) -> str:
         "#!/bin/bash",
         f"#SBATCH --job-name={dq('hog-' + spec.submission)}",
         f"#SBATCH --output={dq(_pattern_escape(spec.job_dir) + '/' + log)}",
-        "#SBATCH --no-requeue",
+        "#SBATCH --requeue",
     ]
     if array:
         limit = f"%{spec.max_parallel}" if spec.max_parallel else ""
         lines.append(f"#SBATCH --array=0-{spec.count - 1}{limit}")
     if spec.time_minutes is not None:
         lines.append(f"#SBATCH --time={int(spec.time_minutes)}")
+    if spec.signal_lead > 0:
+        lines.append(f"#SBATCH --signal=B:USR1@{min(int(spec.signal_lead), MAX_SIGNAL_LEAD)}")
+    if spec.comment:
+        lines.append(f"#SBATCH --comment={dq(spec.comment)}")
     for flag, value in spec.options:
         lines.append(f"#SBATCH {flag}={dq(value)}")
     for flag in dependency_flags(spec.after):
@@ -303,6 +346,8 @@ def render_sbatch(spec: SbatchSpec) -> str:
     ]
     if spec.uv:
         lines.append(f"[ -n \"${{HOG_UV:-}}\" ] || export HOG_UV={q(spec.uv)}")
+    if spec.signal_lead > 0:
+        lines.append(f"export HOG_SIGNAL_LEAD={int(spec.signal_lead)}")
     body = _BODY.replace("__EXIT__", str(EXIT_WRAPPER_FAILED)).replace(
         "__VERSION__", RESULT_VERSION).replace("__MISSING__", str(EXIT_RESULT_MISSING))
     return "\n".join(lines) + "\n" + body
@@ -338,10 +383,11 @@ def check_flags(flags: Sequence[str]) -> tuple[str, ...]:
 #: sbatch options that would break how the backend runs and watches jobs.
 FORBIDDEN_LONG = (
     "--array", "--output", "--error", "--input", "--parsable", "--wrap", "--wait",
-    "--test-only", "--help", "--usage", "--version", "--requeue",
+    "--test-only", "--help", "--usage", "--version", "--requeue", "--no-requeue",
+    "--signal",
 )
 FORBIDDEN_SHORT = "aoeiWhV"
 FORBIDDEN_REASON = (
-    "the slurm backend sets this itself (array, output files, requeueing and waiting are "
-    "how it runs and watches jobs)"
+    "the slurm backend sets this itself (array, output files, requeueing, the warning signal "
+    "and waiting are how it runs and watches jobs; see the signal_lead key)"
 )

@@ -21,6 +21,7 @@ from ...runner import EXIT_WALLTIME, RESULT_BEGIN
 from .. import Output
 
 __all__ = [
+    "REQUEUE_GRACE",
     "RESULT_GRACE",
     "STATE_NOTES",
     "VANISH_GRACE",
@@ -37,6 +38,11 @@ VANISH_GRACE = 60.0
 #: Seconds to wait for the result files of a COMPLETED job to appear (shared filesystems
 #: can show new files late on other hosts).
 RESULT_GRACE = 30.0
+#: Seconds a job may stay ``PREEMPTED`` or ``NODE_FAIL`` without a result before that is its
+#: end: jobs are submitted with ``--requeue``, and Slurm may yet put it back in the queue.
+REQUEUE_GRACE = 30.0
+#: States that Slurm may follow with a requeue.
+REQUEUABLE_STATES = frozenset({"PREEMPTED", "NODE_FAIL"})
 #: The exit status assumed when ``scontrol`` does not tell a job's.
 UNKNOWN_EXIT_CODE = 1
 
@@ -119,8 +125,11 @@ def settle(state: str | None, result: Result | None, job: JobFacts, *, missing_f
         settling_for: seconds since the job was first reported ended or missing.
 
     Returns:
-        `Deliver` or `Lost`; None: not yet (ask again next round).
+        `Deliver` or `Lost`; None: not yet (ask again next round). A job ``PREEMPTED`` or
+        ``NODE_FAIL`` without a result waits `REQUEUE_GRACE` for Slurm to requeue it.
     """
+    if state in REQUEUABLE_STATES and result is None and settling_for < REQUEUE_GRACE:
+        return None
     if state is None or state == "COMPLETED":
         if result is not None:
             return Deliver(

@@ -2,7 +2,10 @@
 
 Each round asks the controller about all watched jobs at once (one ``squeue`` for any number
 of jobs and array tasks), then reports what changed to the jobs: :meth:`Watched.started`
-once a job runs, :meth:`Watched.settle` while it is finished or missing from the queue. The
+once a job runs, :meth:`Watched.requeued` when a job that ran is back in the queue (Slurm
+requeued it: preemption, ``scontrol requeue``, a node failure; jobs are submitted with
+``--requeue``, and the watcher follows them to their end), :meth:`Watched.settle` while it is
+finished or missing from the queue. The
 delay between rounds starts at the smallest ``poll_interval`` of the watched jobs and grows
 while nothing changes (up to ``BACKOFF_SPAN`` times that, at most ``MAX_INTERVAL``), so long
 jobs cost the controller little; a new submission brings it back down.
@@ -21,6 +24,7 @@ from typing import Protocol
 __all__ = [
     "STARTED_STATES",
     "TERMINAL_STATES",
+    "WAITING_STATES",
     "SlurmQueryError",
     "Watched",
     "Watcher",
@@ -29,7 +33,8 @@ __all__ = [
     "watcher",
 ]
 
-#: States in which a job has ended for good (a job submitted with --no-requeue).
+#: States in which a job has ended (``PREEMPTED`` and ``NODE_FAIL`` may still turn into a
+#: requeue: see `hog_executor.backends.slurm.states.REQUEUE_GRACE`).
 TERMINAL_STATES = frozenset({
     "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
     "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT",
@@ -37,6 +42,10 @@ TERMINAL_STATES = frozenset({
 #: States in which a job's script has started.
 STARTED_STATES = frozenset({
     "COMPLETING", "RESIZING", "RUNNING", "SIGNALING", "STAGE_OUT", "STOPPED", "SUSPENDED",
+})
+#: States of a job waiting to run (again, after a requeue).
+WAITING_STATES = frozenset({
+    "PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "CONFIGURING",
 })
 
 #: Growth of the delay between rounds while nothing changes.
@@ -77,6 +86,9 @@ class Watched(Protocol):
     def started(self) -> None:
         """Called once, when the job is first seen running."""
 
+    def requeued(self) -> None:
+        """Called each time a job seen running is seen waiting in the queue again."""
+
     def settle(self, state: str | None, missing_for: float, settling_for: float) -> bool:
         """The job has ended (``state``) or is missing from squeue (``state`` None).
 
@@ -100,6 +112,7 @@ class _Followed:
     job: Watched
     state: str | None = None
     started: bool = False
+    running: bool = False  # seen running since it was last seen waiting
     missing_since: float | None = None
     settling_since: float | None = None
 
@@ -241,14 +254,16 @@ class Watcher:
                 entry.state = state
             if listed is not None:
                 entry.missing_since = None
-                if state in STARTED_STATES and not entry.started:
-                    entry.started = True
-                    try:
-                        entry.job.started()
-                    except Exception:  # a bug: the job is followed all the same
-                        logger.exception("the start callback of Slurm job %s failed",
-                                         entry.job.slurm_id)
+                if state in STARTED_STATES:
+                    entry.running = True
+                    if not entry.started:
+                        entry.started = True
+                        self._call(entry, entry.job.started, "start")
+                elif state in WAITING_STATES and entry.running:
+                    entry.running = False
+                    self._call(entry, entry.job.requeued, "requeue")
                 if state not in TERMINAL_STATES:
+                    entry.settling_since = None  # back in the queue (requeued): not ending
                     continue
             elif entry.missing_since is None:
                 entry.missing_since = now
@@ -267,6 +282,13 @@ class Watcher:
                 self._forget(entry)
                 changed = True
         return changed
+
+    @staticmethod
+    def _call(entry: _Followed, callback: Callable[[], None], what: str) -> None:
+        try:
+            callback()
+        except Exception:  # a bug: the job is followed all the same
+            logger.exception("the %s callback of Slurm job %s failed", what, entry.job.slurm_id)
 
     def _give_up(self, entries: list[_Followed], message: str) -> None:
         for entry in entries:
