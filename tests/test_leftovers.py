@@ -37,3 +37,16 @@ def test_walltime_stops_what_the_call_started(ex, kind, tmp_path):
     from conftest import session_processes
 
     assert wait_for(lambda: not [p for p in session_processes("sleep 60")], timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["session", "daemon"])
+def test_shutdown_that_stops_running_calls_stops_what_they_started(ex, kind):
+    from conftest import session_processes
+
+    f = ex.submit(warm.spawn, kind, 30)
+    assert wait_for(lambda: bool(session_processes("sleep 60")), timeout=60)
+    ex.shutdown(wait=True, cancel_futures=True, terminate=True)
+    assert f.cancelled() or f.exception(timeout=30) is not None
+    assert wait_for(lambda: not session_processes("sleep 60"), timeout=30), \
+        session_processes("sleep 60")
