@@ -38,6 +38,7 @@ import time
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures._base import FINISHED
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -245,6 +246,9 @@ def decode_entry(call: str, data: bytes, path: Path | str) -> CacheEntry:
 
 
 _tmp_names = iter(range(1 << 62))
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+#: Bytes read from an entry file at first (most entries are smaller).
+_READ_SIZE = 1 << 16
 
 
 def _write_private(path: Path | str, data: bytes) -> None:
@@ -263,6 +267,50 @@ def _write_private(path: Path | str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+class Memory:
+    """The outcomes of entries this process read or wrote, most recently used kept: a call
+    seen before is answered without reading its file again. Entries are immutable (a key
+    names one call), so what was authenticated once stays valid."""
+
+    #: Bytes of pickled values kept, and the largest one kept.
+    LIMIT = 64 << 20
+    ITEM_LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _size(raw: tuple[Any, ...]) -> int:
+        return sum(len(x) for x in raw if isinstance(x, (bytes, str))) + 100
+
+    def get(self, call: str) -> tuple[Any, ...] | None:
+        with self.lock:
+            raw = self.items.get(call)
+            if raw is not None:
+                self.items.move_to_end(call)
+            return raw
+
+    def add(self, call: str, raw: tuple[Any, ...]) -> None:
+        size = self._size(raw)
+        if size > self.ITEM_LIMIT:
+            return
+        with self.lock:
+            old = self.items.pop(call, None)
+            if old is not None:
+                self.size -= self._size(old)
+            self.items[call] = raw
+            self.size += size
+            while self.size > self.LIMIT:
+                self.size -= self._size(self.items.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.size = 0
 
 
 def checked(call: str, data: bytes, where: str) -> CacheEntry | None:
@@ -285,6 +333,7 @@ class ResultDir:
         self._prefix = str(root) + os.sep
         self._checked = False
         self._subdirs: set[str] = set()
+        self.memory = Memory()
 
     def _ready(self) -> Path:
         if not self._checked:
@@ -310,13 +359,25 @@ class ResultDir:
         """The bytes of the entry file of ``call``, not authenticated (None: none)."""
         name = self._name(call)
         try:
-            with open(name, "rb", buffering=0) as f:
-                return f.readall()
+            fd = os.open(name, _READ_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as exc:
             logger.warning("cached result %s cannot be read (%s): running the call", name, exc)
             return None
+        try:
+            data = os.read(fd, _READ_SIZE)
+            if len(data) == _READ_SIZE:  # a large entry: read the rest
+                parts = [data]
+                while chunk := os.read(fd, 1 << 20):
+                    parts.append(chunk)
+                data = b"".join(parts)
+            return data
+        except OSError as exc:
+            logger.warning("cached result %s cannot be read (%s): running the call", name, exc)
+            return None
+        finally:
+            os.close(fd)
 
     def get(self, call: str) -> CacheEntry | None:
         """The authenticated entry for ``call`` (None: none, or refused with a warning)."""
@@ -415,15 +476,25 @@ class ResultCache:
 
     def __init__(self, dirs: Sequence[ResultDir | StoreEntries], failures: bool) -> None:
         self.dirs = list(dirs)
+        first = self.dirs[0]
+        assert isinstance(first, ResultDir), "the client's directory comes first"
+        self.local = first
         self.failures = failures
+        #: Outcomes delivered whose entries are being written: key -> (outcome, what).
+        self._staged: dict[str, tuple[tuple[Any, ...], str]] = {}
 
     @property
     def root(self) -> Path:
-        first = self.dirs[0]
-        assert isinstance(first, ResultDir)
-        return first.root
+        return self.local.root
 
     def get(self, call: str) -> CacheEntry | None:
+        """The entry of ``call``: remembered by this process, else read from the first place
+        that has an authentic one (None: a miss)."""
+        first = self.local
+        raw = first.memory.get(call)
+        if raw is not None:
+            return CacheEntry(call, raw, 0, first.name(call), b"{}") if (
+                raw[0] != OUTCOME_ERROR or self.failures) else None
         for at, d in enumerate(self.dirs):
             data = d.load(call)
             if data is None:
@@ -432,13 +503,37 @@ class ResultCache:
             if entry is not None and (entry.ok or self.failures):
                 if at:
                     try:
-                        self.dirs[0].put(call, data)
+                        first.put(call, data)
                     except OSError as exc:
                         logger.debug("cannot copy %s: %s", d.name(call), exc)
+                first.memory.add(call, entry.raw)
                 return entry
         return None
 
+    def stage(self, call: str, raw: tuple[Any, ...], what: str) -> None:
+        """Keep an outcome in memory (`get` answers from it) and have its entry written by
+        the writer thread, off the path that delivers results (`flush` waits for it; so does
+        the exit)."""
+        if raw[0] == OUTCOME_ERROR and not self.failures:
+            return
+        self._staged[call] = (raw, what)
+        self.local.memory.add(call, raw)
+        later(lambda: self.write_staged(call))
+
+    def write_staged(self, call: str) -> None:
+        """Write the entry of a staged outcome (the writer thread)."""
+        staged = self._staged.get(call)
+        if staged is None:
+            return
+        try:
+            self.put(call, *staged)
+        except Exception as exc:
+            logger.warning("cannot store the result of %s: %s", staged[1], exc)
+        finally:
+            self._staged.pop(call, None)
+
     def put(self, call: str, raw: tuple[Any, ...], what: str) -> None:
+        """Write the entry of ``call`` everywhere this cache keeps entries."""
         if raw[0] == OUTCOME_ERROR and not self.failures:
             return
         data = encode_entry(call, raw, what)
@@ -447,6 +542,88 @@ class ResultCache:
                 d.put(call, data)
             except Exception as exc:
                 logger.warning("cannot store the result of %s in %s: %s", what, d.where, exc)
+
+
+class _Writer:
+    """The thread that writes staged entries and journal lines, a batch at a time: a burst
+    of outcomes costs the threads delivering them one list append each."""
+
+    #: Seconds the writer waits for more work before it writes a batch.
+    LINGER = 0.02
+    #: Seconds the exit waits for entries being written.
+    EXIT_WAIT = 30.0
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.queue: list[Callable[[], None]] = []
+        self.busy = 0  # tasks taken from the queue and not yet done
+        self.thread: threading.Thread | None = None
+        self.hurry = False
+
+    def add(self, task: Callable[[], None]) -> None:
+        with self.cond:
+            self.queue.append(task)
+            if self.thread is None or not self.thread.is_alive():
+                if self.thread is None:
+                    import atexit
+
+                    atexit.register(self.wait)
+                self.thread = threading.Thread(target=self._run, name="hog-cache-writer",
+                                               daemon=True)
+                self.thread.start()
+            elif len(self.queue) == 1:
+                self.cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.queue:
+                    self.cond.wait()
+                if not self.hurry:
+                    self.cond.wait(self.LINGER)
+                batch, self.queue = self.queue, []
+                self.busy += len(batch)
+            try:
+                for task in batch:
+                    try:
+                        task()
+                    except Exception as exc:  # each task reports its own errors
+                        logger.debug("cache writer: %s", exc)
+            finally:
+                with self.cond:
+                    self.busy -= len(batch)
+                    self.cond.notify_all()
+
+    def wait(self, timeout: float = EXIT_WAIT) -> bool:
+        """Wait until every task queued so far is done; whether they all were."""
+        with self.cond:
+            self.hurry = True
+            self.cond.notify_all()
+            try:
+                return self.cond.wait_for(lambda: not self.queue and not self.busy, timeout)
+            finally:
+                self.hurry = False
+
+
+_writer = _Writer()
+
+
+def forget() -> None:
+    """Forget the entries this process remembers: the next hits read their files."""
+    with _dirs_lock:
+        dirs = list(_dirs.values())
+    for d in dirs:
+        d.memory.clear()
+
+
+def later(task: Callable[[], None]) -> None:
+    """Have ``task`` run by the writer thread, with others, within `_Writer.LINGER` seconds."""
+    _writer.add(task)
+
+
+def flush(timeout: float = _Writer.EXIT_WAIT) -> bool:
+    """Wait until the entries of the outcomes delivered so far are written; whether they were."""
+    return _writer.wait(timeout)
 
 
 _dirs: dict[str, ResultDir] = {}
@@ -841,12 +1018,14 @@ class Sending:
 
     Registered (`hog_executor.results.NEW_JOB_HOOK`) while the executor builds the jobs, it
     gives each job's results the keys of its calls (`on_job`), so that outcomes are stored
-    as they arrive, and writes the journal record before the job is sent.
+    as they arrive, and records the job in the journal: before it is sent when another
+    client could follow it (``followable``: a Slurm job), else by the writer thread.
     """
 
     def __init__(self, cache: ResultCache, keys: list[str | None], what: str,
-                 journal: Any, backend: str = "") -> None:
+                 journal: Any, backend: str = "", followable: bool = True) -> None:
         self.backend = backend
+        self.followable = followable
         self.cache = cache
         self.keys = keys
         self.what = what
@@ -863,12 +1042,17 @@ class Sending:
         attach_outcomes(results, keys, self.cache, self.what)
         self.jobs.append(results)
         if self.journal is not None:
-            self.journal.record(results, keys, self.backend)
+            self.journal.record(results, keys, self.backend, self.followable)
 
 
 def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: ResultCache,
                     what: str) -> None:
-    """Store each call's outcome of ``results`` under its key as it arrives."""
+    """Store each call's outcome of ``results`` under its key as it arrives.
+
+    The outcome is taken before the call's future is settled (a value that came through the
+    store is pickled then, before the caller can change it); its entry is written by the
+    writer thread (`ResultCache.stage`).
+    """
     by_future = {id(f): k for f, k in zip(results.futures, keys, strict=True) if k is not None}
     if not by_future:
         return
@@ -880,7 +1064,7 @@ def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: Resu
         try:
             if raw[0] == OUTCOME_STORED:
                 raw = (OUTCOME_VALUE, _stored_bytes(outcome.value, results))
-            cache.put(key, raw, what)
+            cache.stage(key, raw, what)
         except Exception as exc:  # the call's outcome is delivered all the same
             logger.warning("cannot store the result of %s: %s", what, exc)
 
@@ -907,11 +1091,12 @@ def _hit_future(entry: CacheEntry, ctx: CallContext, submitted: float) -> HogFut
     f.timings = CallTimings(submitted, received=time.time())
     f.stdout = f.stderr = ""
     outcome = decode_outcome(entry.raw, ctx.module)
-    # A new future nobody else holds yet: no race to guard against (see futures.settle).
+    # A new future nobody else holds yet: no waiter to wake, no callback to run, no race.
     if outcome.ok:
-        f.set_result(outcome.value)
+        f._result = outcome.value
     else:
-        f.set_exception(outcome.error)
+        f._exception = outcome.error
+    f._state = FINISHED
     return f
 
 
@@ -969,7 +1154,7 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
         _evict_unsent(store, call_refs, rest)
     if rest:
         sending = Sending(cache, [keys[i] for i in rest], ctx.description, journal,
-                          ex.endpoint.backend)
+                          ex.endpoint.backend, callable(getattr(ex.backend, "attach", None)))
         token = NEW_JOB_HOOK.set(sending.on_job)
         try:
             sent = ex._submit_items(_plain_context(ctx), [items[i] for i in rest],
