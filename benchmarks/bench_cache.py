@@ -2,7 +2,9 @@
 
 - a cache hit, ``submit(noop, i).result()`` answered from the cache, against reading the
   same value's pickle from a file and ``pickle.loads`` of it. Goal: at most 3x, and at most
-  1 ms (median);
+  1 ms (median). Measured twice: a call this process has seen before (its outcome is
+  remembered), and a first hit, whose entry file is read and authenticated
+  (``hog_executor.cache.forget()`` before each);
 - a fully cached 10,000-call ``map`` against a ``ProcessPoolExecutor(2)`` mapping the same
   trivial function. Goal: at most 2x;
 - a miss: ``submit(noop, i).result()`` with ``cache=`` on and a new argument every time
@@ -33,6 +35,7 @@ import _common as c  # noqa: E402
 import benchfuncs  # noqa: E402
 
 from hog_executor import HogExecutor  # noqa: E402
+from hog_executor import cache as _cache  # noqa: E402
 
 GOAL_HIT = 3.0
 GOAL_HIT_MS = 1.0
@@ -63,6 +66,7 @@ def main() -> None:
         list(ex.map(benchfuncs.inc, range(MAP_CALLS)))
 
     hit: list[float] = []
+    first_hit: list[float] = []
     loads: list[float] = []
     map_hit: list[float] = []
     map_pool: list[float] = []
@@ -79,6 +83,12 @@ def main() -> None:
                 f = cached.submit(benchfuncs.noop, i)
                 f.result()
                 hit.append(time.perf_counter() - start)
+                assert f.cached
+                _cache.forget()
+                start = time.perf_counter()
+                f = cached.submit(benchfuncs.noop, i)
+                f.result()
+                first_hit.append(time.perf_counter() - start)
                 assert f.cached
                 value_file.write_bytes(pickle.dumps(i))
                 start = time.perf_counter()
@@ -104,13 +114,18 @@ def main() -> None:
 
     med = statistics.median
     hit_ratio = c.ratio(med(hit), med(loads))
+    first_ratio = c.ratio(med(first_hit), med(loads))
     map_ratio = c.ratio(med(map_hit), med(map_pool))
     miss_ratio = c.ratio(med(miss), med(plain))
     rows = [
         c.Row("read a file, `pickle.loads` the value", loads, ratio="1.00x"),
-        c.Row("cache hit: `submit(noop, i).result()`", hit, ratio=f"{hit_ratio:.2f}x",
-              goal=f"<= {GOAL_HIT:g}x, <= {GOAL_HIT_MS:g} ms",
+        c.Row("cache hit: `submit(noop, i).result()`, a call seen before", hit,
+              ratio=f"{hit_ratio:.2f}x", goal=f"<= {GOAL_HIT:g}x, <= {GOAL_HIT_MS:g} ms",
               met=hit_ratio <= GOAL_HIT and med(hit) * 1e3 <= GOAL_HIT_MS),
+        c.Row("cache hit, first in this process: entry file read and authenticated",
+              first_hit, ratio=f"{first_ratio:.2f}x",
+              goal=f"<= {GOAL_HIT:g}x, <= {GOAL_HIT_MS:g} ms",
+              met=first_ratio <= GOAL_HIT and med(first_hit) * 1e3 <= GOAL_HIT_MS),
         c.Row(f"ProcessPoolExecutor({WORKERS}): `map` of {MAP_CALLS:,} trivial calls",
               map_pool, ratio="1.00x"),
         c.Row(f"fully cached `map` of {MAP_CALLS:,} calls", map_hit, ratio=f"{map_ratio:.2f}x",

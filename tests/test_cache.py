@@ -24,6 +24,7 @@ from hog_executor import cache as _cache
 from hog_executor.errors import ConfigError
 
 APP = SCRIPTS / "hogtest_cache_app.py"
+STORE_APP = SCRIPTS / "hogtest_cache_store_app.py"
 
 
 def run_app(app: Path, root: Path, env_cache: str, log: Path, n: int = 3
@@ -245,3 +246,30 @@ def test_hog_results_list_show_prune(app: Path, tmp_path: Path, cache_dir: str,
     assert main(["results", "list", "--dir", str(root)]) == 0
     assert "0 result(s)" in capsys.readouterr().out
     monkeypatch.setattr(_cache, "_hmac_key", None)
+
+
+def test_a_large_argument_through_the_store_is_keyed_by_its_content(tmp_path: Path,
+                                                                    cache_dir: str) -> None:
+    """Its handle in the store is named at random; the key takes the stored bytes' digest."""
+    import hashlib
+
+    root, log = tmp_path / "results", tmp_path / "log"
+
+    def run(seed: str) -> dict:
+        proc = subprocess.run([sys.executable, str(STORE_APP), str(root), cache_dir, str(log),
+                               seed], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")})
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    expected = hashlib.sha256(b"a" * 300_000).hexdigest()
+    first = run("a")
+    assert first["value"] == expected and not first["cached"] and first["jobs"] == 1
+    assert first["stored"] and first["payload"] < 100_000  # the argument went to the store
+    again = run("a")  # a new process, a new store, a new random handle
+    assert again == {**first, "cached": True, "jobs": 0, "payload": 0}
+    assert runs(log) == 1
+    other = run("b")  # another large argument misses
+    assert other["value"] == hashlib.sha256(b"b" * 300_000).hexdigest()
+    assert not other["cached"] and other["jobs"] == 1
+    assert runs(log) == 2
