@@ -44,7 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from . import payload as _payload
 from ._version import __version__
+from .futures import CallTimings, HogFuture
 from .imports import is_local_module
 from .runner import OUTCOME_ERROR, OUTCOME_STORED, OUTCOME_VALUE, PROTOCOL
 
@@ -52,7 +54,6 @@ if TYPE_CHECKING:
     from .context import CallContext
     from .environment import EnvSpec
     from .executor import HogExecutor
-    from .futures import HogFuture
     from .payload import Outcome
     from .results import JobResults
     from .store import ClientStore
@@ -288,11 +289,13 @@ class Memory:
         return sum(len(x) for x in raw if isinstance(x, (bytes, str))) + 100
 
     def get(self, call: str) -> tuple[Any, ...] | None:
-        with self.lock:
-            raw = self.items.get(call)
-            if raw is not None:
+        raw = self.items.get(call)  # one dictionary operation: no lock needed
+        if raw is not None:
+            try:
                 self.items.move_to_end(call)
-            return raw
+            except KeyError:  # dropped meanwhile by another thread
+                pass
+        return raw
 
     def add(self, call: str, raw: tuple[Any, ...]) -> None:
         size = self._size(raw)
@@ -358,6 +361,8 @@ class ResultDir:
     def load(self, call: str) -> bytes | None:
         """The bytes of the entry file of ``call``, not authenticated (None: none)."""
         name = self._name(call)
+        if not os.access(name, os.F_OK):  # a miss raises nothing: cheaper than catching
+            return None
         try:
             fd = os.open(name, _READ_FLAGS)
         except FileNotFoundError:
@@ -809,8 +814,6 @@ def _context_function_key(ctx: CallContext, by_value: frozenset[str]) -> str:
     with _fn_keys_lock:
         found = _fn_keys.get(ident)
     if found is None:
-        from . import payload as _payload
-
         try:
             fn = _payload.loads(ctx.fn_bytes, ctx.module)
             found = function_key(fn, ctx.module, by_value)
@@ -1073,7 +1076,6 @@ def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: Resu
 
 def _stored_bytes(value: Any, results: JobResults) -> bytes:
     """The pickle of a value that came back through the store."""
-    from . import payload as _payload
     from .store import StoredRef
 
     store: ClientStore | None = results.store
@@ -1083,14 +1085,11 @@ def _stored_bytes(value: Any, results: JobResults) -> bytes:
 
 
 def _hit_future(entry: CacheEntry, ctx: CallContext, submitted: float) -> HogFuture[Any]:
-    from .futures import CallTimings, HogFuture
-    from .payload import decode_outcome
-
     f: HogFuture[Any] = HogFuture()
     f.cached = True
     f.timings = CallTimings(submitted, received=time.time())
     f.stdout = f.stderr = ""
-    outcome = decode_outcome(entry.raw, ctx.module)
+    outcome = _payload.decode_outcome(entry.raw, ctx.module)
     # A new future nobody else holds yet: no waiter to wake, no callback to run, no race.
     if outcome.ok:
         f._result = outcome.value
@@ -1118,6 +1117,20 @@ def _plain_context(ctx: CallContext) -> CallContext:
     return plain
 
 
+#: Per cache root: its journal and the results module's new-job hook (imported once).
+_sending: dict[str, tuple[Any, contextvars.ContextVar[Any]]] = {}
+
+
+def _sending_parts(root: Path) -> tuple[Any, contextvars.ContextVar[Any]]:
+    found = _sending.get(str(root))
+    if found is None:
+        from .journal import journal_for
+        from .results import NEW_JOB_HOOK
+
+        found = _sending[str(root)] = (journal_for(root), NEW_JOB_HOOK)
+    return found
+
+
 def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
                   call_refs: list[list[Any]], chunksize: int | None, store: ClientStore | None,
                   threshold: int, keep_stored: bool, optional: bool,
@@ -1141,10 +1154,7 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
         _evict_unsent(store, call_refs, misses)
     if not misses:
         return futures  # type: ignore[return-value]
-    from .journal import journal_for
-    from .results import NEW_JOB_HOOK
-
-    journal = journal_for(cache.root)
+    journal, hook = _sending_parts(cache.root)
     keyed = {i: key for i in misses if (key := keys[i]) is not None}
     adopted = journal.adopt(ex, ctx, keyed, cache, submitted) if keyed else {}
     for i, f in adopted.items():
@@ -1155,13 +1165,13 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
     if rest:
         sending = Sending(cache, [keys[i] for i in rest], ctx.description, journal,
                           ex.endpoint.backend, callable(getattr(ex.backend, "attach", None)))
-        token = NEW_JOB_HOOK.set(sending.on_job)
+        token = hook.set(sending.on_job)
         try:
             sent = ex._submit_items(_plain_context(ctx), [items[i] for i in rest],
                                     [call_refs[i] for i in rest], chunksize, store, threshold,
                                     keep_stored, optional, submitted)
         finally:
-            NEW_JOB_HOOK.reset(token)
+            hook.reset(token)
         journal.sent(ex.backend, sending.jobs)
         for i, f in zip(rest, sent, strict=True):
             futures[i] = f
@@ -1192,8 +1202,6 @@ def describe_entry(entry: CacheEntry) -> dict[str, Any]:
 
 def stored_value(entry: CacheEntry) -> Any:
     """The value an entry holds, unpickled (script objects need the script importable)."""
-    from . import payload as _payload
-
     outcome = _payload.decode_outcome(entry.raw, None)
     return outcome.value if outcome.ok else outcome.error
 
