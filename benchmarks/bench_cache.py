@@ -11,7 +11,8 @@
   (key, journal, entry written), against the same calls without a cache, both on warm
   runners. Goal: at most 1.1x.
 
-The measurements are interleaved per round, so that load on the machine hits them alike.
+The measurements are interleaved per round, so that load on the machine hits them alike, and
+take turns at going first.
 Nothing is asserted. Run: ``python benchmarks/bench_cache.py``.
 """
 
@@ -23,6 +24,7 @@ import shlex
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -43,6 +45,13 @@ GOAL_MAP = 2.0
 GOAL_MISS = 1.1
 WORKERS = 2
 MAP_CALLS = 10_000
+
+
+def _rotated(steps: list[Callable[[], None]], i: int) -> None:
+    """Run ``steps`` starting with the ``i``-th: each goes first as often as the others
+    (the first step of an iteration pays for caches the previous one cooled)."""
+    for k in range(len(steps)):
+        steps[(i + k) % len(steps)]()
 
 
 def main() -> None:
@@ -79,30 +88,43 @@ def main() -> None:
             cached.submit(benchfuncs.noop, -1).result()  # the runner started
             uncached.submit(benchfuncs.noop, -1).result()
             for i in range(100):
-                start = time.perf_counter()
-                f = cached.submit(benchfuncs.noop, i)
-                f.result()
-                hit.append(time.perf_counter() - start)
-                assert f.cached
-                _cache.forget()
-                start = time.perf_counter()
-                f = cached.submit(benchfuncs.noop, i)
-                f.result()
-                first_hit.append(time.perf_counter() - start)
-                assert f.cached
-                value_file.write_bytes(pickle.dumps(i))
-                start = time.perf_counter()
-                with open(value_file, "rb") as fh:
-                    pickle.loads(fh.read())
-                loads.append(time.perf_counter() - start)
-            for _ in range(20):
+                def seen(i: int = i) -> None:
+                    start = time.perf_counter()
+                    f = cached.submit(benchfuncs.noop, i)
+                    f.result()
+                    hit.append(time.perf_counter() - start)
+                    assert f.cached
+
+                def first(i: int = i) -> None:
+                    _cache.forget()
+                    start = time.perf_counter()
+                    f = cached.submit(benchfuncs.noop, i)
+                    f.result()
+                    first_hit.append(time.perf_counter() - start)
+                    assert f.cached
+
+                def baseline(i: int = i) -> None:
+                    value_file.write_bytes(pickle.dumps(i))
+                    start = time.perf_counter()
+                    with open(value_file, "rb") as fh:
+                        pickle.loads(fh.read())
+                    loads.append(time.perf_counter() - start)
+
+                _rotated([seen, first, baseline], i)
+            for k in range(20):
                 fresh += 1
-                start = time.perf_counter()
-                cached.submit(benchfuncs.noop, fresh).result()
-                miss.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                uncached.submit(benchfuncs.noop, fresh).result()
-                plain.append(time.perf_counter() - start)
+
+                def cached_miss(n: int = fresh) -> None:
+                    start = time.perf_counter()
+                    cached.submit(benchfuncs.noop, n).result()
+                    miss.append(time.perf_counter() - start)
+
+                def uncached_call(n: int = fresh) -> None:
+                    start = time.perf_counter()
+                    uncached.submit(benchfuncs.noop, n).result()
+                    plain.append(time.perf_counter() - start)
+
+                _rotated([cached_miss, uncached_call], k)
             start = time.perf_counter()
             list(cached.map(benchfuncs.inc, range(MAP_CALLS)))
             map_hit.append(time.perf_counter() - start)

@@ -551,7 +551,11 @@ class ResultCache:
 
 class _Writer:
     """The thread that writes staged entries and journal lines, a batch at a time: a burst
-    of outcomes costs the threads delivering them one list append each."""
+    of outcomes costs the threads delivering them one list append each.
+
+    While work keeps coming the writer wakes on its own every `LINGER` seconds; only an
+    idle writer is woken by the first task of a burst (waking a thread costs the waker
+    more than the append)."""
 
     #: Seconds the writer waits for more work before it writes a batch.
     LINGER = 0.02
@@ -563,6 +567,7 @@ class _Writer:
         self.queue: list[Callable[[], None]] = []
         self.busy = 0  # tasks taken from the queue and not yet done
         self.thread: threading.Thread | None = None
+        self.idle = False
         self.hurry = False
 
     def add(self, task: Callable[[], None]) -> None:
@@ -576,18 +581,34 @@ class _Writer:
                 self.thread = threading.Thread(target=self._run, name="hog-cache-writer",
                                                daemon=True)
                 self.thread.start()
-            elif len(self.queue) == 1:
+            elif self.idle:
+                self.idle = False
                 self.cond.notify_all()
+
+    def _take(self) -> list[Callable[[], None]]:
+        """The next batch (blocks; the lock is held)."""
+        lingered = False
+        while True:
+            if self.hurry and self.queue:
+                break
+            if not lingered:  # work is likely to come: wait for it on a timer
+                self.cond.wait(self.LINGER)
+                lingered = True
+                continue
+            if self.queue:
+                break
+            self.idle = True
+            self.cond.wait()
+            self.idle = False
+            lingered = False
+        batch, self.queue = self.queue, []
+        self.busy += len(batch)
+        return batch
 
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self.queue:
-                    self.cond.wait()
-                if not self.hurry:
-                    self.cond.wait(self.LINGER)
-                batch, self.queue = self.queue, []
-                self.busy += len(batch)
+                batch = self._take()
             try:
                 for task in batch:
                     try:

@@ -178,6 +178,9 @@ class Journal:
 
     def close(self) -> None:
         """At exit: write what is pending; remove the journal when nothing in it is open."""
+        from .cache import flush
+
+        flush()  # the writer thread's batch first: it may hold lines of this journal
         with self.lock:
             idle = not self.open_jobs and not self.orphans
             if idle and self.fd is None:
