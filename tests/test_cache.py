@@ -62,6 +62,8 @@ def test_rerun_in_a_new_process_is_a_hit(app: Path, tmp_path: Path, cache_dir: s
     again, _ = run_app(app, root, cache_dir, log)
     assert again == {"values": [1, 3, 5], "cached": [True] * 3, "jobs": 0}
     assert runs(log) == 3  # nothing ran
+    # Clients that exit normally leave no journal: every job was done.
+    assert not list((root / "journal").glob("*.jsonl"))
     # Entries are private, and so is the key that authenticates them.
     for path in root.rglob("*"):
         mode = stat.S_IMODE(path.stat().st_mode)
