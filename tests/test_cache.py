@@ -179,6 +179,25 @@ def test_failures_are_kept_only_when_asked(executor: HogExecutor, tmp_path: Path
     assert f.cached
 
 
+def test_a_call_seen_before_is_answered_from_memory(executor: HogExecutor,
+                                                    tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    ex = executor.options(cache=str(root))
+    first = ex.submit(basic.identity, [1, 2])
+    assert first.result() == [1, 2] and not first.cached
+    assert _cache.flush(60)
+    (entry,) = root.glob("??/*")
+    entry.unlink()
+    again = ex.submit(basic.identity, [1, 2])
+    assert again.result() == [1, 2] and again.cached  # remembered: no file read
+    again.result().append(3)  # each hit unpickles its own value
+    assert ex.submit(basic.identity, [1, 2]).result() == [1, 2]
+    _cache.forget()
+    fresh = ex.submit(basic.identity, [1, 2])
+    assert fresh.result() == [1, 2] and not fresh.cached  # the file is gone: it ran again
+    assert _cache.flush(60) and len(list(root.glob("??/*"))) == 1
+
+
 def test_a_shared_or_foreign_directory_is_refused(executor: HogExecutor,
                                                   tmp_path: Path) -> None:
     open_dir = tmp_path / "open"
