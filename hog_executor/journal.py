@@ -135,14 +135,25 @@ class Journal:
         return b"%s %s\n" % (_mac(text).encode(), text)
 
     def _render(self, items: list[Mapping[str, Any] | str]) -> bytes:
-        return b"".join(self._line({"t": "done", "job": item} if isinstance(item, str)
-                                   else item) for item in items)
+        """The lines of pending ``items``; a job whose record and ``done`` are both among
+        them needs neither (it was over before anyone could look for it)."""
+        recorded = {item["job"] for item in items
+                    if not isinstance(item, str) and item.get("t") == "job"}
+        over = {item for item in items if isinstance(item, str) and item in recorded}
+        return b"".join(
+            self._line({"t": "done", "job": item}) if isinstance(item, str)
+            else self._line(item)
+            for item in items
+            if (item if isinstance(item, str) else item.get("job")) not in over
+            or (not isinstance(item, str) and item.get("t") != "job"))
 
     def _write(self, *records: Mapping[str, Any]) -> None:
         """Write ``records`` now, after every line still pending."""
         with self.lock:
             pending, self.pending = self.pending, []
             data = self._render([*pending, *records])
+            if not data:
+                return
             if self.fd is None or self.path is None:
                 private_dir(self.dir)
                 me = os.getpid()
@@ -168,8 +179,7 @@ class Journal:
         """Write the pending lines (the writer thread)."""
         with self.lock:
             self.flush_scheduled = False
-            if not self.pending or (self.fd is None and not any(
-                    isinstance(item, dict) for item in self.pending)):
+            if not self.pending:
                 return
         try:
             self._write()
@@ -370,6 +380,8 @@ class Journal:
         if not keyed:
             return {}
         self._claim_gone()
+        if not self.orphans:  # the usual case, without the lock (a second look below)
+            return {}
         with self.lock:
             if not self.orphans:
                 return {}
