@@ -7,7 +7,8 @@ A call's key (`call_key`) hashes what decides its outcome:
   are left out, so moving code keeps the key and editing it changes it. A function of the
   script normally travels by reference (its name); for the key it is pickled by value all
   the same, so editing another function of the script keeps the key;
-- the pickled arguments, as they are sent;
+- the pickled arguments, as they are sent, with each handle of an argument that went
+  through a store replaced by the SHA-256 of its stored bytes (`content_item`);
 - the resolved environment (`env_digest`): the environment key (the PEP 723 block, Python,
   the hog-executor and cloudpickle requirements) and the versions uv locks the block's
   requirements to;
@@ -16,7 +17,14 @@ A call's key (`call_key`) hashes what decides its outcome:
 Entries are private files (``0600`` in ``0700`` directories) authenticated with an
 HMAC-SHA256 before anything in them is unpickled; the HMAC key lives in the user's cache
 directory (``0600``). An entry that fails authentication (tampered, truncated) is refused
-with a warning and counts as a miss. See ``docs/concepts/cache.md``.
+with a warning and counts as a miss. Entries also go where the endpoint writes results
+(`make_result_cache`: a Slurm ``shared_dir``, a Globus Compute endpoint's store), so other
+clients holding the same key find them.
+
+The path of a hit or a miss is kept short: a context's key prefix is hashed once, a process
+remembers the outcomes it read or wrote (`Memory`), and entry files and most journal lines
+are written by one background thread in batches (`later`, `flush`). See
+``docs/concepts/cache.md``.
 """
 
 from __future__ import annotations
