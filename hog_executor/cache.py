@@ -495,6 +495,8 @@ class ResultCache:
         self.failures = failures
         #: Outcomes delivered whose entries are being written: key -> (outcome, what).
         self._staged: dict[str, tuple[tuple[Any, ...], str]] = {}
+        self._queue: list[str] = []  # their keys, in order, for the writer thread
+        self._scheduled = False
 
     @property
     def root(self) -> Path:
@@ -505,6 +507,9 @@ class ResultCache:
         that has an authentic one (None: a miss)."""
         first = self.local
         raw = first.memory.get(call)
+        if raw is None:
+            staged = self._staged.get(call)
+            raw = None if staged is None else staged[0]
         if raw is not None:
             return CacheEntry(call, raw, 0, first.name(call), b"{}") if (
                 raw[0] != OUTCOME_ERROR or self.failures) else None
@@ -524,21 +529,31 @@ class ResultCache:
         return None
 
     def stage(self, call: str, raw: tuple[Any, ...], what: str) -> None:
-        """Keep an outcome in memory (`get` answers from it) and have its entry written by
-        the writer thread, off the path that delivers results (`flush` waits for it; so does
-        the exit)."""
+        """Keep an outcome (`get` answers from it) and have its entry written by the writer
+        thread, off the path that delivers results (`flush` waits for it; so does the
+        exit). Called before the call's future is settled: it only records the outcome."""
         if raw[0] == OUTCOME_ERROR and not self.failures:
             return
         self._staged[call] = (raw, what)
-        self.local.memory.add(call, raw)
-        later(lambda: self.write_staged(call))
+        self._queue.append(call)
+        if not self._scheduled:
+            self._scheduled = True
+            later(self._write_queued)
+
+    def _write_queued(self) -> None:
+        """Write the entries of the outcomes staged so far (the writer thread)."""
+        self._scheduled = False  # first: an outcome staged from now on schedules another
+        calls, self._queue = self._queue, []
+        for call in calls:
+            self.write_staged(call)
 
     def write_staged(self, call: str) -> None:
-        """Write the entry of a staged outcome (the writer thread)."""
+        """Remember a staged outcome and write its entry."""
         staged = self._staged.get(call)
         if staged is None:
             return
         try:
+            self.local.memory.add(call, staged[0])
             self.put(call, *staged)
         except Exception as exc:
             logger.warning("cannot store the result of %s: %s", staged[1], exc)
