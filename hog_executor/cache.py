@@ -265,10 +265,15 @@ def _write_private(path: Path | str, data: bytes) -> None:
     path = str(path)
     tmp = f"{os.path.dirname(path)}{os.sep}.tmp-{os.getpid()}-{threading.get_ident()}-" \
           f"{next(_tmp_names)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
     try:
-        with open(fd, "wb") as f:
-            f.write(data)
+        try:
+            view = memoryview(data)
+            while view:  # one write unless the system takes less
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,10 +1,12 @@
 """The journal: which calls a client sent, so that another client can take them over.
 
 With the result cache on, every job a client sends is written to the client's journal
-(``<cache root>/journal/<host>-<pid>-<start>-<random>.jsonl``), with the keys of its calls,
-*before* the backend receives it; once the backend has answered, the backend's identity for
-the job is added (a Slurm job id, its array index and directory); once the job is over, a
-``done`` line. A journal whose every job is done is removed.
+(``<cache root>/journal/<host>-<pid>-<start>-<random>.jsonl``), with the keys of its calls: a
+job another client could follow (a Slurm job) *before* the backend receives it, any other
+by the cache's writer thread within its next batch. Once the backend has answered, the
+backend's identity for the job is added (a Slurm job id, its array index and directory);
+once the job is over, a ``done`` line (a job over before its line was written needs no line
+at all). A journal whose every job is done is removed.
 
 A client that misses the cache for a call looks for that call's key in the journals of
 clients that are gone (the process no longer exists on this machine). It claims such a
