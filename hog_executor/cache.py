@@ -7,7 +7,8 @@ A call's key (`call_key`) hashes what decides its outcome:
   are left out, so moving code keeps the key and editing it changes it. A function of the
   script normally travels by reference (its name); for the key it is pickled by value all
   the same, so editing another function of the script keeps the key;
-- the pickled arguments, as they are sent;
+- the pickled arguments, as they are sent, with each handle of an argument that went
+  through a store replaced by the SHA-256 of its stored bytes (`content_item`);
 - the resolved environment (`env_digest`): the environment key (the PEP 723 block, Python,
   the hog-executor and cloudpickle requirements) and the versions uv locks the block's
   requirements to;
@@ -16,7 +17,14 @@ A call's key (`call_key`) hashes what decides its outcome:
 Entries are private files (``0600`` in ``0700`` directories) authenticated with an
 HMAC-SHA256 before anything in them is unpickled; the HMAC key lives in the user's cache
 directory (``0600``). An entry that fails authentication (tampered, truncated) is refused
-with a warning and counts as a miss. See ``docs/concepts/cache.md``.
+with a warning and counts as a miss. Entries also go where the endpoint writes results
+(`make_result_cache`: a Slurm ``shared_dir``, a Globus Compute endpoint's store), so other
+clients holding the same key find them.
+
+The path of a hit or a miss is kept short: a context's key prefix is hashed once, a process
+remembers the outcomes it read or wrote (`Memory`), and entry files and most journal lines
+are written by one background thread in batches (`later`, `flush`). See
+``docs/concepts/cache.md``.
 """
 
 from __future__ import annotations
@@ -38,13 +46,15 @@ import time
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures._base import FINISHED
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from . import payload as _payload
 from ._version import __version__
+from .futures import CallTimings, HogFuture
 from .imports import is_local_module
 from .runner import OUTCOME_ERROR, OUTCOME_STORED, OUTCOME_VALUE, PROTOCOL
 
@@ -52,7 +62,6 @@ if TYPE_CHECKING:
     from .context import CallContext
     from .environment import EnvSpec
     from .executor import HogExecutor
-    from .futures import HogFuture
     from .payload import Outcome
     from .results import JobResults
     from .store import ClientStore
@@ -156,38 +165,59 @@ def hmac_key() -> bytes:
 
 # -- entries -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class CacheEntry:
     """One authenticated entry.
 
     Attributes:
         key: the call key.
+        raw: the runner's outcome tuple (value or exception, pickled).
+        size: bytes of the entry file.
         ok: whether the call succeeded (False: a stored failure).
         created: when it was stored (epoch seconds).
         what: the call, for humans (``script.py:function``).
-        size: bytes of the entry file.
-        path: the file.
-        raw: the runner's outcome tuple (value or exception, pickled).
+        path: the file (or where the entry was read from).
     """
 
-    key: str
-    ok: bool
-    created: float
-    what: str
-    size: int
-    path: Path
-    raw: tuple[Any, ...]
+    __slots__ = ("_header", "_meta", "key", "name", "raw", "size")
+
+    def __init__(self, key: str, raw: tuple[Any, ...], size: int, name: str,
+                 header: bytes) -> None:
+        self.key = key
+        self.raw = raw
+        self.size = size
+        self.name = name
+        self._header = header
+        self._meta: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.raw[0] != OUTCOME_ERROR)
+
+    def _fields(self) -> dict[str, Any]:
+        if self._meta is None:  # read only when asked for (`hog results`): hits skip it
+            meta = json.loads(self._header)
+            self._meta = meta if isinstance(meta, dict) else {}
+        return self._meta
+
+    @property
+    def created(self) -> float:
+        return float(self._fields().get("created", 0))
+
+    @property
+    def what(self) -> str:
+        return str(self._fields().get("what", ""))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
 
 
 class Refused(Exception):
     """An entry that fails authentication or cannot be parsed."""
 
 
-def _digest(key: bytes, call: str, header: bytes, body: bytes) -> bytes:
-    mac = hmac.new(key, call.encode() + b"\0", hashlib.sha256)
-    mac.update(header)
-    mac.update(body)
-    return mac.digest()
+def _digest(key: bytes, call: str, header: bytes, body: bytes | memoryview) -> bytes:
+    return hmac.digest(key, b"".join((call.encode(), b"\0", header, body)), "sha256")
 
 
 def encode_entry(call: str, raw: tuple[Any, ...], what: str) -> bytes:
@@ -195,33 +225,39 @@ def encode_entry(call: str, raw: tuple[Any, ...], what: str) -> bytes:
     header = json.dumps({"key": call, "ok": raw[0] != OUTCOME_ERROR, "created": time.time(),
                          "what": what, "hog": __version__}).encode()
     body = pickle.dumps(raw, protocol=PROTOCOL)
-    return (MAGIC + _digest(hmac_key(), call, header, body) + _HEADER.pack(len(header))
-            + header + body)
+    return b"".join((MAGIC, _digest(hmac_key(), call, header, body), _HEADER.pack(len(header)),
+                     header, body))
 
 
-def decode_entry(call: str, data: bytes, path: Path) -> CacheEntry:
+_START = len(MAGIC) + _DIGEST + _HEADER.size
+
+
+def decode_entry(call: str, data: bytes, path: Path | str) -> CacheEntry:
     """Authenticate and read an entry file.
 
     Raises:
         Refused: the file is truncated, tampered with, or was not written for ``call``.
     """
-    start = len(MAGIC) + _DIGEST + _HEADER.size
-    if len(data) < start or not data.startswith(MAGIC):
+    if len(data) < _START or not data.startswith(MAGIC):
         raise Refused("it is truncated or not an entry")
-    digest = data[len(MAGIC):len(MAGIC) + _DIGEST]
+    view = memoryview(data)
+    digest = view[len(MAGIC):len(MAGIC) + _DIGEST]
     (size,) = _HEADER.unpack_from(data, len(MAGIC) + _DIGEST)
-    header, body = data[start:start + size], data[start + size:]
+    header, body = data[_START:_START + size], view[_START + size:]
     if len(header) != size or not hmac.compare_digest(
             digest, _digest(hmac_key(), call, header, body)):
         raise Refused("its HMAC does not match (tampered with, truncated, or written with "
                       "another key)")
-    meta = json.loads(header)
     raw = pickle.loads(body)  # authenticated: written by this user's client
-    return CacheEntry(call, bool(meta.get("ok")), float(meta.get("created", 0)),
-                      str(meta.get("what", "")), len(data), path, raw)
+    if type(raw) is not tuple or not raw:
+        raise Refused("it holds no outcome")
+    return CacheEntry(call, raw, len(data), str(path), header)
 
 
 _tmp_names = iter(range(1 << 62))
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+#: Bytes read from an entry file at first (most entries are smaller).
+_READ_SIZE = 1 << 16
 
 
 def _write_private(path: Path | str, data: bytes) -> None:
@@ -229,10 +265,15 @@ def _write_private(path: Path | str, data: bytes) -> None:
     path = str(path)
     tmp = f"{os.path.dirname(path)}{os.sep}.tmp-{os.getpid()}-{threading.get_ident()}-" \
           f"{next(_tmp_names)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
     try:
-        with open(fd, "wb") as f:
-            f.write(data)
+        try:
+            view = memoryview(data)
+            while view:  # one write unless the system takes less
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -240,6 +281,64 @@ def _write_private(path: Path | str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+class Memory:
+    """The outcomes of entries this process read or wrote, most recently used kept: a call
+    seen before is answered without reading its file again. Entries are immutable (a key
+    names one call), so what was authenticated once stays valid."""
+
+    #: Bytes of pickled values kept, and the largest one kept.
+    LIMIT = 64 << 20
+    ITEM_LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _size(raw: tuple[Any, ...]) -> int:
+        return sum(len(x) for x in raw if isinstance(x, (bytes, str))) + 100
+
+    def get(self, call: str) -> tuple[Any, ...] | None:
+        raw = self.items.get(call)  # one dictionary operation: no lock needed
+        if raw is not None:
+            try:
+                self.items.move_to_end(call)
+            except KeyError:  # dropped meanwhile by another thread
+                pass
+        return raw
+
+    def add(self, call: str, raw: tuple[Any, ...]) -> None:
+        size = self._size(raw)
+        if size > self.ITEM_LIMIT:
+            return
+        with self.lock:
+            old = self.items.pop(call, None)
+            if old is not None:
+                self.size -= self._size(old)
+            self.items[call] = raw
+            self.size += size
+            while self.size > self.LIMIT:
+                self.size -= self._size(self.items.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.size = 0
+
+
+def checked(call: str, data: bytes, where: str) -> CacheEntry | None:
+    """`decode_entry`, with a refused entry logged as a warning and read as a miss."""
+    try:
+        return decode_entry(call, data, where)
+    except Refused as exc:
+        logger.warning("cached result %s refused: %s; the call runs again", where, exc)
+    except Exception as exc:
+        logger.warning("cached result %s refused: it cannot be read (%s: %s); the call "
+                       "runs again", where, type(exc).__name__, exc)
+    return None
 
 
 class ResultDir:
@@ -250,6 +349,7 @@ class ResultDir:
         self._prefix = str(root) + os.sep
         self._checked = False
         self._subdirs: set[str] = set()
+        self.memory = Memory()
 
     def _ready(self) -> Path:
         if not self._checked:
@@ -263,26 +363,44 @@ class ResultDir:
     def _name(self, call: str) -> str:
         return f"{self._prefix}{call[:2]}{os.sep}{call}"
 
-    def get(self, call: str) -> CacheEntry | None:
-        """The authenticated entry for ``call`` (None: none, or refused with a warning)."""
+    @property
+    def where(self) -> str:
+        return str(self.root)
+
+    def name(self, call: str) -> str:
+        """Where the entry of ``call`` is, for messages."""
+        return self._name(call)
+
+    def load(self, call: str) -> bytes | None:
+        """The bytes of the entry file of ``call``, not authenticated (None: none)."""
         name = self._name(call)
+        if not os.access(name, os.F_OK):  # a miss raises nothing: cheaper than catching
+            return None
         try:
-            with open(name, "rb") as f:
-                data = f.read()
+            fd = os.open(name, _READ_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as exc:
             logger.warning("cached result %s cannot be read (%s): running the call", name, exc)
             return None
-        path = Path(name)
         try:
-            return decode_entry(call, data, path)
-        except Refused as exc:
-            logger.warning("cached result %s refused: %s; the call runs again", path, exc)
-        except Exception as exc:
-            logger.warning("cached result %s refused: it cannot be read (%s: %s); the call "
-                           "runs again", path, type(exc).__name__, exc)
-        return None
+            data = os.read(fd, _READ_SIZE)
+            if len(data) == _READ_SIZE:  # a large entry: read the rest
+                parts = [data]
+                while chunk := os.read(fd, 1 << 20):
+                    parts.append(chunk)
+                data = b"".join(parts)
+            return data
+        except OSError as exc:
+            logger.warning("cached result %s cannot be read (%s): running the call", name, exc)
+            return None
+        finally:
+            os.close(fd)
+
+    def get(self, call: str) -> CacheEntry | None:
+        """The authenticated entry for ``call`` (None: none, or refused with a warning)."""
+        data = self.load(call)
+        return None if data is None else checked(call, data, self._name(call))
 
     def put(self, call: str, data: bytes) -> None:
         sub = call[:2]
@@ -311,33 +429,255 @@ class ResultDir:
         return decode_entry(path.name, path.read_bytes(), path)
 
 
-class ResultCache:
-    """The entry directories one executor view uses: the client's, then the endpoint's."""
+class StoreEntries:
+    """Entries kept in a ProxyStore store other than a directory (Redis...), each under a key
+    named after the call key: what a Globus Compute endpoint's store holds for every client
+    that uses it.
 
-    def __init__(self, dirs: Sequence[ResultDir], failures: bool) -> None:
+    Args:
+        connector: the store's connector (``get`` and ``set`` of keys of ``key_type``).
+        key_type: the connector's key class, a named tuple of one string.
+        where: the store, for messages.
+    """
+
+    PREFIX = "hog-result-"
+
+    def __init__(self, connector: Any, key_type: Any, where: str) -> None:
+        self.connector = connector
+        self.key_type = key_type
+        self.where = where
+
+    def _ready(self) -> None:
+        """Nothing to prepare: the store exists."""
+
+    def name(self, call: str) -> str:
+        return f"{self.where} {self.PREFIX}{call}"
+
+    def load(self, call: str) -> bytes | None:
+        try:
+            data = self.connector.get(self.key_type(f"{self.PREFIX}{call}"))
+        except Exception as exc:
+            logger.warning("cached result %s cannot be read (%s): running the call",
+                           self.name(call), exc)
+            return None
+        return None if data is None else bytes(data)
+
+    def put(self, call: str, data: bytes) -> None:
+        self.connector.set(self.key_type(f"{self.PREFIX}{call}"), data)
+
+
+def store_entries(store: ClientStore) -> ResultDir | StoreEntries | None:
+    """Where entries are kept in ``store``: ``<directory>/hog-results`` for a file store, keys
+    named after the call keys for a connector that can set chosen keys (Redis); None for a
+    store that cannot hold them."""
+    from .store import FILE_CONNECTOR
+
+    spec = store.spec
+    if spec[0] == FILE_CONNECTOR:
+        return _result_dir(Path(str(spec[1]["store_dir"])) / SHARED_NAME)
+    connector = store.store.connector
+    try:
+        key_type = type(connector.new_key())
+    except Exception:
+        return None
+    fields = getattr(key_type, "_fields", ())
+    if not callable(getattr(connector, "set", None)) or len(fields) != 1:
+        return None
+    return StoreEntries(connector, key_type, spec[0].rpartition(":")[2])
+
+
+class ResultCache:
+    """Where one executor view's entries are: the client's directory first, then the
+    endpoint's (a Slurm ``shared_dir``, a Globus Compute endpoint's store).
+
+    An entry found only at the endpoint is copied to the client's directory."""
+
+    def __init__(self, dirs: Sequence[ResultDir | StoreEntries], failures: bool) -> None:
         self.dirs = list(dirs)
+        first = self.dirs[0]
+        assert isinstance(first, ResultDir), "the client's directory comes first"
+        self.local = first
         self.failures = failures
+        #: Outcomes delivered whose entries are being written: key -> (outcome, what).
+        self._staged: dict[str, tuple[tuple[Any, ...], str]] = {}
+        self._queue: list[str] = []  # their keys, in order, for the writer thread
+        self._scheduled = False
 
     @property
     def root(self) -> Path:
-        return self.dirs[0].root
+        return self.local.root
 
     def get(self, call: str) -> CacheEntry | None:
-        for d in self.dirs:
-            entry = d.get(call)
+        """The entry of ``call``: remembered by this process, else read from the first place
+        that has an authentic one (None: a miss)."""
+        first = self.local
+        raw = first.memory.get(call)
+        if raw is None:
+            staged = self._staged.get(call)
+            raw = None if staged is None else staged[0]
+        if raw is not None:
+            return CacheEntry(call, raw, 0, first.name(call), b"{}") if (
+                raw[0] != OUTCOME_ERROR or self.failures) else None
+        for at, d in enumerate(self.dirs):
+            data = d.load(call)
+            if data is None:
+                continue
+            entry = checked(call, data, d.name(call))
             if entry is not None and (entry.ok or self.failures):
+                if at:
+                    try:
+                        first.put(call, data)
+                    except OSError as exc:
+                        logger.debug("cannot copy %s: %s", d.name(call), exc)
+                first.memory.add(call, entry.raw)
                 return entry
         return None
 
+    def stage(self, call: str, raw: tuple[Any, ...], what: str) -> None:
+        """Keep an outcome (`get` answers from it) and have its entry written by the writer
+        thread, off the path that delivers results (`flush` waits for it; so does the
+        exit). Called before the call's future is settled: it only records the outcome."""
+        if raw[0] == OUTCOME_ERROR and not self.failures:
+            return
+        self._staged[call] = (raw, what)
+        self._queue.append(call)
+        if not self._scheduled:
+            self._scheduled = True
+            later(self._write_queued)
+
+    def _write_queued(self) -> None:
+        """Write the entries of the outcomes staged so far (the writer thread)."""
+        self._scheduled = False  # first: an outcome staged from now on schedules another
+        calls, self._queue = self._queue, []
+        for call in calls:
+            self.write_staged(call)
+
+    def write_staged(self, call: str) -> None:
+        """Remember a staged outcome and write its entry."""
+        staged = self._staged.get(call)
+        if staged is None:
+            return
+        try:
+            self.local.memory.add(call, staged[0])
+            self.put(call, *staged)
+        except Exception as exc:
+            logger.warning("cannot store the result of %s: %s", staged[1], exc)
+        finally:
+            self._staged.pop(call, None)
+
     def put(self, call: str, raw: tuple[Any, ...], what: str) -> None:
+        """Write the entry of ``call`` everywhere this cache keeps entries."""
         if raw[0] == OUTCOME_ERROR and not self.failures:
             return
         data = encode_entry(call, raw, what)
         for d in self.dirs:
             try:
                 d.put(call, data)
-            except OSError as exc:
-                logger.warning("cannot store the result of %s in %s: %s", what, d.root, exc)
+            except Exception as exc:
+                logger.warning("cannot store the result of %s in %s: %s", what, d.where, exc)
+
+
+class _Writer:
+    """The thread that writes staged entries and journal lines, a batch at a time: a burst
+    of outcomes costs the threads delivering them one list append each.
+
+    While work keeps coming the writer wakes on its own every `LINGER` seconds; only an
+    idle writer is woken by the first task of a burst (waking a thread costs the waker
+    more than the append)."""
+
+    #: Seconds the writer waits for more work before it writes a batch.
+    LINGER = 0.02
+    #: Seconds the exit waits for entries being written.
+    EXIT_WAIT = 30.0
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.queue: list[Callable[[], None]] = []
+        self.busy = 0  # tasks taken from the queue and not yet done
+        self.thread: threading.Thread | None = None
+        self.idle = False
+        self.hurry = False
+
+    def add(self, task: Callable[[], None]) -> None:
+        with self.cond:
+            self.queue.append(task)
+            if self.thread is None or not self.thread.is_alive():
+                if self.thread is None:
+                    import atexit
+
+                    atexit.register(self.wait)
+                self.thread = threading.Thread(target=self._run, name="hog-cache-writer",
+                                               daemon=True)
+                self.thread.start()
+            elif self.idle:
+                self.idle = False
+                self.cond.notify_all()
+
+    def _take(self) -> list[Callable[[], None]]:
+        """The next batch (blocks; the lock is held)."""
+        lingered = False
+        while True:
+            if self.hurry and self.queue:
+                break
+            if not lingered:  # work is likely to come: wait for it on a timer
+                self.cond.wait(self.LINGER)
+                lingered = True
+                continue
+            if self.queue:
+                break
+            self.idle = True
+            self.cond.wait()
+            self.idle = False
+            lingered = False
+        batch, self.queue = self.queue, []
+        self.busy += len(batch)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                batch = self._take()
+            try:
+                for task in batch:
+                    try:
+                        task()
+                    except Exception as exc:  # each task reports its own errors
+                        logger.debug("cache writer: %s", exc)
+            finally:
+                with self.cond:
+                    self.busy -= len(batch)
+                    self.cond.notify_all()
+
+    def wait(self, timeout: float = EXIT_WAIT) -> bool:
+        """Wait until every task queued so far is done; whether they all were."""
+        with self.cond:
+            self.hurry = True
+            self.cond.notify_all()
+            try:
+                return self.cond.wait_for(lambda: not self.queue and not self.busy, timeout)
+            finally:
+                self.hurry = False
+
+
+_writer = _Writer()
+
+
+def forget() -> None:
+    """Forget the entries this process remembers: the next hits read their files."""
+    with _dirs_lock:
+        dirs = list(_dirs.values())
+    for d in dirs:
+        d.memory.clear()
+
+
+def later(task: Callable[[], None]) -> None:
+    """Have ``task`` run by the writer thread, with others, within `_Writer.LINGER` seconds."""
+    _writer.add(task)
+
+
+def flush(timeout: float = _Writer.EXIT_WAIT) -> bool:
+    """Wait until the entries of the outcomes delivered so far are written; whether they were."""
+    return _writer.wait(timeout)
 
 
 _dirs: dict[str, ResultDir] = {}
@@ -352,39 +692,58 @@ def _result_dir(root: Path) -> ResultDir:
         return found
 
 
-_caches: dict[tuple[Any, bool, int], tuple[Any, ResultCache]] = {}
+_caches: dict[tuple[Any, bool, int, int], tuple[Any, Any, ResultCache]] = {}
 
 
-def result_cache(setting: Any, failures: bool, backend: Any) -> ResultCache:
-    """`make_result_cache`, remembered per setting and backend."""
-    found = _caches.get((setting, failures, id(backend)))
-    if found is not None and found[0] is backend:
-        return found[1]
-    made = make_result_cache(setting, failures, backend)
+def result_cache(setting: Any, failures: bool, backend: Any,
+                 store: ClientStore | None = None) -> ResultCache:
+    """`make_result_cache`, remembered per setting, backend and store.
+
+    Raises:
+        ConfigError: a directory of the cache cannot be used (not private, not creatable).
+    """
+    ident = (setting, failures, id(backend), id(store))
+    found = _caches.get(ident)
+    if found is not None and found[0] is backend and found[1] is store:
+        return found[2]
+    made = make_result_cache(setting, failures, backend, store)
     if len(_caches) > 64:
         _caches.clear()
-    _caches[(setting, failures, id(backend))] = (backend, made)
+    _caches[ident] = (backend, store, made)
     return made
 
 
-def make_result_cache(setting: Any, failures: bool, backend: Any) -> ResultCache:
+def make_result_cache(setting: Any, failures: bool, backend: Any,
+                      store: ClientStore | None = None) -> ResultCache:
     """The cache for a ``cache=`` setting (True: the default directory; a path) on a backend.
 
-    A Slurm backend adds a directory next to its jobs (``<shared_dir>/hog-results``), so
-    that clients on other machines of the cluster find what this one stored.
+    Entries also go where the endpoint writes results, so that other clients find them: a
+    Slurm backend adds a directory next to its jobs (``<shared_dir>/hog-results``); a Globus
+    Compute endpoint with a ``store`` adds that store (`store_entries`).
+
+    Raises:
+        ConfigError: a directory cannot be used (not private to this user, not creatable).
     """
     root = default_root() if setting is True else Path(os.path.expanduser(str(setting)))
-    dirs = [_result_dir(root)]
+    dirs: list[ResultDir | StoreEntries] = [_result_dir(root)]
+    kind = getattr(getattr(backend, "endpoint", None), "backend", "")
     shared = getattr(backend, "shared_dir", None)
-    if isinstance(shared, str) and getattr(backend.endpoint, "backend", "") == "slurm":
+    if kind == "slurm" and isinstance(shared, str):
         dirs.append(_result_dir(Path(shared) / SHARED_NAME))
+    elif kind == "globus" and store is not None and store.explicit:
+        remote = store_entries(store)
+        if remote is None:
+            logger.info("the store %s cannot keep cached results: they stay on this client",
+                        store.spec[0])
+        else:
+            dirs.append(remote)
     for d in dirs:
         try:
             d._ready()
         except OSError as exc:
             from .errors import ConfigError
 
-            raise ConfigError(f"the result cache cannot use {d.root}: {exc}") from None
+            raise ConfigError(f"the result cache cannot use {d.where}: {exc}") from None
     return ResultCache(dirs, failures)
 
 
@@ -504,8 +863,6 @@ def _context_function_key(ctx: CallContext, by_value: frozenset[str]) -> str:
     with _fn_keys_lock:
         found = _fn_keys.get(ident)
     if found is None:
-        from . import payload as _payload
-
         try:
             fn = _payload.loads(ctx.fn_bytes, ctx.module)
             found = function_key(fn, ctx.module, by_value)
@@ -593,14 +950,42 @@ def env_digest(env: EnvSpec, root: Path) -> str:
     return found
 
 
-def call_key(fn_key: str, env: str, env_vars: dict[str, str], item: bytes) -> str:
-    """The key of one call: the function's, the environment's, ``env`` and the arguments."""
+def _key_prefix(fn_key: str, env: str, env_vars: dict[str, str]) -> hashlib._Hash:
+    """The hash of a call key's parts before the arguments (copied for each call)."""
     h = hashlib.sha256(f"{CACHE_FORMAT}\0{__version__}\0{fn_key}\0{env}\0".encode())
     h.update(json.dumps(env_vars, sort_keys=True).encode())
     h.update(b"\0")
+    return h
+
+
+def call_key(fn_key: str, env: str, env_vars: dict[str, str], item: bytes) -> str:
+    """The key of one call: the function's, the environment's, ``env`` and the arguments."""
+    h = _key_prefix(fn_key, env, env_vars)
     h.update(item)
     return h.hexdigest()
 
+
+#: What stands for an argument that went through a store, in the bytes a key hashes.
+STORED_MARK = b"\0hog-stored-sha256:"
+
+
+def content_item(item: bytes, refs: Sequence[Any], store: ClientStore | None) -> bytes | None:
+    """A call's pickled arguments with each handle of an argument that went through the store
+    (named at random) replaced by the digest of the argument's stored bytes; None when a
+    digest cannot be had (the call is then not cached)."""
+    if store is None:
+        return None
+    for ref in refs:
+        wire = ref.wire
+        if wire not in item:
+            return None
+        try:
+            digest = store.digest(ref)
+        except Exception as exc:  # evicted, or the store cannot be read
+            logger.debug("no digest for %r: %s", ref, exc)
+            return None
+        item = item.replace(wire, STORED_MARK + digest.encode() + b"\0")
+    return STORED_MARK + item
 
 def content_call_key(content: str, env: str, env_vars: dict[str, str]) -> str:
     """The key of a call whose content key was computed by the caller (a Dask task)."""
@@ -628,21 +1013,54 @@ class explicit_keys:
         _explicit.reset(self.token)
 
 
-def context_keys(ex: HogExecutor, ctx: CallContext, items: Sequence[bytes],
-                 call_refs: Sequence[Sequence[Any]], root: Path) -> list[str | None]:
-    """Each call's key (None: the call is not cached)."""
+#: Per context: (the context, its environment digest, the hash of the key's parts before
+#: the arguments; None: its calls are not cached). A context is the same object for every
+#: call of a function through one executor view until its script changes.
+_ctx_prefix: dict[int, tuple[CallContext, str, Any]] = {}
+
+
+def _prefix_for(ctx: CallContext, root: Path) -> tuple[str, Any]:
+    found = _ctx_prefix.get(id(ctx))
+    if found is not None and found[0] is ctx:
+        return found[1], found[2]
     env = env_digest(ctx.spec.env, root)
-    env_vars = ctx.spec.env_vars
+    try:
+        prefix = _key_prefix(_context_function_key(ctx, frozenset()), env, ctx.spec.env_vars)
+    except Unkeyable:
+        prefix = None
+    if len(_ctx_prefix) > 1024:
+        _ctx_prefix.clear()
+    _ctx_prefix[id(ctx)] = (ctx, env, prefix)
+    return env, prefix
+
+
+def context_keys(ex: HogExecutor, ctx: CallContext, items: Sequence[bytes],
+                 call_refs: Sequence[Sequence[Any]], root: Path,
+                 store: ClientStore | None = None) -> list[str | None]:
+    """Each call's key (None: the call is not cached).
+
+    An argument that went through ``store`` counts by the digest of its stored bytes, not by
+    its handle (see `content_item`).
+    """
+    env, prefix = _prefix_for(ctx, root)
     explicit = _explicit.get()
     if explicit is not None and len(explicit) == len(items):
+        env_vars = ctx.spec.env_vars
         return [None if c is None else content_call_key(c, env, env_vars) for c in explicit]
-    try:
-        fn_key = _context_function_key(ctx, frozenset())
-    except Unkeyable:
+    if prefix is None:
         return [None] * len(items)
-    # Arguments that went to a store travel as handles named at random: not keyable.
-    return [None if refs else call_key(fn_key, env, env_vars, item)
-            for item, refs in zip(items, call_refs, strict=True)]
+    keys: list[str | None] = []
+    for item, refs in zip(items, call_refs, strict=True):
+        if refs:
+            found = content_item(item, refs, store)
+            if found is None:
+                keys.append(None)
+                continue
+            item = found
+        h = prefix.copy()
+        h.update(item)
+        keys.append(h.hexdigest())
+    return keys
 
 
 # -- submission --------------------------------------------------------------------------------
@@ -652,12 +1070,14 @@ class Sending:
 
     Registered (`hog_executor.results.NEW_JOB_HOOK`) while the executor builds the jobs, it
     gives each job's results the keys of its calls (`on_job`), so that outcomes are stored
-    as they arrive, and writes the journal record before the job is sent.
+    as they arrive, and records the job in the journal: before it is sent when another
+    client could follow it (``followable``: a Slurm job), else by the writer thread.
     """
 
     def __init__(self, cache: ResultCache, keys: list[str | None], what: str,
-                 journal: Any, backend: str = "") -> None:
+                 journal: Any, backend: str = "", followable: bool = True) -> None:
         self.backend = backend
+        self.followable = followable
         self.cache = cache
         self.keys = keys
         self.what = what
@@ -674,12 +1094,17 @@ class Sending:
         attach_outcomes(results, keys, self.cache, self.what)
         self.jobs.append(results)
         if self.journal is not None:
-            self.journal.record(results, keys, self.backend)
+            self.journal.record(results, keys, self.backend, self.followable)
 
 
 def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: ResultCache,
                     what: str) -> None:
-    """Store each call's outcome of ``results`` under its key as it arrives."""
+    """Store each call's outcome of ``results`` under its key as it arrives.
+
+    The outcome is taken before the call's future is settled (a value that came through the
+    store is pickled then, before the caller can change it); its entry is written by the
+    writer thread (`ResultCache.stage`).
+    """
     by_future = {id(f): k for f, k in zip(results.futures, keys, strict=True) if k is not None}
     if not by_future:
         return
@@ -691,7 +1116,7 @@ def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: Resu
         try:
             if raw[0] == OUTCOME_STORED:
                 raw = (OUTCOME_VALUE, _stored_bytes(outcome.value, results))
-            cache.put(key, raw, what)
+            cache.stage(key, raw, what)
         except Exception as exc:  # the call's outcome is delivered all the same
             logger.warning("cannot store the result of %s: %s", what, exc)
 
@@ -700,7 +1125,6 @@ def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: Resu
 
 def _stored_bytes(value: Any, results: JobResults) -> bytes:
     """The pickle of a value that came back through the store."""
-    from . import payload as _payload
     from .store import StoredRef
 
     store: ClientStore | None = results.store
@@ -710,24 +1134,50 @@ def _stored_bytes(value: Any, results: JobResults) -> bytes:
 
 
 def _hit_future(entry: CacheEntry, ctx: CallContext, submitted: float) -> HogFuture[Any]:
-    from . import payload as _payload
-    from .futures import CallTimings, HogFuture, settle
-
     f: HogFuture[Any] = HogFuture()
     f.cached = True
-    now = time.time()
-    f.timings = CallTimings(submitted, received=now)
+    f.timings = CallTimings(submitted, received=time.time())
     f.stdout = f.stderr = ""
     outcome = _payload.decode_outcome(entry.raw, ctx.module)
+    # A new future nobody else holds yet: no waiter to wake, no callback to run, no race.
     if outcome.ok:
-        settle(f, result=outcome.value)
+        f._result = outcome.value
     else:
-        settle(f, exception=outcome.error)
+        f._exception = outcome.error
+    f._state = FINISHED
     return f
 
 
 #: The context of each cached context without the cache keys (what is sent).
 _plain: dict[int, tuple[CallContext, CallContext]] = {}
+
+
+def _plain_context(ctx: CallContext) -> CallContext:
+    found = _plain.get(id(ctx))
+    if found is not None and found[0] is ctx:
+        return found[1]
+    import dataclasses
+
+    plain = dataclasses.replace(ctx, values={k: v for k, v in ctx.values.items()
+                                             if k not in ("cache", "cache_failures")})
+    if len(_plain) > 256:
+        _plain.clear()
+    _plain[id(ctx)] = (ctx, plain)
+    return plain
+
+
+#: Per cache root: its journal and the results module's new-job hook (imported once).
+_sending: dict[str, tuple[Any, contextvars.ContextVar[Any]]] = {}
+
+
+def _sending_parts(root: Path) -> tuple[Any, contextvars.ContextVar[Any]]:
+    found = _sending.get(str(root))
+    if found is None:
+        from .journal import journal_for
+        from .results import NEW_JOB_HOOK
+
+        found = _sending[str(root)] = (journal_for(root), NEW_JOB_HOOK)
+    return found
 
 
 def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
@@ -736,14 +1186,11 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
                   submitted: float) -> list[HogFuture[Any]]:
     """`HogExecutor._submit_items` with the cache on: hits resolve at once, calls a previous
     client sent are taken over (see `hog_executor.journal`), the others are sent."""
-    import dataclasses
-
-    from . import journal as _journal
-    from .results import NEW_JOB_HOOK
-
     values = ctx.values
-    cache = result_cache(values["cache"], bool(values.get("cache_failures")), ex.backend)
-    keys = context_keys(ex, ctx, items, call_refs, cache.root)
+    cache = result_cache(values["cache"], bool(values.get("cache_failures")), ex.backend, store)
+    if store is not None:
+        store.digests = True  # arguments put from now on are hashed as they are written
+    keys = context_keys(ex, ctx, items, call_refs, cache.root, store)
     futures: list[HogFuture[Any] | None] = [None] * len(items)
     misses: list[int] = []
     for i, key in enumerate(keys):
@@ -752,37 +1199,42 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
             misses.append(i)
         else:
             futures[i] = _hit_future(entry, ctx, submitted)
+    if len(misses) < len(items) and store is not None:
+        _evict_unsent(store, call_refs, misses)
     if not misses:
         return futures  # type: ignore[return-value]
-    journal = _journal.journal_for(cache.root)
+    journal, hook = _sending_parts(cache.root)
     keyed = {i: key for i in misses if (key := keys[i]) is not None}
-    adopted = journal.adopt(ex, ctx, keyed, cache, submitted)
+    adopted = journal.adopt(ex, ctx, keyed, cache, submitted) if keyed else {}
     for i, f in adopted.items():
         futures[i] = f
-    rest = [i for i in misses if i not in adopted]
+    rest = [i for i in misses if i not in adopted] if adopted else misses
+    if adopted and store is not None:
+        _evict_unsent(store, call_refs, rest)
     if rest:
         sending = Sending(cache, [keys[i] for i in rest], ctx.description, journal,
-                          ex.endpoint.backend)
-        found = _plain.get(id(ctx))
-        if found is None or found[0] is not ctx:
-            plain = dataclasses.replace(ctx, values={k: v for k, v in values.items()
-                                                     if k not in ("cache", "cache_failures")})
-            if len(_plain) > 256:
-                _plain.clear()
-            _plain[id(ctx)] = (ctx, plain)
-        else:
-            plain = found[1]
-        token = NEW_JOB_HOOK.set(sending.on_job)
+                          ex.endpoint.backend, callable(getattr(ex.backend, "attach", None)))
+        token = hook.set(sending.on_job)
         try:
-            sent = ex._submit_items(plain, [items[i] for i in rest],
+            sent = ex._submit_items(_plain_context(ctx), [items[i] for i in rest],
                                     [call_refs[i] for i in rest], chunksize, store, threshold,
                                     keep_stored, optional, submitted)
         finally:
-            NEW_JOB_HOOK.reset(token)
+            hook.reset(token)
         journal.sent(ex.backend, sending.jobs)
         for i, f in zip(rest, sent, strict=True):
             futures[i] = f
     return futures  # type: ignore[return-value]
+
+
+def _evict_unsent(store: ClientStore, call_refs: Sequence[Sequence[Any]],
+                  sent: Sequence[int]) -> None:
+    """Evict the stored arguments of the calls not sent (answered from the cache)."""
+    keep = set(sent)
+    for i, refs in enumerate(call_refs):
+        if i not in keep:
+            for ref in refs:
+                store.evict(ref)
 
 
 def describe_entry(entry: CacheEntry) -> dict[str, Any]:
@@ -799,8 +1251,6 @@ def describe_entry(entry: CacheEntry) -> dict[str, Any]:
 
 def stored_value(entry: CacheEntry) -> Any:
     """The value an entry holds, unpickled (script objects need the script importable)."""
-    from . import payload as _payload
-
     outcome = _payload.decode_outcome(entry.raw, None)
     return outcome.value if outcome.ok else outcome.error
 

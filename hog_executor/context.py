@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import types
 import weakref
@@ -51,11 +52,58 @@ _log = logging.getLogger("hog_executor")
 _logged: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
+#: Paths as given -> resolved (symbolic links followed once per process).
+_resolved: dict[str, str] = {}
+#: Resolved script path -> (modification time, size, parsed block).
+_metas: dict[str, tuple[int, int, ScriptMetadata]] = {}
+#: Entries `_resolved` and `_metas` keep before they are cleared.
+_PATHS_LIMIT = 4096
+
+
+def _resolve(path: str) -> str:
+    """``path`` made absolute with symbolic links followed (remembered per process)."""
+    found = _resolved.get(path)
+    if found is None:
+        if len(_resolved) > _PATHS_LIMIT:
+            _resolved.clear()
+        found = _resolved[path] = str(Path(path).resolve())
+    return found
+
+
+def script_meta(path: str, st: os.stat_result | None = None) -> ScriptMetadata:
+    """`load_script` of a resolved path, with one ``stat`` (or ``st``, the file's) when the
+    file has not changed.
+
+    Raises:
+        MetadataError: the file cannot be read or its block is malformed.
+    """
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return load_script(path)  # raises the MetadataError naming the file
+    found = _metas.get(path)
+    if found is not None and found[0] == st.st_mtime_ns and found[1] == st.st_size:
+        return found[2]
+    meta = load_script(path)
+    if len(_metas) > _PATHS_LIMIT:
+        _metas.clear()
+    _metas[path] = (st.st_mtime_ns, st.st_size, meta)
+    return meta
+
+
 def _with_block(path: str | None) -> str | None:
     """``path`` resolved, when it is a Python file with a PEP 723 block."""
-    if path and path.endswith(".py") and os.path.isfile(path) and load_script(path).has_block:
-        return str(Path(path).resolve())
-    return None
+    if not path or not path.endswith(".py"):
+        return None
+    resolved = _resolve(path)
+    try:
+        st = os.stat(resolved)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return resolved if script_meta(resolved, st).has_block else None
 
 
 def main_script() -> str | None:
@@ -71,7 +119,7 @@ def script_for(fn: Any = None, explicit: str | os.PathLike[str] | None = None) -
     executor's ``requires_python``/``dependencies`` apply).
     """
     if explicit is not None:
-        return str(Path(explicit).resolve())
+        return _resolve(os.fspath(explicit))
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     return _with_block(getattr(module, "__file__", None)) or main_script()
 
@@ -204,7 +252,7 @@ class Contexts:
                 ``check_imports`` key is false).
         """
         script = script_for(fn, self.explicit_script)
-        meta = load_script(script) if script else ScriptMetadata()
+        meta = script_meta(script) if script else ScriptMetadata()
         try:
             key: tuple[Any, ...] | None = (_identity(fn), script, extras)
             ctx = self._cache.get(key)  # type: ignore[arg-type]

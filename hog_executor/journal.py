@@ -1,10 +1,12 @@
 """The journal: which calls a client sent, so that another client can take them over.
 
 With the result cache on, every job a client sends is written to the client's journal
-(``<cache root>/journal/<host>-<pid>-<start>-<random>.jsonl``), with the keys of its calls,
-*before* the backend receives it; once the backend has answered, the backend's identity for
-the job is added (a Slurm job id, its array index and directory); once the job is over, a
-``done`` line. A journal whose every job is done is removed.
+(``<cache root>/journal/<host>-<pid>-<start>-<random>.jsonl``), with the keys of its calls: a
+job another client could follow (a Slurm job) *before* the backend receives it, any other
+by the cache's writer thread within its next batch. Once the backend has answered, the
+backend's identity for the job is added (a Slurm job id, its array index and directory);
+once the job is over, a ``done`` line (a job over before its line was written needs no line
+at all). A journal whose every job is done is removed.
 
 A client that misses the cache for a call looks for that call's key in the journals of
 clients that are gone (the process no longer exists on this machine). It claims such a
@@ -23,7 +25,6 @@ with a warning.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import hmac
 import json
 import logging
@@ -71,6 +72,11 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
 
 
+def _mac(text: bytes, key: bytes | None = None) -> str:
+    """The hex HMAC-SHA256 of a journal line's text."""
+    return hmac.digest(key if key is not None else hmac_key(), text, "sha256").hex()
+
+
 def _host() -> str:
     return socket.gethostname()
 
@@ -105,7 +111,12 @@ class _Owner:
 
 @dataclass
 class Journal:
-    """The journal of this client for one cache root (see the module docstring)."""
+    """The journal of this client for one cache root (see the module docstring).
+
+    A job that a later client could follow (a Slurm job) is written before the backend
+    sees it. Other lines (jobs that die with their client, ``done`` lines) are written by the
+    cache's writer thread, a batch at a time, or at exit.
+    """
 
     dir: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -115,21 +126,36 @@ class Journal:
     seen: set[str] = field(default_factory=set)
     fd: int | None = None
     scanned: float = 0.0
-    pending_done: list[bytes] = field(default_factory=list)
+    #: Lines not written yet: records (dicts) and the ids of jobs that are done, in order.
+    pending: list[Mapping[str, Any] | str] = field(default_factory=list)
+    flush_scheduled: bool = False
 
     # -- writing -------------------------------------------------------------------------
 
     def _line(self, record: Mapping[str, Any]) -> bytes:
-        text = json.dumps(record, separators=(",", ":"))
-        mac = hmac.new(hmac_key(), text.encode(), hashlib.sha256).hexdigest()
-        return f"{mac} {text}\n".encode()
+        text = json.dumps(record, separators=(",", ":")).encode()
+        return b"%s %s\n" % (_mac(text).encode(), text)
+
+    def _render(self, items: list[Mapping[str, Any] | str]) -> bytes:
+        """The lines of pending ``items``; a job whose record and ``done`` are both among
+        them needs neither (it was over before anyone could look for it)."""
+        recorded = {item["job"] for item in items
+                    if not isinstance(item, str) and item.get("t") == "job"}
+        over = {item for item in items if isinstance(item, str) and item in recorded}
+        return b"".join(
+            self._line({"t": "done", "job": item}) if isinstance(item, str)
+            else self._line(item)
+            for item in items
+            if (item if isinstance(item, str) else item.get("job")) not in over
+            or (not isinstance(item, str) and item.get("t") != "job"))
 
     def _write(self, *records: Mapping[str, Any]) -> None:
-        data = b"".join(self._line(r) for r in records)
+        """Write ``records`` now, after every line still pending."""
         with self.lock:
-            if self.pending_done:
-                data = b"".join(self.pending_done) + data
-                self.pending_done.clear()
+            pending, self.pending = self.pending, []
+            data = self._render([*pending, *records])
+            if not data:
+                return
             if self.fd is None or self.path is None:
                 private_dir(self.dir)
                 me = os.getpid()
@@ -142,15 +168,44 @@ class Journal:
                 atexit.register(self.close)
             os.write(self.fd, data)
 
+    def _later(self, item: Mapping[str, Any] | str) -> None:
+        """Have a line written by the writer thread (with the lock held)."""
+        self.pending.append(item)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            from .cache import later
+
+            later(self.flush)
+
+    def flush(self) -> None:
+        """Write the pending lines (the writer thread)."""
+        with self.lock:
+            self.flush_scheduled = False
+            if not self.pending:
+                return
+        try:
+            self._write()
+        except OSError as exc:
+            logger.warning("cannot write the journal in %s: %s", self.dir, exc)
+
     def close(self) -> None:
-        """At exit: remove the journal when nothing in it is open any more."""
+        """At exit: write what is pending; remove the journal when nothing in it is open."""
+        from .cache import flush
+
+        flush()  # the writer thread's batch first: it may hold lines of this journal
+        with self.lock:
+            idle = not self.open_jobs and not self.orphans
+            if idle and self.fd is None:
+                return
+        if not idle:
+            try:
+                self._write()
+            except OSError:
+                pass
         with self.lock:
             fd, path, self.fd, self.path = self.fd, self.path, None, None
-            idle = not self.open_jobs and not self.orphans
-            done, self.pending_done = b"".join(self.pending_done), []
+            self.pending = []
         if fd is not None:
-            if done and not idle:
-                os.write(fd, done)
             os.close(fd)
         if idle and path is not None:
             try:
@@ -158,17 +213,27 @@ class Journal:
             except OSError:
                 pass
 
-    def record(self, results: JobResults, keys: list[str | None], backend: str) -> None:
-        """A job is about to be sent (called before the backend sees it)."""
+    def record(self, results: JobResults, keys: list[str | None], backend: str,
+               followable: bool = True) -> None:
+        """A job is about to be sent (called before the backend sees it).
+
+        ``followable``: another client could follow the job after this one dies (a Slurm
+        job): its line is written now. Otherwise it is written by the writer thread."""
         job = results.job
-        try:
-            self._write({"t": "job", "job": job.id, "keys": keys, "marker": results.marker,
-                         "what": job.description, "time": time.time(), "backend": backend})
-        except OSError as exc:
-            logger.warning("cannot write the journal in %s: %s", self.dir, exc)
-            return
-        with self.lock:
-            self.open_jobs.add(job.id)
+        line = {"t": "job", "job": job.id, "keys": keys, "marker": results.marker,
+                "what": job.description, "time": time.time(), "backend": backend}
+        if followable:
+            try:
+                self._write(line)
+            except OSError as exc:
+                logger.warning("cannot write the journal in %s: %s", self.dir, exc)
+                return
+            with self.lock:
+                self.open_jobs.add(job.id)
+        else:
+            with self.lock:
+                self.open_jobs.add(job.id)
+                self._later(line)
         job.future.add_done_callback(lambda _: self.done(job.id))
 
     def sent(self, backend: Any, jobs: list[JobResults]) -> None:
@@ -191,15 +256,15 @@ class Journal:
     def done(self, job_id: str) -> None:
         """The job is over (its outcome delivered, or failed): nobody needs to take it over.
 
-        The line is written with the next one (or at exit): a client killed before that
-        leaves the job open, and its successor then warns about a call whose result it
-        finds in the cache anyway (only calls missing the cache consult the journal)."""
-        line = self._line({"t": "done", "job": job_id})
+        The line is written by the writer thread (or with the next line, or at exit): a
+        client killed before that leaves the job open, and its successor then warns about a
+        call whose result it finds in the cache anyway (only calls missing the cache consult
+        the journal)."""
         with self.lock:
             if job_id not in self.open_jobs:
                 return
             self.open_jobs.discard(job_id)
-            self.pending_done.append(line)
+            self._later(job_id)
 
     # -- reading the journals of clients that are gone ------------------------------------
 
@@ -214,8 +279,7 @@ class Journal:
         bad = 0
         for line in lines:
             mac, _, text = line.partition(b" ")
-            if not hmac.compare_digest(mac, hmac.new(key, text, hashlib.sha256)
-                                       .hexdigest().encode()):
+            if not hmac.compare_digest(mac, _mac(text, key).encode()):
                 bad += 1
                 continue
             rec = json.loads(text)
@@ -277,8 +341,7 @@ class Journal:
         except OSError:
             return None, None
         mac, _, text = first.rstrip(b"\n").partition(b" ")
-        if not hmac.compare_digest(mac, hmac.new(hmac_key(), text, hashlib.sha256)
-                                   .hexdigest().encode()):
+        if not hmac.compare_digest(mac, _mac(text).encode()):
             return None, None
         rec = json.loads(text)
         if rec.get("t") != "owner":
@@ -319,6 +382,8 @@ class Journal:
         if not keyed:
             return {}
         self._claim_gone()
+        if not self.orphans:  # the usual case, without the lock (a second look below)
+            return {}
         with self.lock:
             if not self.orphans:
                 return {}

@@ -24,6 +24,7 @@ from hog_executor import cache as _cache
 from hog_executor.errors import ConfigError
 
 APP = SCRIPTS / "hogtest_cache_app.py"
+STORE_APP = SCRIPTS / "hogtest_cache_store_app.py"
 
 
 def run_app(app: Path, root: Path, env_cache: str, log: Path, n: int = 3
@@ -61,6 +62,8 @@ def test_rerun_in_a_new_process_is_a_hit(app: Path, tmp_path: Path, cache_dir: s
     again, _ = run_app(app, root, cache_dir, log)
     assert again == {"values": [1, 3, 5], "cached": [True] * 3, "jobs": 0}
     assert runs(log) == 3  # nothing ran
+    # Clients that exit normally leave no journal: every job was done.
+    assert not list((root / "journal").glob("*.jsonl"))
     # Entries are private, and so is the key that authenticates them.
     for path in root.rglob("*"):
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -176,6 +179,25 @@ def test_failures_are_kept_only_when_asked(executor: HogExecutor, tmp_path: Path
     assert f.cached
 
 
+def test_a_call_seen_before_is_answered_from_memory(executor: HogExecutor,
+                                                    tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    ex = executor.options(cache=str(root))
+    first = ex.submit(basic.identity, [1, 2])
+    assert first.result() == [1, 2] and not first.cached
+    assert _cache.flush(60)
+    (entry,) = root.glob("??/*")
+    entry.unlink()
+    again = ex.submit(basic.identity, [1, 2])
+    assert again.result() == [1, 2] and again.cached  # remembered: no file read
+    again.result().append(3)  # each hit unpickles its own value
+    assert ex.submit(basic.identity, [1, 2]).result() == [1, 2]
+    _cache.forget()
+    fresh = ex.submit(basic.identity, [1, 2])
+    assert fresh.result() == [1, 2] and not fresh.cached  # the file is gone: it ran again
+    assert _cache.flush(60) and len(list(root.glob("??/*"))) == 1
+
+
 def test_a_shared_or_foreign_directory_is_refused(executor: HogExecutor,
                                                   tmp_path: Path) -> None:
     open_dir = tmp_path / "open"
@@ -245,3 +267,30 @@ def test_hog_results_list_show_prune(app: Path, tmp_path: Path, cache_dir: str,
     assert main(["results", "list", "--dir", str(root)]) == 0
     assert "0 result(s)" in capsys.readouterr().out
     monkeypatch.setattr(_cache, "_hmac_key", None)
+
+
+def test_a_large_argument_through_the_store_is_keyed_by_its_content(tmp_path: Path,
+                                                                    cache_dir: str) -> None:
+    """Its handle in the store is named at random; the key takes the stored bytes' digest."""
+    import hashlib
+
+    root, log = tmp_path / "results", tmp_path / "log"
+
+    def run(seed: str) -> dict:
+        proc = subprocess.run([sys.executable, str(STORE_APP), str(root), cache_dir, str(log),
+                               seed], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")})
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    expected = hashlib.sha256(b"a" * 300_000).hexdigest()
+    first = run("a")
+    assert first["value"] == expected and not first["cached"] and first["jobs"] == 1
+    assert first["stored"] and first["payload"] < 100_000  # the argument went to the store
+    again = run("a")  # a new process, a new store, a new random handle
+    assert again == {**first, "cached": True, "jobs": 0, "payload": 0}
+    assert runs(log) == 1
+    other = run("b")  # another large argument misses
+    assert other["value"] == hashlib.sha256(b"b" * 300_000).hexdigest()
+    assert not other["cached"] and other["jobs"] == 1
+    assert runs(log) == 2

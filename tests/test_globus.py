@@ -339,3 +339,41 @@ def test_timings_come_back_through_the_endpoint(make):
     f = make().submit(basic.add, 1, 2)
     assert f.result(timeout=120) == 3
     check(f.timings)  # the bundle says when it started: the end of the queue wait
+
+
+def test_results_cached_in_the_endpoint_store_serve_another_client(make, client, tmp_path,
+                                                                     caplog):
+    """Entries go into the endpoint's store too: a client with its own cache directory (another
+    laptop holding the same key) finds them there; a tampered one is refused and recomputed."""
+    from hog_executor import cache as _cache
+
+    store = tmp_path / "store"  # where the endpoint and its clients reach the store
+    first = make(cache=str(tmp_path / "laptop-a"), store=str(store))
+    f = first.submit(basic.square, 12)
+    assert f.result(timeout=120) == 144 and not f.cached
+    assert _cache.flush(60)
+    entries = [p for p in (store / _cache.SHARED_NAME).rglob("*") if p.is_file()]
+    assert len(entries) == 1
+    for path in [store / _cache.SHARED_NAME, *(store / _cache.SHARED_NAME).rglob("*")]:
+        mode = os.stat(path).st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o600), path
+    runs = len(client.batch_runs)
+
+    second = make(cache=str(tmp_path / "laptop-b"), store=str(store))
+    g = second.submit(basic.square, 12)
+    assert g.result(timeout=60) == 144 and g.cached
+    assert len(client.batch_runs) == runs  # nothing sent
+    # Copied into the second client's own directory on the way.
+    assert list((tmp_path / "laptop-b").glob("??/*"))
+
+    data = bytearray(entries[0].read_bytes())
+    data[-3] ^= 0xFF
+    entries[0].write_bytes(bytes(data))
+    third = make(cache=str(tmp_path / "laptop-c"), store=str(store))
+    with caplog.at_level("WARNING", logger="hog_executor.cache"):
+        h = third.submit(basic.square, 12)
+        assert h.result(timeout=120) == 144 and not h.cached
+    assert "refused" in caplog.text and "HMAC" in caplog.text
+    assert len(client.batch_runs) == runs + 1
+    # Another call (or no store) misses: the key still follows the arguments.
+    assert not third.submit(basic.square, 13).cached

@@ -378,3 +378,43 @@ def test_prefetched_arguments_are_read_once(tmp_path: Any) -> None:
         assert not store.files._prefetching and not store.files._prefetched
     finally:
         client.close()
+
+
+def test_a_redis_store_keeps_cache_entries_for_other_clients(redis_url: str, tmp_path: Any,
+                                                             caplog: Any) -> None:
+    """A Globus Compute endpoint's Redis store holds cache entries under keys named after the
+    call keys: another client finds them; a tampered one is refused (a miss)."""
+    import pickle
+    import types
+
+    import redis
+
+    from hog_executor import cache as _cache
+    from hog_executor.runner import OUTCOME_VALUE
+    from hog_executor.store import ClientStore, open_store
+
+    store = ClientStore(open_store(redis_url), explicit=True)
+    globus = types.SimpleNamespace(endpoint=types.SimpleNamespace(backend="globus"))
+    host, port = redis_url[len("redis://"):].split(":")
+    server = redis.Redis(host=host, port=int(port))
+    one, two = "a1" * 32, "b2" * 32
+    try:
+        laptop_a = _cache.make_result_cache(tmp_path / "a", False, globus, store)
+        assert isinstance(laptop_a.dirs[1], _cache.StoreEntries)
+        for key, value in ((one, 41), (two, 42)):
+            laptop_a.put(key, (OUTCOME_VALUE, pickle.dumps(value)), "f")
+        laptop_b = _cache.make_result_cache(tmp_path / "b", False, globus, store)
+        entry = laptop_b.get(one)
+        assert entry is not None and pickle.loads(entry.raw[1]) == 41
+        tampered = bytearray(server.get(f"hog-result-{two}") or b"")
+        tampered[-2] ^= 0xFF
+        server.set(f"hog-result-{two}", bytes(tampered))
+        with caplog.at_level("WARNING", logger="hog_executor.cache"):
+            assert laptop_b.get(two) is None
+        assert "HMAC" in caplog.text
+        # Without a store (or on another backend) entries stay on the client.
+        local = types.SimpleNamespace(endpoint=types.SimpleNamespace(backend="local"))
+        assert len(_cache.make_result_cache(tmp_path / "c", False, local, store).dirs) == 1
+    finally:
+        server.delete(f"hog-result-{one}", f"hog-result-{two}")
+        store.close()

@@ -46,21 +46,36 @@ class StoredRef:
     executor resolves it. Unpickling one imports nothing but `hog_executor.store` (standard
     library only).
 
+    A handle pickles as one bytes object (`wire`), so that the result cache can find it in
+    a call's pickled arguments and key the call by the stored bytes' digest instead.
+
     Attributes:
         connector: how to rebuild the store's connector (`ConnectorSpec`).
         raw: the connector's key (`RawKey`).
         size: the number of stored bytes.
+        digest: the SHA-256 of the stored bytes (hex), when the client computed it as it put
+            them (None: not known; it is not sent).
     """
 
-    __slots__ = ("connector", "raw", "size")
+    __slots__ = ("_wire", "connector", "digest", "raw", "size")
 
-    def __init__(self, connector: ConnectorSpec, raw: RawKey, size: int) -> None:
+    def __init__(self, connector: ConnectorSpec, raw: RawKey, size: int,
+                 digest: str | None = None) -> None:
         self.connector = connector
         self.raw = raw
         self.size = size
+        self.digest = digest
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        """What the handle pickles as: its connector, key and size, pickled."""
+        if self._wire is None:
+            self._wire = pickle.dumps((self.connector, self.raw, self.size), protocol=5)
+        return self._wire
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (StoredRef, (self.connector, self.raw, self.size))
+        return (_ref_from_wire, (self.wire,))
 
     def __repr__(self) -> str:
         kind = self.connector[0].rpartition(":")[2]
@@ -91,6 +106,14 @@ class StoredRef:
     def file_path(self) -> str | None:
         """The file holding the object, in a file store (None: another connector)."""
         return frame_store(self.connector).file_path(self.raw)
+
+
+def _ref_from_wire(wire: bytes) -> StoredRef:
+    """A handle from its `StoredRef.wire` bytes."""
+    connector, raw, size = pickle.loads(wire)
+    ref = StoredRef(connector, raw, size)
+    ref._wire = wire
+    return ref
 
 
 def _file_store_path(value: str) -> str:
@@ -202,6 +225,9 @@ class ClientStore:
         self._lock = threading.Lock()
         self._live: dict[str, RawKey] = {}  # ident -> key: everything put, not yet evicted
         self.closed = False
+        #: Hash what is put as it is written (set by the result cache, which keys calls by
+        #: the digests of their stored arguments).
+        self.digests = False
 
     @property
     def config_bytes(self) -> bytes:
@@ -212,7 +238,21 @@ class ClientStore:
         """Put a pickle and its out-of-band buffers into the store as one frame; return a
         handle (tracked until evicted)."""
         parts = frame_parts(meta, buffers)
-        return self.adopt(self._frames.put(parts), frame_size(parts))
+        ref = self.adopt(self._frames.put(parts), frame_size(parts))
+        if self.digests:
+            ref.digest = _sha256(parts)
+        return ref
+
+    def digest(self, ref: StoredRef) -> str:
+        """The SHA-256 (hex) of the bytes stored behind ``ref``: the one computed as they were
+        put, else read back from the store and remembered.
+
+        Raises:
+            KeyError: they are no longer in the store (evicted).
+        """
+        if ref.digest is None:
+            ref.digest = _sha256([self.get(ref)])
+        return ref.digest
 
     def adopt(self, raw: RawKey, size: int) -> StoredRef:
         """Track a frame a remote process put into the store; return its handle."""
@@ -266,6 +306,15 @@ class ClientStore:
             except Exception:
                 pass  # best effort: the directory goes below whether or not this worked
             shutil.rmtree(self.owned_dir, ignore_errors=True)
+
+
+def _sha256(parts: Sequence[Any]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
 
 
 def private_file_store() -> ClientStore:
