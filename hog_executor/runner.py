@@ -430,16 +430,22 @@ def request(start: int, payload: bytes) -> bytes:
     return message(struct.pack(_INDEX, start) + payload)
 
 
+def capped_output(fd: int, size: int, start: int = 0) -> bytes:
+    """The bytes ``start:size`` of the file ``fd`` as the client keeps them: all of them up to
+    `OUTPUT_CAP`, else a note of how many were dropped followed by the last `OUTPUT_CAP`.
+    Reads only what it keeps. Warm runners and one-shot bundles cap their output here."""
+    if size - start <= OUTPUT_CAP:
+        return os.pread(fd, size - start, start)
+    note = f"[hog: {size - start - OUTPUT_CAP:,} earlier bytes of this call's output dropped]\n"
+    return note.encode() + os.pread(fd, OUTPUT_CAP, size - OUTPUT_CAP)
+
+
 def _take(fd: int) -> bytes:
     """What was written to spool ``fd`` since the last take (its tail past `OUTPUT_CAP`)."""
     size = os.fstat(fd).st_size
     if not size:
         return b""
-    if size <= OUTPUT_CAP:
-        data = os.pread(fd, size, 0)
-    else:
-        note = f"[hog: {size - OUTPUT_CAP:,} earlier bytes of this call's output dropped]\n"
-        data = note.encode() + os.pread(fd, OUTPUT_CAP, size - OUTPUT_CAP)
+    data = capped_output(fd, size)
     os.ftruncate(fd, 0)
     return data
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -42,7 +43,8 @@ class LocalBackend(Backend):
     Cancelling a running job stops its whole session (SIGTERM, then SIGKILL after
     `KILL_GRACE` seconds), so nothing the call started is left behind. The private work
     directory is created at the first submit and removed at shutdown, or when the backend is
-    garbage-collected without one. At interpreter exit, queued jobs run to the end.
+    garbage-collected without one; removed meanwhile (a ``/tmp`` cleaner), it is created again
+    before the next bundle or runner starts. At interpreter exit, queued jobs run to the end.
     """
 
     drains_at_exit: ClassVar[bool] = True
@@ -85,11 +87,13 @@ class LocalBackend(Backend):
     def workdir(self) -> str:
         """The private directory holding bundles and call temp dirs (removed at shutdown).
 
-        Created on first use (the first submit).
+        Created on first use (the first submit), and again (``0700``) when it was removed
+        since.
 
         Raises:
-            BackendError: the directory cannot be created, or the backend was shut down
-                before it was.
+            BackendError: the directory cannot be created, the backend was shut down before
+                it was, or something else (not a private directory of this user) took its
+                place.
         """
         with self._lock:
             if self._workdir is None:
@@ -107,6 +111,8 @@ class LocalBackend(Backend):
                 self._cleanup.atexit = False  # the at-exit shutdown removes it, jobs done
                 self._env = {**os.environ, **same_machine_hints(), "HOG_WORK_DIR": workdir}
                 self._workdir = workdir
+            else:
+                _ensure_private_dir(self._workdir)
             return self._workdir
 
     def _remove_workdir(self) -> None:
@@ -271,3 +277,27 @@ class LocalBackend(Backend):
         for t in threads:
             t.join()
         self._remove_workdir()
+
+
+def _ensure_private_dir(path: str) -> None:
+    """Create the directory ``path`` (``0700``) again if it is gone; check that it is this
+    user's private directory.
+
+    Raises:
+        BackendError: it cannot be created, or something else is in its place.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.mkdir(path, 0o700)
+            return
+        except FileExistsError:  # created meanwhile: checked below
+            st = os.lstat(path)
+        except OSError as exc:
+            raise BackendError(f"the local backend's work directory {path} was removed and "
+                               f"cannot be created again: {exc}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise BackendError(f"the local backend's work directory {path} was replaced by "
+                           "something that is not a private directory of this user; it is "
+                           "not used")
