@@ -295,24 +295,26 @@ class HogExecutor(Executor):
                       runner_key=ctx.runner_key)
             jobs.append(JobResults(state, job, [futures[i] for i in chunk], marker, ctx.module,
                                    store, keep_stored, policy, resubmitter(chunk)))
+        if store is not None and again is None:
+            for f, refs in zip(futures, call_refs, strict=True):
+                if refs:
+                    f.add_done_callback(_evicter(store, refs))
         with state.submit_lock:
             state.check_open()
             state.track(jobs)
+            # Everything that resolves the calls is in place before the backend has the jobs:
+            # a Ctrl-C from now on cannot leave a call that nothing resolves.
+            sent = time.time()
+            for f in futures:
+                if f.timings is not None:
+                    f.timings.sent = sent
+            for results in jobs:
+                results.job.future.add_done_callback(results.finished)
             try:
                 state.backend.submit([j.job for j in jobs])
             except Exception:
                 state.forget(*jobs)
                 raise
-        sent = time.time()
-        for f in futures:
-            if f.timings is not None:
-                f.timings.sent = sent
-        if store is not None and again is None:
-            for f, refs in zip(futures, call_refs, strict=True):
-                if refs:
-                    f.add_done_callback(_evicter(store, refs))
-        for results in jobs:
-            results.job.future.add_done_callback(results.finished)
         return futures
 
     # -- dask -------------------------------------------------------------------------------

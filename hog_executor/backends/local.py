@@ -126,11 +126,9 @@ class LocalBackend(Backend):
             self.workdir  # noqa: B018 - created here, so errors reach the caller
             self._queue.extend(jobs)
             # A new slot for each queued job that no idle slot can take without replacing
-            # its runner, as far as max_workers allows.
+            # its runner, as far as max_workers allows (an idle runner takes one job).
             idle = [s for s in self._slots if s.job is None]
-            served = {s.key for s in idle}
-            unserved = sum(1 for j in self._queue if j.runner_key is None
-                           or j.runner_key not in served)
+            unserved = len(_unserved(self._queue, idle))
             spare = sum(1 for s in idle if s.key is None)
             wanted = min(self.workers, len(self._threads) + max(0, unserved - spare))
             while len(self._threads) < wanted:
@@ -154,14 +152,12 @@ class LocalBackend(Backend):
                     del queue[i]
                     return job
         idle = [s for s in self._slots if s.job is None]
-        served = {s.key for s in idle if s.key is not None}
-        for i, job in enumerate(queue):
-            if job.runner_key is not None and job.runner_key in served:
-                continue  # an idle runner of its key takes it
+        for i in _unserved(queue, idle):  # the others: an idle runner of their key takes them
             # An empty slot first, then the one idle longest (its runner is replaced).
             free = [s for s in idle if s.key is None or s.key not in
                     {j.runner_key for j in queue}]
             if free and min(free, key=lambda s: (s.key is not None, s.idle_since)) is slot:
+                job = queue[i]
                 del queue[i]
                 return job
             return None
@@ -277,6 +273,22 @@ class LocalBackend(Backend):
         for t in threads:
             t.join()
         self._remove_workdir()
+
+
+def _unserved(queue: Sequence[Job], idle: Sequence[WarmSlot]) -> list[int]:
+    """Indexes of the queued jobs that no idle runner of their key will take, each idle
+    runner taking the first queued job of its key that another has not taken."""
+    free: dict[str, int] = {}
+    for s in idle:
+        if s.key is not None:
+            free[s.key] = free.get(s.key, 0) + 1
+    unserved = []
+    for i, job in enumerate(queue):
+        if job.runner_key is not None and free.get(job.runner_key, 0) > 0:
+            free[job.runner_key] -= 1
+        else:
+            unserved.append(i)
+    return unserved
 
 
 def _ensure_private_dir(path: str) -> None:
