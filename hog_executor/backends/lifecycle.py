@@ -169,7 +169,7 @@ _live_work: list[Callable[[], tuple[int, int, int]]] = []
 _stopped_calls = [0, 0, 0]
 #: Set once the hook has taken an uncaught KeyboardInterrupt: the at-exit line is owed.
 _swallowed: list[bool] = []
-#: The ``sys.excepthook`` the hook chains to (None: not installed).
+#: The ``sys.excepthook`` the hook chains to (empty: the hook is not installed).
 _previous_hook: list[Callable[..., Any]] = []
 
 
@@ -191,8 +191,8 @@ def watch_interrupts(live_work: Callable[[], tuple[int, int, int]]) -> None:
     (`note_interrupted`), prints no traceback; at exit, once the work is stopped, one line
     says what was stopped, and the process still ends by SIGINT (status 130 in a shell). A
     second Ctrl-C then ends the process at once. Other exceptions, and a ``KeyboardInterrupt``
-    with no executor around, go to the previous hook. Code that catches the
-    ``KeyboardInterrupt`` sees it as always.
+    with no executor around or in an interactive session, go to the previous hook. Code
+    that catches the ``KeyboardInterrupt`` sees it as always.
     """
     with _lock:
         if live_work not in _live_work:
@@ -224,7 +224,9 @@ def _count_live() -> tuple[int, int, int]:
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
-    if issubclass(exc_type, KeyboardInterrupt) and (_stopped_calls[0] or _count_live()[0]):
+    # Not in an interactive session: there the interpreter goes on after the exception.
+    if issubclass(exc_type, KeyboardInterrupt) and not hasattr(sys, "ps1") and (
+            _stopped_calls[0] or _count_live()[0]):
         _swallowed.append(True)
         sigint_exits_at_once()
         return
