@@ -87,13 +87,11 @@ class LocalBackend(Backend):
     def workdir(self) -> str:
         """The private directory holding bundles and call temp dirs (removed at shutdown).
 
-        Created on first use (the first submit), and again (``0700``) when it was removed
-        since.
+        Created on first use (the first submit).
 
         Raises:
-            BackendError: the directory cannot be created, the backend was shut down before
-                it was, or something else (not a private directory of this user) took its
-                place.
+            BackendError: the directory cannot be created, or the backend was shut down
+                before it was.
         """
         with self._lock:
             if self._workdir is None:
@@ -111,9 +109,19 @@ class LocalBackend(Backend):
                 self._cleanup.atexit = False  # the at-exit shutdown removes it, jobs done
                 self._env = {**os.environ, **same_machine_hints(), "HOG_WORK_DIR": workdir}
                 self._workdir = workdir
-            else:
-                _ensure_private_dir(self._workdir)
             return self._workdir
+
+    def _ready_workdir(self) -> str:
+        """The work directory, created again (``0700``) if it was removed since: a bundle or
+        a runner starts in it now.
+
+        Raises:
+            BackendError: it cannot be created, or something else (not a private directory
+                of this user) took its place.
+        """
+        workdir = self.workdir
+        _ensure_private_dir(workdir)
+        return workdir
 
     def _remove_workdir(self) -> None:
         with self._lock:
@@ -123,7 +131,7 @@ class LocalBackend(Backend):
     def submit(self, jobs: Sequence[Job]) -> None:
         with self._lock:
             self._ensure_open()
-            self.workdir  # noqa: B018 - created here, so errors reach the caller
+            self._ready_workdir()  # created here, so errors reach the caller
             self._queue.extend(jobs)
             # A new slot for each queued job that no idle slot can take without replacing
             # its runner, as far as max_workers allows (an idle runner takes one job).
@@ -132,7 +140,7 @@ class LocalBackend(Backend):
             spare = sum(1 for s in idle if s.key is None)
             wanted = min(self.workers, len(self._threads) + max(0, unserved - spare))
             while len(self._threads) < wanted:
-                slot = WarmSlot(lambda: self.workdir, lambda: self._env, self._max_calls)
+                slot = WarmSlot(self._ready_workdir, lambda: self._env, self._max_calls)
                 t = threading.Thread(target=self._work, args=(slot,), daemon=True,
                                      name=f"hog-local-{len(self._threads)}")
                 self._threads.append(t)
@@ -228,7 +236,7 @@ class LocalBackend(Backend):
             return slot.run(job)
         slot.close()  # a one-shot bundle takes the slot's process
         rc, out, err = self._processes.run(
-            job.id, job.bundle, os.path.join(self.workdir, f"{job.id}.sh"), self._env,
+            job.id, job.bundle, os.path.join(self._ready_workdir(), f"{job.id}.sh"), self._env,
             on_start=job.on_start, die_with_parent=True,
         )
         return Output(rc, out, err)
