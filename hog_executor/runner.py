@@ -431,12 +431,12 @@ def request(start: int, payload: bytes) -> bytes:
 
 
 def capped_output(fd: int, size: int, start: int = 0) -> bytes:
-    """The bytes ``start:size`` of the file ``fd`` as the client keeps them: all of them up to
-    `OUTPUT_CAP`, else a note of how many were dropped followed by the last `OUTPUT_CAP`.
-    Reads only what it keeps. Warm runners and one-shot bundles cap their output here."""
-    if size - start <= OUTPUT_CAP:
-        return os.pread(fd, size - start, start)
-    note = f"[hog: {size - start - OUTPUT_CAP:,} earlier bytes of this call's output dropped]\n"
+    """Bytes ``start:size`` of ``fd`` as the client keeps them (one-shot bundles too): past
+    `OUTPUT_CAP`, a note of what was dropped and the tail."""
+    n = size - start
+    if n <= OUTPUT_CAP:
+        return os.pread(fd, n, start)
+    note = f"[hog: {n - OUTPUT_CAP:,} earlier bytes of this call's output dropped]\n"
     return note.encode() + os.pread(fd, OUTPUT_CAP, size - OUTPUT_CAP)
 
 
