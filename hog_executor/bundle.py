@@ -108,8 +108,8 @@ _PRELUDE = r"""set -o pipefail
 umask 077
 export HOG_JOB_STARTED="${HOG_JOB_STARTED:-${EPOCHREALTIME:-}}"  # the queue wait ends here
 hog_fail() { printf 'hog: %s\n' "$1" >&2; exit "$2"; }
-hog_tmp=$(mktemp -d "${HOG_WORK_DIR:-${TMPDIR:-/tmp}}/hog-call.XXXXXXXX") \
-  || hog_fail "cannot create a temporary directory" __SETUP__
+hog_tmp=$(mktemp -d "${HOG_WORK_DIR:-${TMPDIR:-/tmp}}/hog-call.XXXXXXXX" 2>&1) \
+  || hog_fail "cannot create a temporary directory ($hog_tmp)" __SETUP__
 trap 'rm -rf "$hog_tmp"' EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT

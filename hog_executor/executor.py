@@ -15,6 +15,7 @@ import pickle
 import secrets
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from . import dependencies as _dependencies
 from . import payload as _payload
 from .backends import Backend, Job, backend_class, backend_keys, backend_names
+from .backends.lifecycle import note_interrupted, sigint_exits_at_once, watch_interrupts
 from .chunks import chunk_size, payload_header, plan_chunks
 from .config import Endpoint, resolve_endpoint
 from .context import CallContext, Contexts, script_for
@@ -40,6 +42,9 @@ __all__ = ["HogExecutor", "HogFuture"]
 
 T = TypeVar("T")
 Calls = Sequence[tuple[Sequence[Any], dict[str, Any]]]
+
+#: The states of the executors alive in this process (for the line printed on Ctrl-C).
+_LIVE: weakref.WeakSet[ExecutorState] = weakref.WeakSet()
 
 
 class HogExecutor(Executor):
@@ -79,6 +84,8 @@ class HogExecutor(Executor):
         self._state = ExecutorState(backend, store=self._endpoint.values.get("store"),
                                     default_store=self._endpoint.backend == "local")
         self._contexts = Contexts(self._script, self._endpoint.values, backend)
+        _LIVE.add(self._state)
+        watch_interrupts(_live_work)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -290,24 +297,26 @@ class HogExecutor(Executor):
                       runner_key=ctx.runner_key)
             jobs.append(JobResults(state, job, [futures[i] for i in chunk], marker, ctx.module,
                                    store, keep_stored, policy, resubmitter(chunk), view=self))
+        if store is not None and again is None:
+            for f, refs in zip(futures, call_refs, strict=True):
+                if refs:
+                    f.add_done_callback(_evicter(store, refs))
         with state.submit_lock:
             state.check_open()
             state.track(jobs)
+            # Everything that resolves the calls is in place before the backend has the jobs:
+            # a Ctrl-C from now on cannot leave a call that nothing resolves.
+            sent = time.time()
+            for f in futures:
+                if f.timings is not None:
+                    f.timings.sent = sent
+            for results in jobs:
+                results.job.future.add_done_callback(results.finished)
             try:
                 state.backend.submit([j.job for j in jobs])
             except Exception:
                 state.forget(*jobs)
                 raise
-        sent = time.time()
-        for f in futures:
-            if f.timings is not None:
-                f.timings.sent = sent
-        if store is not None and again is None:
-            for f, refs in zip(futures, call_refs, strict=True):
-                if refs:
-                    f.add_done_callback(_evicter(store, refs))
-        for results in jobs:
-            results.job.future.add_done_callback(results.finished)
         return futures
 
     # -- dask -------------------------------------------------------------------------------
@@ -381,10 +390,23 @@ class HogExecutor(Executor):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: Any) -> Literal[False]:
         """Shut down, waiting for the calls; on Ctrl-C (``KeyboardInterrupt``) or
-        ``SystemExit``, stop them instead (pending ones cancelled, running ones stopped)."""
+        ``SystemExit``, stop them instead (pending ones cancelled, running ones stopped).
+
+        The exception goes on (a ``try``/``except`` around the block sees it); while the
+        calls are being stopped, a second Ctrl-C ends the process at once.
+        """
         interrupted = exc_type is not None and issubclass(exc_type,
                                                           (KeyboardInterrupt, SystemExit))
-        self.shutdown(wait=True, cancel_futures=interrupted, terminate=interrupted)
+        if not interrupted:
+            self.shutdown(wait=True)
+            return False
+        _, running, queued = _work_of(self._state)
+        restore = sigint_exits_at_once()
+        try:
+            self.shutdown(wait=True, cancel_futures=True, terminate=True)
+        finally:
+            restore()
+        note_interrupted(running, queued)
         return False
 
     def __repr__(self) -> str:
@@ -425,6 +447,29 @@ def swap_backend(ex: HogExecutor, backend: Backend) -> Backend:
     previous, ex._state.backend = ex._state.backend, backend
     ex._contexts.backend = backend
     return previous
+
+
+def _work_of(state: ExecutorState) -> tuple[int, int, int]:
+    """Of one executor: 1 if it is not shut down (else 0), its running calls, its queued
+    calls."""
+    running = queued = 0
+    for results in state.in_flight():
+        for f in list(results.futures):
+            if f.running():
+                running += 1
+            elif not f.done():
+                queued += 1
+    return (0 if state.shutdown else 1), running, queued
+
+
+def _live_work() -> tuple[int, int, int]:
+    """Live executors not shut down, and the running and queued calls of those."""
+    totals = [0, 0, 0]
+    for state in list(_LIVE):
+        if not state.shutdown:
+            for i, n in enumerate(_work_of(state)):
+                totals[i] += n
+    return totals[0], totals[1], totals[2]
 
 
 def _result_or_cancel(f: HogFuture[T], deadline: float | None) -> T:

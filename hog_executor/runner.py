@@ -430,16 +430,22 @@ def request(start: int, payload: bytes) -> bytes:
     return message(struct.pack(_INDEX, start) + payload)
 
 
+def capped_output(fd: int, size: int, start: int = 0) -> bytes:
+    """Bytes ``start:size`` of ``fd`` as the client keeps them (one-shot bundles too): past
+    `OUTPUT_CAP`, a note of what was dropped and the tail."""
+    n = size - start
+    if n <= OUTPUT_CAP:
+        return os.pread(fd, n, start)
+    note = f"[hog: {n - OUTPUT_CAP:,} earlier bytes of this call's output dropped]\n"
+    return note.encode() + os.pread(fd, OUTPUT_CAP, size - OUTPUT_CAP)
+
+
 def _take(fd: int) -> bytes:
     """What was written to spool ``fd`` since the last take (its tail past `OUTPUT_CAP`)."""
     size = os.fstat(fd).st_size
     if not size:
         return b""
-    if size <= OUTPUT_CAP:
-        data = os.pread(fd, size, 0)
-    else:
-        note = f"[hog: {size - OUTPUT_CAP:,} earlier bytes of this call's output dropped]\n"
-        data = note.encode() + os.pread(fd, OUTPUT_CAP, size - OUTPUT_CAP)
+    data = capped_output(fd, size)
     os.ftruncate(fd, 0)
     return data
 

@@ -152,3 +152,14 @@ def test_calls_queued_at_exit_run_and_their_store_is_removed(cache_dir, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["mark-0", "mark-1", "mark-2"]
     left = [p.name for p in tmp.iterdir() if not p.name.startswith("uv-")]  # uv's own locks
     assert left == []  # no store, work or call directory left
+
+
+def test_the_interrupt_line_says_what_was_stopped():
+    from hog_executor.backends.lifecycle import interrupt_message
+
+    assert interrupt_message("interrupted", 4, 0) == \
+        "hog-executor: interrupted; stopped 4 running calls"
+    assert interrupt_message("terminated by SIGTERM", 1, 1) == \
+        "hog-executor: terminated by SIGTERM; stopped 1 running call, cancelled 1 queued call"
+    assert interrupt_message("interrupted", 0, 0) == \
+        "hog-executor: interrupted; no call was running"

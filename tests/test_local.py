@@ -296,3 +296,13 @@ def test_submit_after_shutdown(cache_dir):
         ex.submit(basic.square, 1)
     with pytest.raises(RuntimeError):
         ex.options(walltime=3).submit(basic.square, 1)
+
+
+def test_a_map_behind_one_idle_runner_uses_every_worker(cache_dir):
+    import hogtest_warm as warm
+
+    with HogExecutor("local", max_workers=2, cache_dir=cache_dir) as ex:
+        first = ex.submit(warm.pid).result(timeout=300)  # one runner, idle now
+        # Two calls of its key at once: the idle runner takes one, a second runner the other.
+        pids = list(ex.map(warm.pid_after, [1.0, 1.0], chunksize=1))
+    assert len(set(pids)) == 2 and first in pids

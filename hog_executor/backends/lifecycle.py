@@ -8,12 +8,17 @@ At interpreter exit, every backend registered with `stop_at_exit` is shut down: 
 jobs run to the end when its class ``drains_at_exit``, and are cancelled otherwise. Callbacks
 given to `at_exit_after` run once their backend's at-exit shutdown is done (at exit, for a
 backend not registered), so that what the jobs still use, such as a store, outlives them.
+
+Ctrl-C and SIGTERM end a client with one line on stderr instead of a traceback (see
+`watch_interrupts`): ``hog-executor: interrupted; stopped 2 running calls, cancelled 2 queued
+calls``, printed at exit once the work is stopped.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -24,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from . import Backend, Output
 
-__all__ = ["at_exit_after", "mark_running", "resolve", "run_finalizer", "stop_at_exit"]
+__all__ = ["at_exit_after", "interrupt_message", "mark_running", "note_interrupted", "resolve",
+           "run_finalizer", "stop_at_exit", "watch_interrupts"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +140,6 @@ def _handle_sigterm() -> None:
 
 def interrupted() -> bool:
     """Whether the interpreter is ending because of Ctrl-C or SIGTERM."""
-    import sys
-
     last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
     return bool(_ending) or isinstance(last, KeyboardInterrupt)
 
@@ -154,6 +158,123 @@ def at_exit_after(backend: Backend, fn: Callable[[], object]) -> None:
             return fn
     with _lock:
         _after.setdefault(backend, []).append(ref)
+
+
+# -- Ctrl-C and SIGTERM: one line, not a traceback ---------------------------------------------
+
+#: What counts the work an at-exit shutdown would stop: live executors not shut down, their
+#: running calls, their queued calls (set by `watch_interrupts`).
+_live_work: list[Callable[[], tuple[int, int, int]]] = []
+#: Calls stopped by executors left through an interrupt: [exits, running, queued].
+_stopped_calls = [0, 0, 0]
+#: Set once the hook has taken an uncaught KeyboardInterrupt: the at-exit line is owed.
+_swallowed: list[bool] = []
+#: The ``sys.excepthook`` the hook chains to (empty: the hook is not installed).
+_previous_hook: list[Callable[..., Any]] = []
+
+
+def interrupt_message(reason: str, running: int, queued: int) -> str:
+    """The line a client ended by ``reason`` (``"interrupted"``) prints: what was stopped."""
+    def calls(n: int, what: str) -> str:
+        return f"{n} {what} {'call' if n == 1 else 'calls'}"
+
+    parts = ([f"stopped {calls(running, 'running')}"] if running else []) + (
+        [f"cancelled {calls(queued, 'queued')}"] if queued else [])
+    return f"hog-executor: {reason}; {', '.join(parts) if parts else 'no call was running'}"
+
+
+def watch_interrupts(live_work: Callable[[], tuple[int, int, int]]) -> None:
+    """Reduce an uncaught ``KeyboardInterrupt`` to one line while executors are live.
+
+    Installs (once) a ``sys.excepthook`` wrapper: an uncaught ``KeyboardInterrupt`` raised
+    while ``live_work()`` counts a live executor, or after one was left through an interrupt
+    (`note_interrupted`), prints no traceback; at exit, once the work is stopped, one line
+    says what was stopped, and the process still ends by SIGINT (status 130 in a shell). A
+    second Ctrl-C then ends the process at once. Other exceptions, and a ``KeyboardInterrupt``
+    with no executor around or in an interactive session, go to the previous hook. Code
+    that catches the ``KeyboardInterrupt`` sees it as always.
+    """
+    with _lock:
+        if live_work not in _live_work:
+            _live_work.append(live_work)
+        if not _previous_hook:
+            _previous_hook.append(sys.excepthook)
+            sys.excepthook = _excepthook
+
+
+def note_interrupted(running: int, queued: int) -> None:
+    """An executor left through an interrupt stopped ``running`` calls and cancelled ``queued``."""
+    with _lock:
+        _stopped_calls[0] += 1
+        _stopped_calls[1] += running
+        _stopped_calls[2] += queued
+
+
+def _count_live() -> tuple[int, int, int]:
+    with _lock:
+        counters = list(_live_work)
+    totals = [0, 0, 0]
+    for count in counters:
+        try:
+            for i, n in enumerate(count()):
+                totals[i] += n
+        except Exception:  # a count is only for the message
+            logger.debug("counting the live work failed", exc_info=True)
+    return totals[0], totals[1], totals[2]
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    # Not in an interactive session: there the interpreter goes on after the exception.
+    if issubclass(exc_type, KeyboardInterrupt) and not hasattr(sys, "ps1") and (
+            _stopped_calls[0] or _count_live()[0]):
+        _swallowed.append(True)
+        sigint_exits_at_once()
+        return
+    (_previous_hook[0] if _previous_hook else sys.__excepthook__)(exc_type, exc, tb)
+
+
+def sigint_exits_at_once() -> Callable[[], None]:
+    """Let a (further) Ctrl-C end the process at once (only from the main thread); returns
+    what puts the SIGINT handler back as it was."""
+    import signal
+
+    def keep() -> None:
+        return None
+
+    if threading.current_thread() is not threading.main_thread():
+        return keep
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # installed outside Python: cannot be put back
+            return keep
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except (ValueError, OSError):
+        return keep
+
+    def restore() -> None:
+        try:
+            signal.signal(signal.SIGINT, previous)
+        except (ValueError, OSError):
+            pass
+
+    return restore
+
+
+def _report_interrupt(live: tuple[int, int, int]) -> None:
+    """Print the one line for a client ended by Ctrl-C or SIGTERM, if one is owed."""
+    if _ending:
+        reason = "terminated by SIGTERM"
+    elif _swallowed:
+        reason = "interrupted"
+    else:
+        return
+    if not (_stopped_calls[0] or live[0]):
+        return
+    try:
+        print(interrupt_message(reason, _stopped_calls[1] + live[1], _stopped_calls[2] + live[2]),
+              file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed
+        pass
 
 
 def _shut_down(backend: Backend) -> None:
@@ -180,6 +301,7 @@ def _run_after(backend: Backend, refs: list[Callable[[], Callable[[], object] | 
 
 @atexit.register
 def _at_exit() -> None:  # pragma: no cover - runs at interpreter exit
+    live = _count_live() if interrupted() else (0, 0, 0)  # before it is stopped
     with _lock:
         backends = list(_stopped_at_exit)
         after = {b: list(refs) for b, refs in _after.items()}
@@ -188,6 +310,7 @@ def _at_exit() -> None:  # pragma: no cover - runs at interpreter exit
         _run_after(backend, after.pop(backend, []))
     for backend, refs in after.items():
         _run_after(backend, refs)
+    _report_interrupt(live)
 
 
 def run_finalizer(finalizer: weakref.finalize[Any, Any] | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -42,7 +43,8 @@ class LocalBackend(Backend):
     Cancelling a running job stops its whole session (SIGTERM, then SIGKILL after
     `KILL_GRACE` seconds), so nothing the call started is left behind. The private work
     directory is created at the first submit and removed at shutdown, or when the backend is
-    garbage-collected without one. At interpreter exit, queued jobs run to the end.
+    garbage-collected without one; removed meanwhile (a ``/tmp`` cleaner), it is created again
+    before the next bundle or runner starts. At interpreter exit, queued jobs run to the end.
     """
 
     drains_at_exit: ClassVar[bool] = True
@@ -109,6 +111,18 @@ class LocalBackend(Backend):
                 self._workdir = workdir
             return self._workdir
 
+    def _ready_workdir(self) -> str:
+        """The work directory, created again (``0700``) if it was removed since: a bundle or
+        a runner starts in it now.
+
+        Raises:
+            BackendError: it cannot be created, or something else (not a private directory
+                of this user) took its place.
+        """
+        workdir = self.workdir
+        _ensure_private_dir(workdir)
+        return workdir
+
     def _remove_workdir(self) -> None:
         with self._lock:
             cleanup = self._cleanup
@@ -117,18 +131,16 @@ class LocalBackend(Backend):
     def submit(self, jobs: Sequence[Job]) -> None:
         with self._lock:
             self._ensure_open()
-            self.workdir  # noqa: B018 - created here, so errors reach the caller
+            self._ready_workdir()  # created here, so errors reach the caller
             self._queue.extend(jobs)
             # A new slot for each queued job that no idle slot can take without replacing
-            # its runner, as far as max_workers allows.
+            # its runner, as far as max_workers allows (an idle runner takes one job).
             idle = [s for s in self._slots if s.job is None]
-            served = {s.key for s in idle}
-            unserved = sum(1 for j in self._queue if j.runner_key is None
-                           or j.runner_key not in served)
+            unserved = len(_unserved(self._queue, idle))
             spare = sum(1 for s in idle if s.key is None)
             wanted = min(self.workers, len(self._threads) + max(0, unserved - spare))
             while len(self._threads) < wanted:
-                slot = WarmSlot(lambda: self.workdir, lambda: self._env, self._max_calls)
+                slot = WarmSlot(self._ready_workdir, lambda: self._env, self._max_calls)
                 t = threading.Thread(target=self._work, args=(slot,), daemon=True,
                                      name=f"hog-local-{len(self._threads)}")
                 self._threads.append(t)
@@ -148,14 +160,12 @@ class LocalBackend(Backend):
                     del queue[i]
                     return job
         idle = [s for s in self._slots if s.job is None]
-        served = {s.key for s in idle if s.key is not None}
-        for i, job in enumerate(queue):
-            if job.runner_key is not None and job.runner_key in served:
-                continue  # an idle runner of its key takes it
+        for i in _unserved(queue, idle):  # the others: an idle runner of their key takes them
             # An empty slot first, then the one idle longest (its runner is replaced).
             free = [s for s in idle if s.key is None or s.key not in
                     {j.runner_key for j in queue}]
             if free and min(free, key=lambda s: (s.key is not None, s.idle_since)) is slot:
+                job = queue[i]
                 del queue[i]
                 return job
             return None
@@ -226,7 +236,7 @@ class LocalBackend(Backend):
             return slot.run(job)
         slot.close()  # a one-shot bundle takes the slot's process
         rc, out, err = self._processes.run(
-            job.id, job.bundle, os.path.join(self.workdir, f"{job.id}.sh"), self._env,
+            job.id, job.bundle, os.path.join(self._ready_workdir(), f"{job.id}.sh"), self._env,
             on_start=job.on_start, die_with_parent=True,
         )
         return Output(rc, out, err)
@@ -271,3 +281,43 @@ class LocalBackend(Backend):
         for t in threads:
             t.join()
         self._remove_workdir()
+
+
+def _unserved(queue: Sequence[Job], idle: Sequence[WarmSlot]) -> list[int]:
+    """Indexes of the queued jobs that no idle runner of their key will take, each idle
+    runner taking the first queued job of its key that another has not taken."""
+    free: dict[str, int] = {}
+    for s in idle:
+        if s.key is not None:
+            free[s.key] = free.get(s.key, 0) + 1
+    unserved = []
+    for i, job in enumerate(queue):
+        if job.runner_key is not None and free.get(job.runner_key, 0) > 0:
+            free[job.runner_key] -= 1
+        else:
+            unserved.append(i)
+    return unserved
+
+
+def _ensure_private_dir(path: str) -> None:
+    """Create the directory ``path`` (``0700``) again if it is gone; check that it is this
+    user's private directory.
+
+    Raises:
+        BackendError: it cannot be created, or something else is in its place.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.mkdir(path, 0o700)
+            return
+        except FileExistsError:  # created meanwhile: checked below
+            st = os.lstat(path)
+        except OSError as exc:
+            raise BackendError(f"the local backend's work directory {path} was removed and "
+                               f"cannot be created again: {exc}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise BackendError(f"the local backend's work directory {path} was replaced by "
+                           "something that is not a private directory of this user; it is "
+                           "not used")

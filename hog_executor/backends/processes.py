@@ -7,6 +7,7 @@ worker needs no hog-executor installation to run bundles and stop them.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -15,8 +16,11 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 
-__all__ = ["KILL_GRACE", "STOPPED_BEFORE_START", "BundleProcesses", "same_machine_hints",
-           "session_members", "signal_session", "stop_session", "uv_binary", "write_private"]
+from ..runner import OUTPUT_CAP, RESULT_BEGIN, capped_output
+
+__all__ = ["KILL_GRACE", "STOPPED_BEFORE_START", "BundleProcesses", "NoSpaceError",
+           "read_stdout", "same_machine_hints", "session_members", "signal_session",
+           "stop_session", "uv_binary", "write_private"]
 
 #: Seconds between SIGTERM and SIGKILL when a running bundle is stopped.
 KILL_GRACE = 3.0
@@ -28,11 +32,65 @@ STOPPED_BEFORE_START = (-signal.SIGTERM, b"", b"hog: stopped before start\n")
 MAX_REMEMBERED_STOPS = 10_000
 
 
+#: The errors of a write that found no room: a full file system, a quota, a file size limit.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class NoSpaceError(OSError):
+    """A bundle's file could not be written: its file system is full (or a quota or file
+    size limit was reached). The message names the directory and the space left in it."""
+
+
+def no_space(path: str, exc: OSError, size: int | None = None) -> NoSpaceError:
+    """The `NoSpaceError` for ``exc``, met while writing the file ``path`` (``size`` bytes)."""
+    directory = os.path.dirname(path) or "."
+    try:
+        free = f"{_human(shutil.disk_usage(directory).free)} free"
+    except OSError:
+        free = "free space unknown"
+    what = f" ({_human(size)})" if size is not None else ""
+    return NoSpaceError(exc.errno, f"no room in {directory} ({free}) to write "
+                        f"{os.path.basename(path)}{what}: {exc.strerror}")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def write_private(path: str, text: str) -> None:
-    """Create the file ``path`` (it must not exist), readable by this user only, with ``text``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.write(text)
+    """Create the file ``path`` (it must not exist), readable by this user only, with ``text``.
+
+    A file that could not be written whole is removed.
+
+    Raises:
+        NoSpaceError: its file system is full (the message names the directory and the
+            space left).
+        OSError: it exists already, or another error.
+    """
+    created = False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        created = True
+        with open(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+    except BaseException as exc:
+        if created:
+            _unlink(path)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            raise no_space(path, exc, len(text.encode("utf-8", "surrogateescape"))) from None
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:  # removed with its directory meanwhile
+        pass
 
 
 class BundleProcesses:
@@ -77,7 +135,13 @@ class BundleProcesses:
 
         Returns:
             ``(returncode, stdout, stderr)``; `STOPPED_BEFORE_START` when the job was stopped
-            before its process started.
+            before its process started. Each output is capped as a warm runner caps a
+            call's (see `read_stdout`); when the bundle's files were removed while it ran
+            (its directory deleted) and it failed, stderr ends with a line saying so.
+
+        Raises:
+            NoSpaceError: the bundle's file system is full (nothing is left in it).
+            OSError: the bundle's files cannot be created, or its process started.
         """
         cmd = ["bash", path]
         setpriv = shutil.which("setpriv") if die_with_parent else None
@@ -85,30 +149,31 @@ class BundleProcesses:
             cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
         # Output goes to files, not pipes: the result never waits for a process the call
         # left behind holding them (only for the bundle's own bash).
+        # They stay open here and are read through these descriptors: a bundle whose
+        # directory is removed while it runs (a /tmp cleaner) still has its output read.
         outputs = (path + ".out", path + ".err")
         written: list[str] = []
+        files: list[int] = []
         try:
             write_private(path, bundle)
             written.append(path)
-            files = []
             for name in outputs:
-                files.append(os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+                try:
+                    files.append(os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+                except OSError as exc:
+                    if exc.errno in NO_SPACE_ERRNOS:
+                        raise no_space(name, exc) from None
+                    raise
                 written.append(name)
             with self._lock:  # a stop is seen either before the start or after it
                 self._expected.discard(job_id)
                 if self._closed or job_id in self._stopped:
                     self._stopped.discard(job_id)
-                    for fd in files:
-                        os.close(fd)
                     return STOPPED_BEFORE_START
-                try:
-                    proc = subprocess.Popen(
-                        cmd, stdin=subprocess.DEVNULL, stdout=files[0], stderr=files[1],
-                        env=env, start_new_session=True,
-                    )
-                finally:
-                    for fd in files:
-                        os.close(fd)
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=files[0], stderr=files[1],
+                    env=env, start_new_session=True,
+                )
                 self._running[job_id] = proc
             try:
                 if on_start is not None:
@@ -119,14 +184,20 @@ class BundleProcesses:
                 raise
             if session_members(proc.pid):  # what the call left running ends with it
                 stop_session(proc.pid)
-            out, err = (_read(name) for name in outputs)
+            out = read_stdout(files[0])
+            err = capped_output(files[1], os.fstat(files[1]).st_size)
+            if proc.returncode != 0 and not os.path.exists(path):
+                err += (f"hog: the files of this bundle in {os.path.dirname(path)} were removed "
+                        "while it ran (was its directory deleted?)\n").encode()
             return proc.returncode, out, err
         finally:
             with self._lock:
                 self._expected.discard(job_id)
                 self._running.pop(job_id, None)
+            for fd in files:
+                os.close(fd)
             for name in written:
-                os.unlink(name)
+                _unlink(name)
 
     def stop(self, job_id: str, *, remember: bool = False) -> bool:
         """Stop the bundle of ``job_id``: its whole session (SIGTERM, then SIGKILL after
@@ -163,9 +234,38 @@ class BundleProcesses:
                 stop_session(proc.pid)
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def read_stdout(fd: int) -> bytes:
+    """A bundle's standard output from the file ``fd``, as the client keeps it.
+
+    The result frame (from the last frame line on) is kept whole; what was printed before it
+    is capped as each call's output on a warm runner is (`hog_executor.runner.capped_output`:
+    its last `OUTPUT_CAP` bytes after a note of what was dropped). Reads only what it keeps,
+    besides looking backwards for the frame.
+    """
+    size = os.fstat(fd).st_size
+    if size <= OUTPUT_CAP:
+        return os.pread(fd, size, 0)
+    frame = _rfind(fd, size, b"\n" + RESULT_BEGIN)
+    if frame < 0:
+        return capped_output(fd, size)
+    return capped_output(fd, frame) + os.pread(fd, size - frame, frame)
+
+
+#: Bytes read at a time when looking backwards through an output file.
+_SCAN_BLOCK = 1 << 20
+
+
+def _rfind(fd: int, size: int, needle: bytes) -> int:
+    """The offset of the last ``needle`` in the first ``size`` bytes of ``fd`` (-1: none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - _SCAN_BLOCK)
+        window = os.pread(fd, min(size, end + len(needle) - 1) - start, start)
+        found = window.rfind(needle)
+        if found >= 0:
+            return start + found
+        end = start
+    return -1
 
 
 def session_members(sid: int) -> list[int]:
