@@ -11,7 +11,6 @@ alone unless ``--all`` is given.
 from __future__ import annotations
 
 import argparse
-import subprocess
 from typing import TYPE_CHECKING
 
 from .common import CliError
@@ -57,15 +56,13 @@ def _table(chosen: list[tuple[HogJob, str]]) -> None:
 
 
 def _scancel(ids: list[str]) -> None:
+    from ..backends.slurm.clients import slurm_command
+
     for start in range(0, len(ids), SCANCEL_BATCH):
         try:
-            proc = subprocess.run(["scancel", *ids[start:start + SCANCEL_BATCH]],
-                                  capture_output=True, text=True, timeout=SCANCEL_TIMEOUT,
-                                  stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise CliError(f"scancel could not run: {exc}") from None
-        if proc.returncode != 0:
-            raise CliError(f"scancel failed: {(proc.stderr or proc.stdout).strip()}")
+            slurm_command(["scancel", *ids[start:start + SCANCEL_BATCH]], SCANCEL_TIMEOUT)
+        except RuntimeError as exc:
+            raise CliError(str(exc)) from None
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "parse_squeue_jobs",
     "parse_tag",
     "process_start",
+    "slurm_command",
 ]
 
 #: First word of the comment of every job hog-executor submits.
@@ -158,6 +159,23 @@ def parse_squeue_jobs(text: str) -> list[HogJob]:
     return jobs
 
 
+def slurm_command(words: list[str], timeout: float = QUERY_TIMEOUT,
+                  run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> str:
+    """Run a Slurm command (``squeue``, ``scancel``, ...); its standard output.
+
+    Raises:
+        RuntimeError: the command could not run or failed (with its message).
+    """
+    try:
+        proc = run(words, capture_output=True, text=True, timeout=timeout,
+                   stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"{words[0]} could not run: {exc}") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{words[0]} failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
 def hog_jobs(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
              ) -> list[HogJob]:
     """This user's jobs in the Slurm queue that hog-executor sent.
@@ -165,13 +183,6 @@ def hog_jobs(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.r
     Raises:
         RuntimeError: squeue could not run or failed.
     """
-    try:
-        proc = run(["squeue", "--noheader", f"--user={os.getuid()}",
-                    "--format=%F|%i|%j|%T|%k"],
-                   capture_output=True, text=True, timeout=QUERY_TIMEOUT,
-                   stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"squeue could not run: {exc}") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"squeue failed: {(proc.stderr or proc.stdout).strip()}")
-    return parse_squeue_jobs(proc.stdout)
+    return parse_squeue_jobs(slurm_command(
+        ["squeue", "--noheader", f"--user={os.getuid()}", "--format=%F|%i|%j|%T|%k"],
+        run=run))
