@@ -281,6 +281,7 @@ def pilots_main() -> None:
     started = time.perf_counter()
     with dask_jobqueue.SLURMCluster(cores=1, processes=1, memory="1GB", queue=PARTITION,
                                     python=sys.executable, walltime="00:30:00",
+                                    log_directory=str(bench / "pilot-logs"),
                                     scheduler_options={"dashboard_address": None}) as cluster, \
             distributed.Client(cluster) as client:
         cluster.scale(PILOT_WORKERS)
