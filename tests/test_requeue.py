@@ -258,3 +258,13 @@ def test_hog_cancel_cancels_the_jobs_of_a_killed_client_only(slurm, tmp_path, ca
                 client.send_signal(signal.SIGKILL)
                 client.wait(timeout=60)
         subprocess.run(["scancel", dead_id, live_id], capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_the_checkpoint_example_runs(cache_dir):
+    example = Path(__file__).resolve().parent.parent / "examples" / "checkpoint.py"
+    proc = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HOG_CACHE_DIR": cache_dir})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.strip()
+    assert out.startswith("counted to 150 in ") and out != "counted to 150 in 1 calls", out
