@@ -20,7 +20,8 @@ from conftest import SCRIPTS, wait_for
 ACTIVE = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED"
 
 CLIENT = """
-import sys, time
+import faulthandler, signal, sys, time
+faulthandler.register(signal.SIGUSR2, all_threads=True)  # the test's view of a hang
 sys.path.insert(0, {scripts!r})
 import hogtest_basic as basic
 from hog_executor import HogExecutor
@@ -63,6 +64,19 @@ def _start(tmp_path: Path, cache_dir: str, partition: str) -> tuple[subprocess.P
     return client, directory, job_ids
 
 
+def _exits(client: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Wait for ``client`` to exit; if it does not, fail with what each of its threads was
+    doing."""
+    try:
+        client.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(client.pid, signal.SIGUSR2)
+        wait_for(lambda: False, timeout=2)
+        client.kill()
+        _, stderr = client.communicate(timeout=30)
+        pytest.fail(f"the client did not exit within {timeout:g} s; its threads:\n{stderr}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stopped_client_cancels_its_jobs(slurm_cluster, tmp_path, cache_dir, sig):
@@ -70,10 +84,11 @@ def test_a_stopped_client_cancels_its_jobs(slurm_cluster, tmp_path, cache_dir, s
     try:
         assert os.path.exists(os.path.join(directory, "key"))
         os.kill(client.pid, sig)
-        client.wait(timeout=60)  # it does not wait for the 600 s jobs
+        _exits(client)  # it does not wait for the 600 s jobs
         assert client.returncode != 0
         assert wait_for(lambda: not _active(job_ids), timeout=60), _active(job_ids)
-        assert not os.path.exists(directory)  # the HMAC key and job files are gone
+        left = [str(p) for p in Path(directory).rglob("*")] if os.path.exists(directory) else []
+        assert not os.path.exists(directory), (left, client.stderr.read())  # key, job files
     finally:
         client.kill()
         subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30)

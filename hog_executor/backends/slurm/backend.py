@@ -282,6 +282,9 @@ class SlurmBackend(Backend):
         self._key = secrets.token_bytes(KEY_BYTES)
         self._dir: str | None = None
         self._cleanup: weakref.finalize[..., SlurmBackend] | None = None
+        # Held while the key and job directory are removed (by whichever thread saw the last
+        # job end): shutdown waits on it, so the process cannot exit half way through.
+        self._cleaning = threading.RLock()
         self._lock = threading.RLock()
         self._jobs: dict[str, _SlurmJob] = {}
         self._holds: dict[str, int] = {}  # result file -> dependent calls holding it
@@ -453,6 +456,8 @@ class SlurmBackend(Backend):
             logger.warning("Slurm jobs %s are still in the queue %.0f s after scancel",
                            ", ".join(self.slurm_ids()), CANCEL_WAIT)
         self._cleanup_if_idle()
+        with self._cleaning:  # a removal another thread started is over before we return
+            pass
 
     def array_size_limit(self) -> int:
         """Most tasks in one job array: ``max_array_size`` (default `ARRAY_LIMIT`), lowered
@@ -679,4 +684,8 @@ class SlurmBackend(Backend):
                 return
             self._dir = None
             cleanup, self._cleanup = self._cleanup, None
-        run_finalizer(cleanup)
+            self._cleaning.acquire()  # before the lock is released: shutdown sees it held
+        try:
+            run_finalizer(cleanup)
+        finally:
+            self._cleaning.release()
