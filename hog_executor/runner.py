@@ -163,6 +163,21 @@ def _import_script(path: str, by_value: bool) -> object:
     return module
 
 
+def _import_chunk_script(header: dict[str, Any], where: str) -> object:
+    """Import the script a chunk's ``header`` names (its file is in ``where``)."""
+    return _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
+
+
+def _load_chunk(header: dict[str, Any], body: bytes,
+                where: str) -> tuple[Any, list[Any], list[Any]]:
+    """The chunk's function, its calls and the rest of its body, once its script (if any)
+    is imported."""
+    if header.get("script"):
+        _import_chunk_script(header, where)
+    fn_bytes, items, *extra = pickle.loads(body)
+    return pickle.loads(fn_bytes), items, extra
+
+
 #: When this process got ready (the frame's or the ready message's timing record).
 _times: dict[str, Any] = {}
 
@@ -252,10 +267,7 @@ def run_calls(header: dict[str, Any], body: bytes, where: str,
         except Exception:
             pass
     try:
-        if header.get("script"):
-            _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
-        fn_bytes, items, *extra = pickle.loads(body)
-        fn = pickle.loads(fn_bytes)
+        fn, items, extra = _load_chunk(header, body, where)
     except Exception as exc:
         _runtime_failed(exc)
         failure = _error(exc)
@@ -640,7 +652,7 @@ def serve(argv: list[str]) -> int:
     header = json.loads(line)
     if header.get("script"):
         try:
-            _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
+            _import_chunk_script(header, where)
         except Exception:  # every call of every chunk reports it
             pass
     server.baseline = children()  # started by the import: they stay
@@ -801,10 +813,7 @@ def rank_main(argv: list[str]) -> int:
             view = view[os.write(fd, view):]
 
     try:
-        if header.get("script"):
-            _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
-        fn_bytes, items, *extra = pickle.loads(body)
-        fn = pickle.loads(fn_bytes)
+        fn, items, extra = _load_chunk(header, body, where)
     except Exception as exc:
         _runtime_failed(exc)  # an environment without cloudpickle: rebuilt next time
         failure = _rank_error(exc, rank, ranks)
@@ -877,7 +886,7 @@ def _gathered(values: list[bytes], header: dict[str, Any], where: str) -> list[o
     except Exception:
         if not header.get("script"):
             raise
-    _import_script(os.path.join(where, header["script"]), header.get("by_value", False))
+    _import_chunk_script(header, where)
     return [pickle.loads(v) for v in values]
 
 

@@ -12,7 +12,6 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import cloudpickle
 import hogtest_boxes as boxes
@@ -140,28 +139,10 @@ def test_nested_local_modules_of_the_script_travel_with_it(executor):
 
 
 def test_the_bundle_carries_the_scripts_local_modules(cache_dir):
-    from hog_executor.backends import Backend, Job
-
-    class Capture(Backend):
-        def __init__(self) -> None:
-            self.jobs: list[Job] = []
-
-        @property
-        def workers(self) -> int:
-            return 1
-
-        def submit(self, jobs: Any) -> None:
-            self.jobs.extend(jobs)
-
-        def cancel(self, job: Job) -> bool:
-            return job.future.cancel()
-
-        def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
-            for job in self.jobs:
-                job.future.cancel()
+    from hog_executor.backends.capture import CapturingBackend
 
     ex = HogExecutor("local", cache_dir=cache_dir)
-    capture = Capture()
+    capture = CapturingBackend()
     real = swap_backend(ex, capture)
     try:
         ex.submit(nested.run, 1)

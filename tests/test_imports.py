@@ -10,7 +10,6 @@ import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import hogtest_nested as nested
 import hogtest_undeclared as undeclared
@@ -19,7 +18,7 @@ import pytest
 import scipy
 
 from hog_executor import HogExecutor, MetadataError, imports
-from hog_executor.backends import Backend, Job
+from hog_executor.backends.capture import CapturingBackend
 from hog_executor.cli.app import main
 from hog_executor.errors import UndeclaredImportError
 from hog_executor.executor import swap_backend
@@ -28,34 +27,11 @@ from hog_executor.script import load_script
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 
-class Capture(Backend):
-    """Keeps the jobs it is given; runs nothing."""
-
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
-        self.submits = 0
-
-    @property
-    def workers(self) -> int:
-        return 1
-
-    def submit(self, jobs: Any) -> None:
-        self.submits += 1
-        self.jobs.extend(jobs)
-
-    def cancel(self, job: Job) -> bool:
-        return job.future.cancel()
-
-    def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
-        for job in self.jobs:
-            job.future.cancel()
-
-
 @pytest.fixture
-def captured(cache_dir: str) -> Iterator[tuple[HogExecutor, Capture]]:
+def captured(cache_dir: str) -> Iterator[tuple[HogExecutor, CapturingBackend]]:
     """A local executor whose jobs are captured instead of run."""
     ex = HogExecutor("local", cache_dir=cache_dir)
-    capture = Capture()
+    capture = CapturingBackend()
     real = swap_backend(ex, capture)
     yield ex, capture
     ex.shutdown(wait=True, cancel_futures=True)
@@ -164,7 +140,7 @@ def test_check_imports_false_lets_the_call_go(captured, cache_dir):
     ex.options(check_imports=False).submit(undeclared.version)
     assert capture.submits == 1
     other = HogExecutor("local", cache_dir=cache_dir, check_imports=False)
-    swap_backend(other, Capture()).shutdown(wait=True)
+    swap_backend(other, CapturingBackend()).shutdown(wait=True)
     other.submit(undeclared.version)
     other.shutdown(cancel_futures=True)
 

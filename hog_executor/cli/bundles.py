@@ -82,30 +82,11 @@ def render_bundle_for(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[
     Raises:
         ConfigError, SerializationError, PayloadTooLargeError: as a real submission would.
     """
-    from ..backends import Backend, Job
+    from ..backends.capture import CapturingBackend
     from ..executor import HogExecutor, swap_backend
 
-    class Capture(Backend):
-        def __init__(self, workers: int) -> None:
-            self.jobs: list[Job] = []
-            self._workers = workers
-
-        @property
-        def workers(self) -> int:
-            return self._workers
-
-        def submit(self, jobs: Sequence[Job]) -> None:
-            self.jobs.extend(jobs)
-
-        def cancel(self, job: Job) -> bool:
-            return job.future.cancel()
-
-        def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
-            for job in self.jobs:
-                job.future.cancel()
-
     ex = HogExecutor(endpoint, script=script, **config)
-    capture = Capture(ex.backend.workers)
+    capture = CapturingBackend(ex.backend.workers)
     real = swap_backend(ex, capture)
     try:
         ex.submit(fn, *args, **kwargs)
