@@ -96,6 +96,15 @@ SHARED_NAME = "hog-results"
 FUNCTION_KEYS = 1024
 
 _DIGEST = hashlib.sha256().digest_size
+
+try:  # the interpreter's own SHA-256: the same digests, and copied in a fraction of the
+    # time OpenSSL 3 takes (a key copies the prefix's hash once per call)
+    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # Python 3.12 and later
+    try:
+        from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+    except ImportError:  # pragma: no cover - an interpreter built without them
+        _sha256 = hashlib.sha256
 _HEADER = struct.Struct(">I")
 
 
@@ -950,9 +959,9 @@ def env_digest(env: EnvSpec, root: Path) -> str:
     return found
 
 
-def _key_prefix(fn_key: str, env: str, env_vars: dict[str, str]) -> hashlib._Hash:
-    """The hash of a call key's parts before the arguments (copied for each call)."""
-    h = hashlib.sha256(f"{CACHE_FORMAT}\0{__version__}\0{fn_key}\0{env}\0".encode())
+def _key_prefix(fn_key: str, env: str, env_vars: dict[str, str]) -> Any:
+    """The SHA-256 of a call key's parts before the arguments (copied for each call)."""
+    h = _sha256(f"{CACHE_FORMAT}\0{__version__}\0{fn_key}\0{env}\0".encode())
     h.update(json.dumps(env_vars, sort_keys=True).encode())
     h.update(b"\0")
     return h
@@ -962,7 +971,7 @@ def call_key(fn_key: str, env: str, env_vars: dict[str, str], item: bytes) -> st
     """The key of one call: the function's, the environment's, ``env`` and the arguments."""
     h = _key_prefix(fn_key, env, env_vars)
     h.update(item)
-    return h.hexdigest()
+    return str(h.hexdigest())
 
 
 #: What stands for an argument that went through a store, in the bytes a key hashes.
@@ -1013,54 +1022,103 @@ class explicit_keys:
         _explicit.reset(self.token)
 
 
-#: Per context: (the context, its environment digest, the hash of the key's parts before
-#: the arguments; None: its calls are not cached). A context is the same object for every
-#: call of a function through one executor view until its script changes.
-_ctx_prefix: dict[int, tuple[CallContext, str, Any]] = {}
+class _View:
+    """What `submit_cached` needs for the calls of one context through one backend and
+    store, worked out once (a context is the same object for every call of a function
+    through one executor view until its script changes): the cache, the environment digest,
+    the hash of the key's parts before the arguments (None: the calls are not cached), the
+    journal, the context without the cache settings (what is sent)."""
+
+    __slots__ = (
+        "backend",
+        "cache",
+        "ctx",
+        "describes",
+        "env",
+        "followable",
+        "journal",
+        "kind",
+        "plain",
+        "prefix",
+        "store",
+    )
+
+    def __init__(self, ex: HogExecutor, ctx: CallContext, store: ClientStore | None) -> None:
+        import dataclasses
+
+        from .journal import journal_for
+
+        values = ctx.values
+        backend = ex.backend
+        self.ctx, self.backend, self.store = ctx, backend, store
+        self.cache = result_cache(values["cache"], bool(values.get("cache_failures")),
+                                  backend, store)
+        root = self.cache.root
+        self.env = env_digest(ctx.spec.env, root)
+        try:
+            self.prefix: Any = _key_prefix(_context_function_key(ctx, frozenset()), self.env,
+                                           ctx.spec.env_vars)
+        except Unkeyable:
+            self.prefix = None
+        self.journal = journal_for(root)
+        self.plain = dataclasses.replace(ctx, values={
+            k: v for k, v in values.items() if k not in ("cache", "cache_failures")})
+        self.kind = ex.endpoint.backend
+        # Another client could follow its jobs (Slurm): they are journaled before they go.
+        self.followable = callable(getattr(backend, "attach", None))
+        # The backend has its own identity for a job to journal once it is sent.
+        self.describes = callable(getattr(backend, "job_record", None))
+
+    def keys(self, items: Sequence[bytes], call_refs: Sequence[Sequence[Any]],
+             store: ClientStore | None) -> list[str | None]:
+        """Each call's key (None: the call is not cached).
+
+        An argument that went through ``store`` counts by the digest of its stored bytes,
+        not by its handle (see `content_item`)."""
+        explicit = _explicit.get()
+        if explicit is not None and len(explicit) == len(items):
+            env, env_vars = self.env, self.ctx.spec.env_vars
+            return [None if c is None else content_call_key(c, env, env_vars)
+                    for c in explicit]
+        prefix = self.prefix
+        if prefix is None:
+            return [None] * len(items)
+        keys: list[str | None] = []
+        for item, refs in zip(items, call_refs, strict=True):
+            if refs:
+                found = content_item(item, refs, store)
+                if found is None:
+                    keys.append(None)
+                    continue
+                item = found
+            h = prefix.copy()
+            h.update(item)
+            keys.append(h.hexdigest())
+        return keys
 
 
-def _prefix_for(ctx: CallContext, root: Path) -> tuple[str, Any]:
-    found = _ctx_prefix.get(id(ctx))
-    if found is not None and found[0] is ctx:
-        return found[1], found[2]
-    env = env_digest(ctx.spec.env, root)
-    try:
-        prefix = _key_prefix(_context_function_key(ctx, frozenset()), env, ctx.spec.env_vars)
-    except Unkeyable:
-        prefix = None
-    if len(_ctx_prefix) > 1024:
-        _ctx_prefix.clear()
-    _ctx_prefix[id(ctx)] = (ctx, env, prefix)
-    return env, prefix
+_views: dict[tuple[int, int, int], _View] = {}
+
+
+def _view(ex: HogExecutor, ctx: CallContext, store: ClientStore | None) -> _View:
+    backend = ex.backend
+    found = _views.get((id(ctx), id(backend), id(store)))
+    if (found is not None and found.ctx is ctx and found.backend is backend
+            and found.store is store):
+        return found
+    made = _View(ex, ctx, store)
+    if len(_views) > 1024:
+        _views.clear()
+    _views[(id(ctx), id(backend), id(store))] = made
+    return made
 
 
 def context_keys(ex: HogExecutor, ctx: CallContext, items: Sequence[bytes],
-                 call_refs: Sequence[Sequence[Any]], root: Path,
-                 store: ClientStore | None = None) -> list[str | None]:
-    """Each call's key (None: the call is not cached).
-
-    An argument that went through ``store`` counts by the digest of its stored bytes, not by
-    its handle (see `content_item`).
-    """
-    env, prefix = _prefix_for(ctx, root)
-    explicit = _explicit.get()
-    if explicit is not None and len(explicit) == len(items):
-        env_vars = ctx.spec.env_vars
-        return [None if c is None else content_call_key(c, env, env_vars) for c in explicit]
-    if prefix is None:
-        return [None] * len(items)
-    keys: list[str | None] = []
-    for item, refs in zip(items, call_refs, strict=True):
-        if refs:
-            found = content_item(item, refs, store)
-            if found is None:
-                keys.append(None)
-                continue
-            item = found
-        h = prefix.copy()
-        h.update(item)
-        keys.append(h.hexdigest())
-    return keys
+                 call_refs: Sequence[Sequence[Any]], store: ClientStore | None = None
+                 ) -> list[str | None]:
+    """Each call's key through executor ``ex`` (None: the call is not cached); see
+    `_View.keys`."""
+    return _view(ex, ctx, store).keys(items, call_refs, store)
 
 
 # -- submission --------------------------------------------------------------------------------
@@ -1068,11 +1126,14 @@ def context_keys(ex: HogExecutor, ctx: CallContext, items: Sequence[bytes],
 class Sending:
     """The cache's view of one submission: the keys of the calls sent, in order.
 
-    Registered (`hog_executor.results.NEW_JOB_HOOK`) while the executor builds the jobs, it
+    Called by the executor for each job it builds (``on_job``), before any is sent, it
     gives each job's results the keys of its calls (`on_job`), so that outcomes are stored
     as they arrive, and records the job in the journal: before it is sent when another
-    client could follow it (``followable``: a Slurm job), else by the writer thread.
+    client could follow it (``followable``: a Slurm job), else by the writer thread
+    (`_journal_later`).
     """
+
+    __slots__ = ("backend", "cache", "cursor", "followable", "jobs", "journal", "keys", "what")
 
     def __init__(self, cache: ResultCache, keys: list[str | None], what: str,
                  journal: Any, backend: str = "", followable: bool = True) -> None:
@@ -1087,40 +1148,88 @@ class Sending:
 
     def on_job(self, results: JobResults) -> None:
         n = len(results.futures)
-        keys = self.keys[self.cursor:self.cursor + n]
-        self.cursor += n
+        cursor = self.cursor
+        keys = self.keys if cursor == 0 and n == len(self.keys) else \
+            self.keys[cursor:cursor + n]
+        self.cursor = cursor + n
         if len(keys) != n:  # the executor packed calls otherwise: store nothing
             return
         attach_outcomes(results, keys, self.cache, self.what)
         self.jobs.append(results)
-        if self.journal is not None:
-            self.journal.record(results, keys, self.backend, self.followable)
+        if self.journal is None:
+            return
+        if self.followable:
+            self.journal.record(results, keys, self.backend, True)
+        else:
+            _journal_later(self.journal, results, keys, self.backend)
+
+
+#: Jobs to be journaled by the writer thread: (journal, results, keys, backend).
+_unjournaled: list[tuple[Any, JobResults, Sequence[str | None], str]] = []
+_journal_scheduled = False
+
+
+def _journal_later(journal: Any, results: JobResults, keys: Sequence[str | None],
+                   backend: str) -> None:
+    """Have the writer thread journal a job that no other client could follow (it dies with
+    this one): a job over by then needs no line at all, and the submitting thread pays one
+    list append."""
+    global _journal_scheduled
+    _unjournaled.append((journal, results, keys, backend))
+    if not _journal_scheduled:
+        _journal_scheduled = True
+        later(_journal_batch)
+
+
+def _journal_batch() -> None:
+    """Journal the jobs handed to `_journal_later` that are still running (the writer
+    thread)."""
+    global _journal_scheduled
+    _journal_scheduled = False  # first: a job handed over from now on schedules another
+    batch = _unjournaled[:]
+    del _unjournaled[:len(batch)]
+    for journal, results, keys, backend in batch:
+        if not results.job.future.done():
+            try:
+                journal.record(results, list(keys), backend, False)
+            except Exception as exc:  # the call runs all the same
+                logger.warning("cannot journal %s: %s", results.job.description, exc)
+
+
+class _Outcomes:
+    """``JobResults.on_outcome`` of a job whose calls are cached: stages each call's outcome
+    under its key (see `attach_outcomes`)."""
+
+    __slots__ = ("cache", "keys", "results", "what")
+
+    def __init__(self, keys: Sequence[str | None], cache: ResultCache, what: str,
+                 results: JobResults) -> None:
+        self.keys, self.cache, self.what, self.results = keys, cache, what, results
+
+    def __call__(self, index: int, raw: tuple[Any, ...], outcome: Outcome) -> None:
+        key = self.keys[index]
+        if key is None or (not outcome.ok and raw[0] != OUTCOME_ERROR):
+            return  # not cached, or the client could not decode the value
+        try:
+            if raw[0] == OUTCOME_STORED:
+                raw = (OUTCOME_VALUE, _stored_bytes(outcome.value, self.results))
+            self.cache.stage(key, raw, self.what)
+        except Exception as exc:  # the call's outcome is delivered all the same
+            logger.warning("cannot store the result of %s: %s", self.what, exc)
 
 
 def attach_outcomes(results: JobResults, keys: Sequence[str | None], cache: ResultCache,
                     what: str) -> None:
-    """Store each call's outcome of ``results`` under its key as it arrives.
+    """Store each call's outcome of ``results`` under its key (one per call, None: not
+    cached) as it arrives.
 
     The outcome is taken before the call's future is settled (a value that came through the
     store is pickled then, before the caller can change it); its entry is written by the
     writer thread (`ResultCache.stage`).
     """
-    by_future = {id(f): k for f, k in zip(results.futures, keys, strict=True) if k is not None}
-    if not by_future:
-        return
-
-    def on_outcome(f: HogFuture[Any], raw: tuple[Any, ...], outcome: Outcome) -> None:
-        key = by_future.get(id(f))
-        if key is None or (not outcome.ok and raw[0] != OUTCOME_ERROR):
-            return  # not cached, or the client could not decode the value
-        try:
-            if raw[0] == OUTCOME_STORED:
-                raw = (OUTCOME_VALUE, _stored_bytes(outcome.value, results))
-            cache.stage(key, raw, what)
-        except Exception as exc:  # the call's outcome is delivered all the same
-            logger.warning("cannot store the result of %s: %s", what, exc)
-
-    results.on_outcome = on_outcome
+    if len(keys) != len(results.futures):
+        raise ValueError(f"{len(keys)} keys for {len(results.futures)} calls")
+    results.on_outcome = _Outcomes(keys, cache, what, results)
 
 
 def _stored_bytes(value: Any, results: JobResults) -> bytes:
@@ -1148,53 +1257,22 @@ def _hit_future(entry: CacheEntry, ctx: CallContext, submitted: float) -> HogFut
     return f
 
 
-#: The context of each cached context without the cache keys (what is sent).
-_plain: dict[int, tuple[CallContext, CallContext]] = {}
-
-
-def _plain_context(ctx: CallContext) -> CallContext:
-    found = _plain.get(id(ctx))
-    if found is not None and found[0] is ctx:
-        return found[1]
-    import dataclasses
-
-    plain = dataclasses.replace(ctx, values={k: v for k, v in ctx.values.items()
-                                             if k not in ("cache", "cache_failures")})
-    if len(_plain) > 256:
-        _plain.clear()
-    _plain[id(ctx)] = (ctx, plain)
-    return plain
-
-
-#: Per cache root: its journal and the results module's new-job hook (imported once).
-_sending: dict[str, tuple[Any, contextvars.ContextVar[Any]]] = {}
-
-
-def _sending_parts(root: Path) -> tuple[Any, contextvars.ContextVar[Any]]:
-    found = _sending.get(str(root))
-    if found is None:
-        from .journal import journal_for
-        from .results import NEW_JOB_HOOK
-
-        found = _sending[str(root)] = (journal_for(root), NEW_JOB_HOOK)
-    return found
-
-
 def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
                   call_refs: list[list[Any]], chunksize: int | None, store: ClientStore | None,
                   threshold: int, keep_stored: bool, optional: bool,
                   submitted: float) -> list[HogFuture[Any]]:
     """`HogExecutor._submit_items` with the cache on: hits resolve at once, calls a previous
     client sent are taken over (see `hog_executor.journal`), the others are sent."""
-    values = ctx.values
-    cache = result_cache(values["cache"], bool(values.get("cache_failures")), ex.backend, store)
+    view = _view(ex, ctx, store)
+    cache = view.cache
     if store is not None:
         store.digests = True  # arguments put from now on are hashed as they are written
-    keys = context_keys(ex, ctx, items, call_refs, cache.root, store)
+    keys = view.keys(items, call_refs, store)
     futures: list[HogFuture[Any] | None] = [None] * len(items)
     misses: list[int] = []
+    get = cache.get
     for i, key in enumerate(keys):
-        entry = cache.get(key) if key is not None else None
+        entry = get(key) if key is not None else None
         if entry is None:
             misses.append(i)
         else:
@@ -1203,7 +1281,7 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
         _evict_unsent(store, call_refs, misses)
     if not misses:
         return futures  # type: ignore[return-value]
-    journal, hook = _sending_parts(cache.root)
+    journal = view.journal
     keyed = {i: key for i in misses if (key := keys[i]) is not None}
     adopted = journal.adopt(ex, ctx, keyed, cache, submitted) if keyed else {}
     for i, f in adopted.items():
@@ -1212,16 +1290,17 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
     if adopted and store is not None:
         _evict_unsent(store, call_refs, rest)
     if rest:
-        sending = Sending(cache, [keys[i] for i in rest], ctx.description, journal,
-                          ex.endpoint.backend, callable(getattr(ex.backend, "attach", None)))
-        token = hook.set(sending.on_job)
-        try:
-            sent = ex._submit_items(_plain_context(ctx), [items[i] for i in rest],
-                                    [call_refs[i] for i in rest], chunksize, store, threshold,
-                                    keep_stored, optional, submitted)
-        finally:
-            hook.reset(token)
-        journal.sent(ex.backend, sending.jobs)
+        whole = len(rest) == len(items)
+        sending = Sending(cache, keys if whole else [keys[i] for i in rest], ctx.description,
+                          journal, view.kind, view.followable)
+        sent = ex._submit_items(view.plain, items if whole else [items[i] for i in rest],
+                                call_refs if whole else [call_refs[i] for i in rest],
+                                chunksize, store, threshold, keep_stored, optional, submitted,
+                                on_job=sending.on_job)
+        if view.describes:
+            journal.sent(ex.backend, sending.jobs)
+        if whole:
+            return sent
         for i, f in zip(rest, sent, strict=True):
             futures[i] = f
     return futures  # type: ignore[return-value]

@@ -21,6 +21,7 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from . import cache as _cache
 from . import dependencies as _dependencies
 from . import payload as _payload
 from .backends import Backend, Job, backend_class, backend_keys, backend_names
@@ -245,13 +246,14 @@ class HogExecutor(Executor):
     def _submit_items(self, ctx: CallContext, items: list[bytes], call_refs: list[list[Any]],
                       chunksize: int | None, store: ClientStore | None, threshold: int,
                       keep_stored: bool, optional: bool, submitted: float,
-                      again: list[HogFuture[Any]] | None = None) -> list[HogFuture[Any]]:
+                      again: list[HogFuture[Any]] | None = None,
+                      on_job: Callable[[JobResults], None] | None = None
+                      ) -> list[HogFuture[Any]]:
         """Pack pickled calls into jobs and submit them; ``again``: the futures of calls that
-        run again (retries), instead of new ones."""
+        run again (retries), instead of new ones; ``on_job``: called with each job's results
+        before any job is sent (the result cache gives them their calls' keys)."""
         if again is None and ctx.values.get("cache"):  # hits resolve at once (cache.py)
-            from .cache import submit_cached
-
-            return submit_cached(self, ctx, items, call_refs, chunksize, store, threshold,
+            return _cache.submit_cached(self, ctx, items, call_refs, chunksize, store, threshold,
                                  keep_stored, optional, submitted)
         state = self._state
         size = chunksize or chunk_size(len(items), state.backend.workers)
@@ -297,6 +299,9 @@ class HogExecutor(Executor):
                       runner_key=ctx.runner_key)
             jobs.append(JobResults(state, job, [futures[i] for i in chunk], marker, ctx.module,
                                    store, keep_stored, policy, resubmitter(chunk), view=self))
+        if on_job is not None:
+            for results in jobs:
+                on_job(results)
         if store is not None and again is None:
             for f, refs in zip(futures, call_refs, strict=True):
                 if refs:

@@ -9,7 +9,6 @@ becomes one error for all its calls, classified by `process_error`.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import pickle
 import signal
@@ -40,11 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: Lines of stderr quoted in process errors.
 STDERR_TAIL_LINES = 25
-
-#: Called with each new `JobResults` while set (the result cache registers its calls' keys).
-NEW_JOB_HOOK: contextvars.ContextVar[Callable[[JobResults], None] | None] = (
-    contextvars.ContextVar("hog_new_job_hook", default=None))
-
 
 def process_error(output: Output, where: str, walltime: float | None,
                   stdout: str, stderr: str) -> RemoteProcessError:
@@ -126,11 +120,12 @@ class JobResults:
         view: the executor view the calls came through: a call that asks for a continuation
             (`hog_executor.checkpoint.Continue`) continues through it (None: it cannot).
         continued: continuations before this job's calls (a chain's length so far).
-        on_outcome: called with each call's future, raw outcome and decoded `Outcome`
-            before the future is settled (the result cache stores them); None: nothing.
+        on_outcome: called with each call's index in the job, raw outcome and decoded
+            `Outcome` before its future is settled (the result cache stores them); None:
+            nothing.
     """
 
-    on_outcome: Callable[[HogFuture[Any], tuple[Any, ...], _payload.Outcome], None] | None = None
+    on_outcome: Callable[[int, tuple[Any, ...], _payload.Outcome], None] | None = None
 
     def __init__(self, state: ExecutorState, job: Job, futures: list[HogFuture[Any]],
                  marker: str, module: types.ModuleType | None,
@@ -159,9 +154,6 @@ class JobResults:
         job.on_start = self.started
         job.on_task_id = self.task_id_assigned
         job.on_call = self.call_finished
-        hook = NEW_JOB_HOOK.get()
-        if hook is not None:
-            hook(self)
 
     @property
     def where(self) -> str:
@@ -260,7 +252,7 @@ class JobResults:
             continue_call(self.view, self.futures[index], cont, self.continued, self.where)
             return
         if self.on_outcome is not None:
-            self.on_outcome(self.futures[index], raw, outcome)
+            self.on_outcome(index, raw, outcome)
         if outcome.ok:
             settle(self.futures[index], result=outcome.value)
         else:

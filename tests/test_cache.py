@@ -119,7 +119,7 @@ def _keys(ex: HogExecutor, fn, *args) -> str | None:
 
     ctx = ex._contexts.get(fn)
     item = payload.dumps_call(args, {}, ctx.module)
-    return _cache.context_keys(ex, ctx, [item], [[]], _cache.default_root())[0]
+    return _cache.context_keys(ex, ctx, [item], [[]])[0]
 
 
 def test_a_pinned_dependency_is_part_of_the_key(tmp_path: Path, monkeypatch) -> None:
