@@ -45,6 +45,8 @@ GOAL_MAP = 2.0
 GOAL_MISS = 1.1
 WORKERS = 2
 MAP_CALLS = 10_000
+#: Misses (and as many calls without a cache) timed per round.
+MISS_CALLS = 100
 
 
 def _rotated(steps: list[Callable[[], None]], i: int) -> None:
@@ -112,7 +114,7 @@ def main() -> None:
                     loads.append(time.perf_counter() - start)
 
                 _rotated([seen, first, baseline], i)
-            for k in range(20):
+            for k in range(MISS_CALLS):
                 fresh += 1
 
                 def cached_miss(n: int = fresh) -> None:

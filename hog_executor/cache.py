@@ -382,7 +382,7 @@ class ResultDir:
 
     def load(self, call: str) -> bytes | None:
         """The bytes of the entry file of ``call``, not authenticated (None: none)."""
-        name = self._name(call)
+        name = f"{self._prefix}{call[:2]}{os.sep}{call}"
         if not os.access(name, os.F_OK):  # a miss raises nothing: cheaper than catching
             return None
         try:
@@ -527,13 +527,13 @@ class ResultCache:
         if raw is not None:
             return CacheEntry(call, raw, 0, first.name(call), b"{}") if (
                 raw[0] != OUTCOME_ERROR or self.failures) else None
-        for at, d in enumerate(self.dirs):
+        for d in self.dirs:
             data = d.load(call)
             if data is None:
                 continue
             entry = checked(call, data, d.name(call))
             if entry is not None and (entry.ok or self.failures):
-                if at:
+                if d is not first:
                     try:
                         first.put(call, data)
                     except OSError as exc:
@@ -1083,6 +1083,10 @@ class _View:
         prefix = self.prefix
         if prefix is None:
             return [None] * len(items)
+        if len(items) == 1 and not call_refs[0]:  # one call, arguments inline: the usual
+            h = prefix.copy()
+            h.update(items[0])
+            return [str(h.hexdigest())]
         keys: list[str | None] = []
         for item, refs in zip(items, call_refs, strict=True):
             if refs:
