@@ -1158,7 +1158,7 @@ class Sending:
         self.cursor = cursor + n
         if len(keys) != n:  # the executor packed calls otherwise: store nothing
             return
-        attach_outcomes(results, keys, self.cache, self.what)
+        results.on_outcome = _Outcomes(keys, self.cache, self.what, results)
         self.jobs.append(results)
         if self.journal is None:
             return
