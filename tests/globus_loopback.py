@@ -206,6 +206,9 @@ class LoopbackService:
         self._functions: dict[str, str] = {}
         self._groups: dict[str, list[str]] = {}
         self._results: dict[str, bytes | None] = {}  # None: not finished
+        self._accepting = threading.Event()
+        self._accepting.set()
+        self._held = 0
 
     def register_function(self, function_code: str) -> str:
         fn_id = str(uuid.uuid4())
@@ -215,7 +218,11 @@ class LoopbackService:
 
     def batch_run(self, endpoint_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """Run the tasks of a batch (``Batch.prepare()``) in its task group, a new one when
-        it names none; the response the SDK reads."""
+        it names none; the response the SDK reads. Waits while batches are held."""
+        if not self._accepting.is_set():
+            with self._lock:
+                self._held += sum(len(payloads) for payloads in data["tasks"].values())
+            self._accepting.wait()
         group = str(data.get("task_group_id") or uuid.uuid4())
         tasks: dict[str, list[str]] = {}
         for fn_id, payloads in data["tasks"].items():
@@ -234,6 +241,19 @@ class LoopbackService:
             self.batches.append(sum(len(ids) for ids in tasks.values()))
         return {"tasks": tasks, "task_group_id": group, "request_id": str(uuid.uuid4()),
                 "endpoint_id": str(endpoint_id)}
+
+    def hold_batches(self, hold: bool = True) -> None:
+        """Have ``batch_run`` wait (True) until called with False: a client sending a batch
+        has no task id until then."""
+        if hold:
+            self._accepting.clear()
+        else:
+            self._accepting.set()
+
+    def held(self) -> int:
+        """How many tasks the held batches carry."""
+        with self._lock:
+            return self._held
 
     def _finished(self, task_id: str, packed: bytes) -> None:
         with self._lock:

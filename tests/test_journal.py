@@ -229,7 +229,6 @@ class _GlobusApp:
         return [3 * i for i in range(self.n)]
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_new_client_follows_the_globus_tasks_of_a_killed_one(
         tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]) -> None:
@@ -258,7 +257,6 @@ def test_a_new_client_follows_the_globus_tasks_of_a_killed_one(
     assert FOLLOWING not in stderr
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_globus_tasks_that_finished_while_no_client_watched_are_collected(
         tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]) -> None:
@@ -274,7 +272,6 @@ def test_globus_tasks_that_finished_while_no_client_watched_are_collected(
     assert service.batch_count() == batches, "the new client sent tasks"
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_globus_task_the_service_no_longer_knows_is_lost_and_runs_again(
         tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]) -> None:
@@ -290,3 +287,99 @@ def test_a_globus_task_the_service_no_longer_knows_is_lost_and_runs_again(
     assert stderr.count("lost with that client") == 2, stderr
     assert "does not list task" in stderr and f"process {first} " in stderr
     assert sum(service.batches[sent:]) == 2  # only the lost calls ran again
+
+
+@pytest.mark.timeout(600)
+def test_a_globus_job_whose_client_died_before_its_task_id_came_is_lost_and_runs_again(
+        tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]) -> None:
+    service, service_env = globus_service
+    app = _GlobusApp(tmp_path, cache_dir, service_env, 3)
+    app.gate.unlink()
+    service.hold_batches()
+    try:
+        proc, err = app.start()  # its jobs are journaled before they are sent
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "submitted", err.read_text()
+            assert wait_for(lambda: service.held() == 3, timeout=120)  # sent, no answer
+        finally:
+            _kill(proc)
+    finally:
+        service.hold_batches(False)  # the batch the client sent still runs
+    values, stderr = app.run()
+    assert values == app.expected
+    assert stderr.count("it died before Globus Compute assigned its task id") == 3, stderr
+    assert FOLLOWING not in stderr
+    assert wait_for(lambda: sum(service.batches) == 6, timeout=120)
+
+
+def _attachable() -> Any:
+    """A job with nothing to send, as the journal attaches one."""
+    from hog_executor.backends import Job
+
+    return Job(id=uuid.uuid4().hex, head="", payload=b"", tail="")
+
+
+@pytest.mark.timeout(600)
+def test_the_globus_backend_follows_cancels_and_refuses_tasks_by_their_record(
+        tmp_path: Path, cache_dir: str, globus_engine: Any) -> None:
+    import globus_compute_sdk
+    import hogtest_globus_journal_app as gapp
+    from globus_loopback import LoopbackService, ServiceClient
+
+    from hog_executor import BackendError, HogExecutor
+
+    service = LoopbackService(globus_engine, GLOBUS_ENDPOINT)
+    gate = tmp_path / "gate"
+    gate.write_text("")
+    made: list[tuple[HogExecutor, Any]] = []
+
+    def executor() -> HogExecutor:
+        sdk = globus_compute_sdk.Executor(client=ServiceClient(service))
+        ex = HogExecutor(GLOBUS_ENDPOINT, script=GLOBUS_APP, cache_dir=cache_dir,
+                         globus_executor=sdk)
+        made.append((ex, sdk))
+        return ex
+
+    try:
+        sender = executor()
+        f = sender.submit(gapp.gated, 5, str(gate))
+        assert wait_for(lambda: f.task_id != f.job_id, timeout=120)
+        record = sender.backend.job_record(f.job_id)  # type: ignore[attr-defined]
+        assert record is not None
+        assert record["task_id"] == f.task_id and record["endpoint"] == GLOBUS_ENDPOINT
+        group = record["task_group_id"]
+
+        follower = executor()
+        backend: Any = follower.backend
+        with pytest.raises(BackendError, match="not to this executor's endpoint"):
+            backend.attach(_attachable(), {**record, "endpoint": str(uuid.uuid4())})
+        with pytest.raises(BackendError, match=f"does not list task .* in task group {group}"):
+            backend.attach(_attachable(), {**record, "task_id": str(uuid.uuid4())})
+        cancelled = _attachable()
+        backend.attach(cancelled, record)
+        assert backend.cancel(cancelled) and cancelled.future.cancelled()
+        with pytest.raises(BackendError, match="does not list task"):  # handed out once
+            backend.attach(_attachable(), record)
+        follower.shutdown(wait=True)  # nothing left to wait for
+        with pytest.raises(BackendError, match="shut down"):
+            backend.attach(_attachable(), record)
+
+        dropped = _attachable()
+        stopping: Any = executor().backend
+        stopping.attach(dropped, record)
+        stopping.shutdown(wait=True, cancel=True)
+        assert dropped.future.cancelled()
+
+        followed = _attachable()
+        executor().backend.attach(followed, record)  # type: ignore[attr-defined]
+        assert not followed.future.done()  # the task still waits for the gate
+        gate.unlink()
+        output = followed.future.result(timeout=120)
+        assert output.returncode == 0
+        assert f.result(timeout=120) == 15
+        assert len(service.batches) == 1  # following sent nothing
+    finally:
+        for ex, sdk in made:
+            ex.shutdown(wait=True, cancel_futures=True, terminate=True)
+            sdk.shutdown(wait=False, cancel_futures=True)
