@@ -63,12 +63,15 @@ def _create_batch(serializer: ComputeSerializer, task_group_id: Any = None,
 
 
 class LoopbackWatcher:
-    """Resolves SDK futures from the engine's results (the service's result queue)."""
+    """Resolves SDK futures from the engine's results (the service's result queue).
+
+    Its open futures are kept as the SDK's ``_ResultWatcher`` keeps them (``_open_futures``
+    under ``_new_futures_lock``), which the backend reaches into to stop watching tasks."""
 
     def __init__(self, serializer: ComputeSerializer) -> None:
         self._deserialize = serializer.deserialize
-        self._lock = threading.Lock()
-        self._futures: dict[str, Any] = {}
+        self._new_futures_lock = threading.Lock()
+        self._open_futures: dict[str, Any] = {}
         self._results: dict[str, Result] = {}
 
     # The part of the SDK's _ResultWatcher interface the Executor calls.
@@ -77,21 +80,21 @@ class LoopbackWatcher:
 
     def watch_for_task_results(self, executor: Any, futures: list[Any]) -> int:
         ready = []
-        with self._lock:
+        with self._new_futures_lock:
             for f in futures:
                 if f.task_id and not f.done():
                     f._metadata["executor_id"] = id(executor)
                     if f.task_id in self._results:
                         ready.append((f, self._results.pop(f.task_id)))
                     else:
-                        self._futures[f.task_id] = f
+                        self._open_futures[f.task_id] = f
         for f, res in ready:
             self._resolve(f, res)
         return len(futures)
 
     def get_open_futures(self, executor: Any = None) -> dict[str, Any]:
-        with self._lock:
-            return {tid: f for tid, f in self._futures.items()
+        with self._new_futures_lock:
+            return {tid: f for tid, f in self._open_futures.items()
                     if executor is None or f._metadata.get("executor_id") == id(executor)}
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -100,8 +103,8 @@ class LoopbackWatcher:
     def deliver(self, packed: bytes) -> None:
         res = messagepack.unpack(packed)
         tid = str(res.task_id)
-        with self._lock:
-            fut = self._futures.pop(tid, None)
+        with self._new_futures_lock:
+            fut = self._open_futures.pop(tid, None)
             if fut is None:
                 self._results[tid] = res
                 return
@@ -356,8 +359,8 @@ class PollingWatcher(LoopbackWatcher):
     def _poll(self) -> None:
         while True:
             time.sleep(self._interval)
-            with self._lock:
-                ids = list(self._futures)
+            with self._new_futures_lock:
+                ids = list(self._open_futures)
             if not ids:
                 continue
             try:

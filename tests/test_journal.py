@@ -343,8 +343,9 @@ def test_the_globus_backend_follows_cancels_and_refuses_tasks_by_their_record(
 
     try:
         sender = executor()
-        f = sender.submit(gapp.gated, 5, str(gate))
-        assert wait_for(lambda: f.task_id != f.job_id, timeout=120)
+        f, other = (sender.submit(gapp.gated, x, str(gate)) for x in (5, 6))
+        assert wait_for(lambda: f.task_id != f.job_id and other.task_id != other.job_id,
+                        timeout=120)
         record = sender.backend.job_record(f.job_id)  # type: ignore[attr-defined]
         assert record is not None
         assert record["task_id"] == f.task_id and record["endpoint"] == GLOBUS_ENDPOINT
@@ -361,7 +362,12 @@ def test_the_globus_backend_follows_cancels_and_refuses_tasks_by_their_record(
         assert backend.cancel(cancelled) and cancelled.future.cancelled()
         with pytest.raises(BackendError, match="does not list task"):  # handed out once
             backend.attach(_attachable(), record)
+        # The group's other task, which nobody followed, is watched until the shutdown
+        # (the SDK's watcher would hold the process at exit until it finished).
+        watcher = made[-1][1].client.watcher
+        assert other.task_id in watcher.get_open_futures()
         follower.shutdown(wait=True)  # nothing left to wait for
+        assert other.task_id not in watcher.get_open_futures()
         with pytest.raises(BackendError, match="shut down"):
             backend.attach(_attachable(), record)
 
@@ -377,9 +383,10 @@ def test_the_globus_backend_follows_cancels_and_refuses_tasks_by_their_record(
         gate.unlink()
         output = followed.future.result(timeout=120)
         assert output.returncode == 0
-        assert f.result(timeout=120) == 15
-        assert len(service.batches) == 1  # following sent nothing
+        assert f.result(timeout=120) == 15 and other.result(timeout=120) == 18
+        assert sum(service.batches) == 2  # following sent nothing
     finally:
+        gate.unlink(missing_ok=True)  # the engine's workers are shared by the module
         for ex, sdk in made:
             ex.shutdown(wait=True, cancel_futures=True, terminate=True)
             sdk.shutdown(wait=False, cancel_futures=True)

@@ -239,7 +239,9 @@ class SdkExecutors:
 
         The task group is loaded once (``Executor.reload_tasks`` on an SDK executor of its
         own, created like the others): tasks already finished come with their outcome, the
-        others are watched for it. Each task's future is handed out once.
+        others are watched for it. Each task's future is handed out once; those never handed
+        out are no longer watched after `close` (the SDK would hold the process at exit
+        until they finish).
 
         Raises:
             BackendError: the service could not list the task group, or ``task_id`` is not
@@ -260,7 +262,10 @@ class SdkExecutors:
     def close(self, *, cancel: bool) -> None:
         """Shut down the SDK executors created here (not the one given), without waiting.
 
-        Tasks already followed (`reattach`) keep being watched for their outcome."""
+        Tasks already followed (`reattach`) keep being watched for their outcome; the other
+        tasks of their groups no longer are."""
+        for group, tasks in self._reloaded.items():
+            _unwatch(group, list(tasks.values()))
         self._reloaded.clear()
         reloader, self._reloader = self._reloader, None
         for executor in [*self._executors.values(), *([reloader] if reloader else [])]:
@@ -294,6 +299,35 @@ def _reload(executor: Any, task_group_id: str) -> dict[str, Any]:
     finally:
         Executor._default_task_group_id = default
     return {str(f.task_id): f for f in futures}
+
+
+def _unwatch(task_group_id: str, futures: list[Any]) -> None:
+    """Have the SDK's result watcher of ``task_group_id`` stop waiting for ``futures``.
+
+    It keeps every future it watches until its result arrives, and the process waits for
+    them at exit: tasks of another client that nobody here follows must not hold it.
+    Reaches into the watcher (``_open_futures``); a watcher without it is left alone.
+    """
+    import uuid
+
+    from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
+
+    try:
+        watcher = _RESULT_WATCHERS.get(uuid.UUID(task_group_id))
+    except ValueError:
+        return
+    lock = getattr(watcher, "_new_futures_lock", None)
+    watched = getattr(watcher, "_open_futures", None)
+    if lock is None or not isinstance(watched, dict):
+        return
+    with lock:
+        for future in futures:
+            task_id = future.task_id
+            if watched.get(task_id) is future:
+                del watched[task_id]
+        empty = getattr(watcher, "_open_futures_empty", None)
+        if not watched and empty is not None:
+            empty.set()
 
 
 def track_task_id(future: Any, on_task_id: Callable[[str, str | None], None]) -> None:
