@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,16 +192,23 @@ class _GlobusApp:
         self.args = [sys.executable, str(GLOBUS_APP), str(tmp_path / "results"), cache_dir,
                      GLOBUS_ENDPOINT, str(self.gate), str(n)]
         self.env = _env(tmp_path, **service_env)
-        self.clients = 0
+        self.clients: list[subprocess.Popen[str]] = []
 
     def start(self, *flags: str) -> tuple[subprocess.Popen[str], Path]:
         """A client, its stdout piped, its stderr in the returned file."""
-        self.clients += 1
-        err = self.tmp_path / f"client-{self.clients}.err"
+        err = self.tmp_path / f"client-{len(self.clients) + 1}.err"
         with open(err, "w") as stderr:
             proc = subprocess.Popen([*self.args, *flags], stdout=subprocess.PIPE,
                                     stderr=stderr, text=True, env=self.env)
+        self.clients.append(proc)
         return proc, err
+
+    def close(self) -> None:
+        """Open the gate (the module's engine runs on) and end the clients still running."""
+        self.gate.unlink(missing_ok=True)
+        for proc in self.clients:
+            if proc.poll() is None:
+                _kill(proc)
 
     def submit_and_kill(self) -> int:
         """A client that sends the calls, waits until their task ids are journaled, and is
@@ -229,11 +236,27 @@ class _GlobusApp:
         return [3 * i for i in range(self.n)]
 
 
+@pytest.fixture
+def globus_app(tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]
+               ) -> Iterator[Callable[[int], _GlobusApp]]:
+    """Makes the journal app for ``n`` calls on this test's service; closed at the end."""
+    apps: list[_GlobusApp] = []
+
+    def make(n: int) -> _GlobusApp:
+        apps.append(_GlobusApp(tmp_path, cache_dir, globus_service[1], n))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.close()
+
+
 @pytest.mark.timeout(600)
 def test_a_new_client_follows_the_globus_tasks_of_a_killed_one(
-        tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]) -> None:
-    service, service_env = globus_service
-    app = _GlobusApp(tmp_path, cache_dir, service_env, 6)
+        tmp_path: Path, globus_service: tuple[Any, dict[str, str]],
+        globus_app: Callable[[int], _GlobusApp]) -> None:
+    service = globus_service[0]
+    app = globus_app(6)
     first = app.submit_and_kill()
     batches = service.batch_count()
     assert batches >= 1 and len(service.task_ids()) == 6
@@ -259,9 +282,10 @@ def test_a_new_client_follows_the_globus_tasks_of_a_killed_one(
 
 @pytest.mark.timeout(600)
 def test_globus_tasks_that_finished_while_no_client_watched_are_collected(
-        tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]) -> None:
-    service, service_env = globus_service
-    app = _GlobusApp(tmp_path, cache_dir, service_env, 6)
+        tmp_path: Path, globus_service: tuple[Any, dict[str, str]],
+        globus_app: Callable[[int], _GlobusApp]) -> None:
+    service = globus_service[0]
+    app = globus_app(6)
     app.submit_and_kill()
     batches = service.batch_count()
     app.gate.unlink()
@@ -274,9 +298,10 @@ def test_globus_tasks_that_finished_while_no_client_watched_are_collected(
 
 @pytest.mark.timeout(600)
 def test_a_globus_task_the_service_no_longer_knows_is_lost_and_runs_again(
-        tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]) -> None:
-    service, service_env = globus_service
-    app = _GlobusApp(tmp_path, cache_dir, service_env, 6)
+        tmp_path: Path, globus_service: tuple[Any, dict[str, str]],
+        globus_app: Callable[[int], _GlobusApp]) -> None:
+    service = globus_service[0]
+    app = globus_app(6)
     first = app.submit_and_kill()
     sent = len(service.batches)
     service.forget(service.task_ids()[:2])
@@ -291,9 +316,10 @@ def test_a_globus_task_the_service_no_longer_knows_is_lost_and_runs_again(
 
 @pytest.mark.timeout(600)
 def test_a_globus_job_whose_client_died_before_its_task_id_came_is_lost_and_runs_again(
-        tmp_path: Path, cache_dir: str, globus_service: tuple[Any, dict[str, str]]) -> None:
-    service, service_env = globus_service
-    app = _GlobusApp(tmp_path, cache_dir, service_env, 3)
+        tmp_path: Path, globus_service: tuple[Any, dict[str, str]],
+        globus_app: Callable[[int], _GlobusApp]) -> None:
+    service = globus_service[0]
+    app = globus_app(3)
     app.gate.unlink()
     service.hold_batches()
     try:
