@@ -23,7 +23,7 @@ journal (an atomic rename: one client takes it over) and then, per job:
   running is watched for its result, one that finished while nobody watched comes with its
   result; nothing is sent;
 - any other job (a local process, a Slurm job that ended without a result, a Globus
-  Compute job whose client died before the service assigned its task id, a task the
+  Compute job whose client died before its task id was written, a task the
   service no longer knows) was lost with its client: a warning says so, and the call runs
   again.
 
@@ -87,7 +87,7 @@ FOLLOWABLE: dict[str, _Followable] = {
     "slurm": _Followable("slurm_id", "Slurm job", "Slurm",
                          "it died before Slurm answered sbatch"),
     "globus": _Followable("task_id", "Globus Compute task", "Globus Compute",
-                          "it died before Globus Compute assigned its task id"),
+                          "it died before its Globus Compute task id was written"),
 }
 
 #: Seconds between two looks for the journals of gone clients.

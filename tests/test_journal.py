@@ -334,7 +334,7 @@ def test_a_globus_job_whose_client_died_before_its_task_id_came_is_lost_and_runs
         service.hold_batches(False)  # the batch the client sent still runs
     values, stderr = app.run()
     assert values == app.expected
-    assert stderr.count("it died before Globus Compute assigned its task id") == 3, stderr
+    assert stderr.count("it died before its Globus Compute task id was written") == 3, stderr
     assert FOLLOWING not in stderr
     assert wait_for(lambda: sum(service.batches) == 6, timeout=120)
 
