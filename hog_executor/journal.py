@@ -2,11 +2,14 @@
 
 With the result cache on, every job a client sends is written to the client's journal
 (``<cache root>/journal/<host>-<pid>-<start>-<random>.jsonl``), with the keys of its calls: a
-job another client could follow (a Slurm job) *before* the backend receives it, any other
-by the cache's writer thread within its next batch. Once the backend has answered, the
-backend's identity for the job is added (a Slurm job id, its array index and directory);
-once the job is over, a ``done`` line (a job over before its line was written needs no line
-at all). A journal whose every job is done is removed.
+job another client could follow (its backend has ``attach``: Slurm, Globus Compute) *before*
+the backend receives it, any other by the cache's writer thread within its next batch. Once
+the backend has named the job, its identity for it (``job_record``) is added in a ``sent``
+line: a Slurm job id, its array index and directory, written when ``sbatch`` has answered;
+a Globus Compute task id, its task group and endpoint, written by the writer thread when the
+service assigns them (``Job.on_task_id``; any backend that names its jobs later reports them
+so). Once the job is over, a ``done`` line (a job over before its line was written needs no
+line at all). A journal whose every job is done is removed.
 
 A client that misses the cache for a call looks for that call's key in the journals of
 clients that are gone (the process no longer exists on this machine). It claims such a
@@ -15,8 +18,14 @@ journal (an atomic rename: one client takes it over) and then, per job:
 - a Slurm job still queued or running, or that finished while nobody watched and left its
   result files, is *attached*: the Slurm backend follows it by its id and reads its
   result, authenticated with the key of the backend that sent it; no job is submitted;
-- any other job (a local process, a Slurm job that ended without a result) was lost with
-  its client: a warning says so, and the call runs again.
+- a Globus Compute task is attached too, by an executor of the same endpoint: its task
+  group is loaded from the service (``Executor.reload_tasks``), a task still queued or
+  running is watched for its result, one that finished while nobody watched comes with its
+  result; nothing is sent;
+- any other job (a local process, a Slurm job that ended without a result, a Globus
+  Compute job whose client died before its task id was written, a task the
+  service no longer knows) was lost with its client: a warning says so, and the call runs
+  again.
 
 Every line carries an HMAC-SHA256 (the result cache's key); lines that fail it are ignored
 with a warning.
@@ -34,7 +43,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from .cache import attach_outcomes, hmac_key, private_dir
 
 if TYPE_CHECKING:
+    from .backends import Job
     from .cache import ResultCache
     from .context import CallContext
     from .executor import HogExecutor
@@ -57,6 +67,28 @@ ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "S
                            "REQUEUED", "RESIZING", "STAGE_OUT", "SIGNALING", "STOPPED",
                            "COMPLETED"})
 
+
+@dataclass(frozen=True)
+class _Followable:
+    """How the journal speaks of the jobs of one backend that another client can follow."""
+
+    #: The key of the job's id in its ``sent`` line.
+    id_key: str
+    #: What a message calls such a job (followed by its id).
+    noun: str
+    #: The backend's name for people.
+    label: str
+    #: Why a job without its id was lost.
+    unnamed: str
+
+
+#: The backends whose jobs another client can follow, by name.
+FOLLOWABLE: dict[str, _Followable] = {
+    "slurm": _Followable("slurm_id", "Slurm job", "Slurm",
+                         "it died before Slurm answered sbatch"),
+    "globus": _Followable("task_id", "Globus Compute task", "Globus Compute",
+                          "it died before its Globus Compute task id was written"),
+}
 
 #: Seconds between two looks for the journals of gone clients.
 SCAN_INTERVAL = 5.0
@@ -113,9 +145,9 @@ class _Owner:
 class Journal:
     """The journal of this client for one cache root (see the module docstring).
 
-    A job that a later client could follow (a Slurm job) is written before the backend
-    sees it. Other lines (jobs that die with their client, ``done`` lines) are written by the
-    cache's writer thread, a batch at a time, or at exit.
+    A job that a later client could follow (a Slurm job, a Globus Compute task) is written
+    before the backend sees it. Other lines (jobs that die with their client, ``done``
+    lines) are written by the cache's writer thread, a batch at a time, or at exit.
     """
 
     dir: Path
@@ -217,8 +249,9 @@ class Journal:
                followable: bool = True) -> None:
         """A job is about to be sent (called before the backend sees it).
 
-        ``followable``: another client could follow the job after this one dies (a Slurm
-        job): its line is written now. Otherwise it is written by the writer thread."""
+        ``followable``: another client could follow the job after this one dies (its
+        backend has ``attach``): its line is written now. Otherwise it is written by the
+        writer thread."""
         job = results.job
         line = {"t": "job", "job": job.id, "keys": keys, "marker": results.marker,
                 "what": job.description, "time": time.time(), "backend": backend}
@@ -237,21 +270,46 @@ class Journal:
         job.future.add_done_callback(lambda _: self.done(job.id))
 
     def sent(self, backend: Any, jobs: list[JobResults]) -> None:
-        """The backend accepted ``jobs``: record its identity for each (a Slurm job id...)."""
+        """The backend accepted ``jobs``: record its identity for each (``job_record``: a
+        Slurm job id...), now for the jobs it has named, else when it names them
+        (`_when_named`)."""
         name = backend.endpoint.backend
         describe = getattr(backend, "job_record", None)
         if describe is None:
             return  # the job line names the backend: all another client needs to know
         lines = []
         for results in jobs:
-            info = describe(results.job.id) if describe is not None else None
-            lines.append({"t": "sent", "job": results.job.id, "backend": name,
-                          **(info or {})})
+            job = results.job
+            info = describe(job.id)
+            if info is None:
+                info = self._when_named(job, name, describe)
+            if info is not None:
+                lines.append({"t": "sent", "job": job.id, "backend": name, **info})
         if lines:
             try:
                 self._write(*lines)
             except OSError as exc:
                 logger.warning("cannot write the journal in %s: %s", self.dir, exc)
+
+    def _when_named(self, job: Job, backend: str,
+                    describe: Callable[[str], Mapping[str, Any] | None],
+                    ) -> Mapping[str, Any] | None:
+        """Have the backend's identity for ``job`` written (by the writer thread) when the
+        backend reports the id its service assigned (``job.on_task_id``), again after a
+        resend; returns it if the id came meanwhile."""
+        reported = job.on_task_id
+
+        def on_task_id(task_id: str) -> None:
+            reported(task_id)
+            info = describe(job.id)
+            if info is None:
+                return
+            with self.lock:
+                if job.id in self.open_jobs:
+                    self._later({"t": "sent", "job": job.id, "backend": backend, **info})
+
+        job.on_task_id = on_task_id
+        return describe(job.id)  # named before the hook was in place
 
     def done(self, job_id: str) -> None:
         """The job is over (its outcome delivered, or failed): nobody needs to take it over.
@@ -413,23 +471,28 @@ class Journal:
 
     def _follow(self, ex: HogExecutor, ctx: CallContext, rec: JobRecord, cache: ResultCache,
                 submitted: float) -> list[HogFuture[Any]] | None:
-        """Attach to a gone client's Slurm job; None: it cannot be followed (lost)."""
+        """Attach to a gone client's Slurm job or Globus Compute task; None: it cannot be
+        followed (lost)."""
         backend = ex.backend
         attach = getattr(backend, "attach", None)
         sent = rec.sent
-        if rec.backend != "slurm" or sent is None or "slurm_id" not in sent:
-            why = (f"its {rec.backend or 'backend'} job ran in that client"
-                   if rec.backend != "slurm" else "it died before Slurm answered sbatch")
-            self._lost(rec, why)
+        kind = FOLLOWABLE.get(rec.backend)
+        if kind is None:
+            self._lost(rec, f"its {rec.backend or 'backend'} job ran in that client")
             return None
-        if attach is None:
-            self._lost(rec, f"it ran as Slurm job {sent['slurm_id']}, and this executor's "
-                            "backend is not Slurm")
+        if sent is None or kind.id_key not in sent:
+            self._lost(rec, kind.unnamed)
             return None
-        state = _slurm_state(sent)
-        if state is not None and state not in ACTIVE_STATES:
-            self._lost(rec, f"Slurm job {sent['slurm_id']} ended {state} without a result")
+        ident = f"{kind.noun} {sent[kind.id_key]}"
+        if attach is None or ex.endpoint.backend != rec.backend:
+            self._lost(rec, f"it ran as {ident}, and this executor's backend is not "
+                            f"{kind.label}")
             return None
+        if rec.backend == "slurm":
+            state = _slurm_state(sent)
+            if state is not None and state not in ACTIVE_STATES:
+                self._lost(rec, f"{ident} ended {state} without a result")
+                return None
         from .backends import Job
         from .futures import CallTimings, HogFuture
         from .results import JobResults
@@ -450,16 +513,15 @@ class Journal:
                 attach(job, sent)
             except Exception as exc:
                 state_.forget(results)
-                self._lost(rec, f"Slurm job {sent['slurm_id']} cannot be followed: {exc}")
+                self._lost(rec, f"{ident} cannot be followed: {exc}")
                 return None
         with self.lock:
             for key in rec.keys:
                 if key is not None and self.orphans.get(key, (None,))[0] is rec:
                     del self.orphans[key]
             self.open_jobs.add(rec.job)
-        logger.info("%s: following Slurm job %s, sent by the client process %s on %s "
-                    "(gone)", rec.what, sent["slurm_id"], rec.owner.get("pid"),
-                    rec.owner.get("host"))
+        logger.info("%s: following %s, sent by the client process %s on %s (gone)",
+                    rec.what, ident, rec.owner.get("pid"), rec.owner.get("host"))
         job.future.add_done_callback(results.finished)
         job.future.add_done_callback(lambda _: self.done(rec.job))
         return futures

@@ -5,6 +5,10 @@ configuration); each job sends only its payload as the function's format argumen
 through ``globus_compute_sdk.Executor`` objects (see :mod:`.sdk`), one per distinct
 ``user_endpoint_config``/``resource_specification``, so the SDK batches bursts of jobs into
 few requests. Each job is one Globus Compute task.
+
+Another client's task can be followed by its id (`GlobusBackend.attach`, the journal of the
+result cache): its task group is loaded from the service and the task's outcome resolves the
+job as if it had been sent here.
 """
 
 from __future__ import annotations
@@ -79,20 +83,27 @@ class _GlobusTask:
     """One job as a Globus Compute task: queued here, then handed to an SDK executor."""
 
     job: Job
-    group: Group
+    #: None: a task another client sent (`attached`).
+    group: Group | None
     #: The SDK's future, once the job is handed to an SDK executor.
     sdk_future: Any = None
     cancel_requested: bool = False
     resends: int = 0
     retries: int = 0
     notified: set[str] = field(default_factory=set)
+    #: The task id and task group the service assigned (the latest, after a resend).
+    task_id: str | None = None
+    task_group_id: str | None = None
+    #: Sent by another client and followed here: never sent (again) from here.
+    attached: bool = False
 
 
 class GlobusBackend(Backend):
     """Runs bundles on a Globus Compute endpoint through ``globus_compute_sdk.Executor``.
 
     Jobs already sent to the service cannot be stopped: cancelling one resolves its future
-    as cancelled at once and its result is discarded when it arrives.
+    as cancelled at once and its result is discarded when it arrives. A task another client
+    sent can be followed (`attach`) by the id `job_record` gives.
     """
 
     # Not registered with lifecycle.stop_at_exit: tasks sent cannot be stopped, and nothing
@@ -109,6 +120,7 @@ class GlobusBackend(Backend):
             )
         self._batch_size: int = values.get("batch_size", DEFAULT_BATCH_SIZE)
         self._retries: int = values.get("retries", 0)
+        self._endpoint_id = str(values["endpoint"]).lower()
         self._workers: int = values.get("max_workers", DEFAULT_WORKERS)
         self._sdk = SdkExecutors(values["endpoint"], batch_size=self._batch_size,
                                  amqp_port=values.get("amqp_port"),
@@ -144,10 +156,11 @@ class GlobusBackend(Backend):
             self._check_size(job)
         with self._lock:
             self._ensure_open()
-            tasks = [_GlobusTask(job, self._group(job)) for job in jobs]
+            groups = [self._group(job) for job in jobs]
             # Everything that can fail without sending a task happens first.
-            for task in tasks:
-                self._sdk.function_id(self._sdk.executor(task.group), self._function(task.job))
+            for job, group in zip(jobs, groups, strict=True):
+                self._sdk.function_id(self._sdk.executor(group), self._function(job))
+            tasks = [_GlobusTask(job, group) for job, group in zip(jobs, groups, strict=True)]
             for task in tasks:
                 self._tasks[task.job.id] = task
             was_empty = not self._queued
@@ -236,17 +249,69 @@ class GlobusBackend(Backend):
     def _send(self, task: _GlobusTask) -> None:
         """Hand ``task`` to its SDK executor (with the lock held)."""
         job = task.job
+        assert task.group is not None, "a task followed from another client is never sent"
         future = self._sdk.submit(task.group, self._function(job),
                                   {PAYLOAD_FIELD: encode_payload(job.payload)}, f"task {job.id}")
-        track_task_id(future, lambda task_id: self._assigned(task, task_id))
+        track_task_id(future, lambda task_id, group: self._assigned(task, task_id, group))
         task.sdk_future = future
         self._tasks[job.id] = task
         future.add_done_callback(lambda f: self._finished(task, f))
 
-    def _assigned(self, task: _GlobusTask, task_id: str) -> None:
+    def _assigned(self, task: _GlobusTask, task_id: str, task_group_id: str | None) -> None:
+        """The service assigned ``task_id`` (an SDK thread, without the lock: `job_record`
+        reads what is set here, the task id last)."""
         if task_id not in task.notified:
+            task.task_group_id = task_group_id
+            task.task_id = task_id
             task.notified.add(task_id)
             task.job.on_task_id(task_id)
+
+    # -- following tasks other clients sent -------------------------------------------------
+
+    def job_record(self, job_id: str) -> dict[str, Any] | None:
+        """What another client needs to follow job ``job_id`` (see `attach`): its task id,
+        task group and this endpoint. None: the service has not assigned a task id yet, or
+        the job is over.
+
+        Reads without the lock: it is called from ``job.on_task_id``, on the SDK's thread
+        that assigns task ids.
+        """
+        task = self._tasks.get(job_id)
+        if task is None:
+            return None
+        task_id, group = task.task_id, task.task_group_id
+        if task_id is None or group is None:
+            return None
+        return {"task_id": task_id, "task_group_id": group, "endpoint": self._endpoint_id}
+
+    def attach(self, job: Job, record: Mapping[str, Any]) -> None:
+        """Follow a task another client sent (described by its `job_record`) as ``job``.
+
+        The task's outcome resolves ``job.future`` as a task sent here would; a task that
+        finished while nobody watched has its outcome loaded from the service. Nothing is
+        sent, and the task is never sent again (``retries=`` and a dropped batch do not
+        apply: ``job`` has no payload).
+
+        Raises:
+            BackendError: the record names another endpoint or no task, the service does not
+                know the task (in its task group), or the backend is shut down.
+        """
+        task_id, group = record.get("task_id"), record.get("task_group_id")
+        endpoint = str(record.get("endpoint", "")).lower()
+        if endpoint != self._endpoint_id:
+            raise BackendError(
+                f"Globus Compute task {task_id} was sent to endpoint {endpoint or '(unknown)'}, "
+                f"not to this executor's endpoint {self._endpoint_id}")
+        if not task_id or not group:
+            raise BackendError(f"the record of task {job.id} names no Globus Compute task "
+                               "and task group")
+        with self._lock:
+            self._ensure_open()
+            future = self._sdk.reattach(str(group), str(task_id))
+            task = _GlobusTask(job, None, sdk_future=future, attached=True)
+            self._tasks[job.id] = task
+        self._assigned(task, str(task_id), str(group))
+        future.add_done_callback(lambda f: self._finished(task, f))
 
     # -- results ----------------------------------------------------------------------------
 
@@ -260,6 +325,11 @@ class GlobusBackend(Backend):
             if future.cancelled():
                 if task.cancel_requested or self._cancelled:
                     cancel = True
+                elif task.attached:
+                    cancel = False
+                    error = BackendError(
+                        f"task {job.id} ({job.description or 'bundle'}): the Globus Compute "
+                        f"SDK dropped task {task.task_id}, followed from another client")
                 elif not self._closed and task.resends < MAX_RESENDS:
                     # The SDK executor shut itself down (a failed batch): send it again.
                     task.resends += 1
@@ -295,7 +365,7 @@ class GlobusBackend(Backend):
         if type(exc).__name__ != "TaskExecutionFailed":  # the request failed, nothing ran
             with self._lock:
                 retry = (task.retries < self._retries and not task.cancel_requested
-                         and not self._closed)
+                         and not self._closed and not task.attached)
                 if retry:
                     task.retries += 1
                     error = self._resend(task)

@@ -3,8 +3,10 @@
 `SdkExecutors` keeps the SDK ``Executor`` objects of one backend, one per `Group` (distinct
 ``user_endpoint_config``/``resource_specification``), created lazily and replaced when one
 stops itself after a failed batch; and the registered ``ShellFunction`` objects, registered
-once per client. `track_task_id` makes an SDK future report the task id the service assigns;
-`login_client` logs in. The SDK is imported here only, and only when used.
+once per client; and the tasks of other clients' task groups, loaded to be followed
+(`SdkExecutors.reattach`). `track_task_id` makes an SDK future report the task id (and task
+group) the service assigns; `login_client` logs in. The SDK is imported here only, and only
+when used.
 """
 
 from __future__ import annotations
@@ -112,6 +114,10 @@ class SdkExecutors:
         self._executors: dict[Group, Any] = {}
         self._functions: dict[tuple[str, str, float | None], Any] = {}
         self._function_ids: dict[int, str] = {}
+        #: The executor that loads other clients' task groups (`reattach`), once needed.
+        self._reloader: Any = None
+        #: Per task group loaded: the SDK futures of its tasks not followed yet, by task id.
+        self._reloaded: dict[str, dict[str, Any]] = {}
         self.created = 0
 
     @property
@@ -228,9 +234,41 @@ class SdkExecutors:
                     f"Globus Compute did not accept {what}: {type(exc).__name__}: {exc}"
                 ) from exc
 
+    def reattach(self, task_group_id: str, task_id: str) -> Any:
+        """The SDK future of task ``task_id``, sent by another client in ``task_group_id``.
+
+        The task group is loaded once (``Executor.reload_tasks`` on an SDK executor of its
+        own, created like the others): tasks already finished come with their outcome, the
+        others are watched for it. Each task's future is handed out once; those never handed
+        out are no longer watched after `close` (the SDK would hold the process at exit
+        until they finish).
+
+        Raises:
+            BackendError: the service could not list the task group, or ``task_id`` is not
+                in it (no longer known, or already followed).
+        """
+        tasks = self._reloaded.get(task_group_id)
+        if tasks is None:
+            if self._reloader is None or _stopped(self._reloader):
+                self._reloader = self._new_executor(None, None, self._batch_size)
+            tasks = self._reloaded[task_group_id] = _reload(self._reloader, task_group_id)
+        future = tasks.pop(task_id, None)
+        if future is None:
+            raise BackendError(
+                f"Globus Compute does not list task {task_id} in task group {task_group_id}"
+            )
+        return future
+
     def close(self, *, cancel: bool) -> None:
-        """Shut down the SDK executors created here (not the one given), without waiting."""
-        for executor in self._executors.values():
+        """Shut down the SDK executors created here (not the one given), without waiting.
+
+        Tasks already followed (`reattach`) keep being watched for their outcome; the other
+        tasks of their groups no longer are."""
+        for group, tasks in self._reloaded.items():
+            _unwatch(group, list(tasks.values()))
+        self._reloaded.clear()
+        reloader, self._reloader = self._reloader, None
+        for executor in [*self._executors.values(), *([reloader] if reloader else [])]:
             if executor is self._given:
                 continue
             try:
@@ -239,13 +277,72 @@ class SdkExecutors:
                 logger.debug("shutting down a Globus Compute executor failed: %s", exc)
 
 
-def track_task_id(future: Any, on_task_id: Callable[[str], None]) -> None:
-    """Have the SDK future ``future`` call ``on_task_id`` when the service assigns its task id
-    (at once if it has one)."""
+def _reload(executor: Any, task_group_id: str) -> dict[str, Any]:
+    """The SDK futures of the tasks of ``task_group_id``, by task id (see `SdkExecutors.reattach`).
+
+    ``reload_tasks`` makes the group the default of executors created later in this process:
+    the default is put back, so that this client's own tasks stay in groups of their own.
+
+    Raises:
+        BackendError: the service could not list the group.
+    """
+    from globus_compute_sdk.sdk.executor import Executor
+
+    default = Executor._default_task_group_id
+    try:
+        futures = executor.reload_tasks(task_group_id)
+    except Exception as exc:
+        raise BackendError(
+            f"Globus Compute did not list task group {task_group_id}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        Executor._default_task_group_id = default
+    return {str(f.task_id): f for f in futures}
+
+
+def _unwatch(task_group_id: str, futures: list[Any]) -> None:
+    """Have the SDK's result watcher of ``task_group_id`` stop waiting for ``futures``.
+
+    It keeps every future it watches until its result arrives, and the process waits for
+    them at exit: tasks of another client that nobody here follows must not hold it.
+    Reaches into the watcher (``_open_futures``); a watcher without it is left alone.
+    """
+    import uuid
+
+    from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
+
+    try:
+        watcher = _RESULT_WATCHERS.get(uuid.UUID(task_group_id))
+    except ValueError:
+        return
+    lock = getattr(watcher, "_new_futures_lock", None)
+    watched = getattr(watcher, "_open_futures", None)
+    if lock is None or not isinstance(watched, dict):
+        return
+    with lock:
+        for future in futures:
+            task_id = future.task_id
+            if watched.get(task_id) is future:
+                del watched[task_id]
+        empty = getattr(watcher, "_open_futures_empty", None)
+        if not watched and empty is not None:
+            empty.set()
+
+
+def track_task_id(future: Any, on_task_id: Callable[[str, str | None], None]) -> None:
+    """Have the SDK future ``future`` call ``on_task_id(task_id, task_group_id)`` when the
+    service assigns its task id (at once if it has one). The SDK records the task group
+    before the task id; None when it did not."""
     future.__dict__["_hog_on_task_id"] = on_task_id
     future.__class__ = _tracking_class()
     if future.task_id:
-        on_task_id(str(future.task_id))
+        on_task_id(str(future.task_id), _task_group(future))
+
+
+def _task_group(future: Any) -> str | None:
+    group = getattr(future, "_metadata", {}).get("task_group_uuid")
+    return None if group is None else str(group)
 
 
 _Tracked: type | None = None
@@ -267,7 +364,7 @@ def _tracking_class() -> type:
                 self.__dict__["task_id"] = value
                 callback = self.__dict__.get("_hog_on_task_id")
                 if value and callback is not None:
-                    callback(str(value))
+                    callback(str(value), _task_group(self))
 
         _Tracked = TrackedComputeFuture
     return _Tracked
