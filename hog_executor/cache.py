@@ -1286,8 +1286,11 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
     if not misses:
         return futures  # type: ignore[return-value]
     journal = view.journal
-    keyed = {i: key for i in misses if (key := keys[i]) is not None}
-    adopted = journal.adopt(ex, ctx, keyed, cache, submitted) if keyed else {}
+    adopted: dict[int, HogFuture[Any]] = {}
+    if journal.may_adopt():
+        keyed = {i: key for i in misses if (key := keys[i]) is not None}
+        if keyed:
+            adopted = journal.adopt(ex, ctx, keyed, cache, submitted)
     for i, f in adopted.items():
         futures[i] = f
     rest = [i for i in misses if i not in adopted] if adopted else misses

@@ -433,6 +433,12 @@ class Journal:
 
     # -- taking over ------------------------------------------------------------------------
 
+    def may_adopt(self) -> bool:
+        """Whether `adopt` could take anything over: calls of a gone client are known, or a
+        look for gone clients is due (cheap: the miss path asks before building `adopt`'s
+        arguments)."""
+        return bool(self.orphans) or time.monotonic() - self.scanned >= SCAN_INTERVAL
+
     def adopt(self, ex: HogExecutor, ctx: CallContext, keyed: dict[int, str],
               cache: ResultCache, submitted: float) -> dict[int, HogFuture[Any]]:
         """Futures for the calls (index -> key) that a gone client sent and that can be
