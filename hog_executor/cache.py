@@ -1101,19 +1101,20 @@ class _View:
         return keys
 
 
-_views: dict[tuple[int, int, int], _View] = {}
+_views: dict[int, _View] = {}
 
 
 def _view(ex: HogExecutor, ctx: CallContext, store: ClientStore | None) -> _View:
-    backend = ex.backend
-    found = _views.get((id(ctx), id(backend), id(store)))
-    if (found is not None and found.ctx is ctx and found.backend is backend
+    """The `_View` of ``ctx`` through ``ex`` and ``store`` (one per context: a context
+    belongs to one executor view, and its store rarely changes)."""
+    found = _views.get(id(ctx))
+    if (found is not None and found.ctx is ctx and found.backend is ex._state.backend
             and found.store is store):
         return found
     made = _View(ex, ctx, store)
     if len(_views) > 1024:
         _views.clear()
-    _views[(id(ctx), id(backend), id(store))] = made
+    _views[id(ctx)] = made
     return made
 
 
@@ -1272,6 +1273,26 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
     if store is not None:
         store.digests = True  # arguments put from now on are hashed as they are written
     keys = view.keys(items, call_refs, store)
+    if len(keys) == 1:  # one call (a submit): the same steps, without the bookkeeping of many
+        key = keys[0]
+        entry = None if key is None else cache.get(key)
+        if entry is not None:
+            if store is not None:
+                _evict_unsent(store, call_refs, ())
+            return [_hit_future(entry, ctx, submitted)]
+        journal = view.journal
+        if key is not None and journal.may_adopt():
+            taken = journal.adopt(ex, ctx, {0: key}, cache, submitted)
+            if taken:
+                if store is not None:
+                    _evict_unsent(store, call_refs, ())
+                return [taken[0]]
+        sending = Sending(cache, keys, ctx.description, journal, view.kind, view.followable)
+        sent = ex._submit_items(view.plain, items, call_refs, chunksize, store, threshold,
+                                keep_stored, optional, submitted, on_job=sending.on_job)
+        if view.describes:
+            journal.sent(ex.backend, sending.jobs)
+        return sent
     futures: list[HogFuture[Any] | None] = [None] * len(items)
     misses: list[int] = []
     get = cache.get
