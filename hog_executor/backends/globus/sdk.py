@@ -288,7 +288,8 @@ def _reload(executor: Any, task_group_id: str) -> dict[str, Any]:
     """
     from globus_compute_sdk.sdk.executor import Executor
 
-    default = Executor._default_task_group_id
+    missing: Any = object()
+    default: Any = getattr(Executor, "_default_task_group_id", missing)
     try:
         futures = executor.reload_tasks(task_group_id)
     except Exception as exc:
@@ -297,7 +298,8 @@ def _reload(executor: Any, task_group_id: str) -> dict[str, Any]:
             f"{type(exc).__name__}: {exc}"
         ) from exc
     finally:
-        Executor._default_task_group_id = default
+        if default is not missing:  # an SDK without the class default has nothing to restore
+            Executor._default_task_group_id = default
     return {str(f.task_id): f for f in futures}
 
 
