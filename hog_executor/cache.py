@@ -1064,7 +1064,8 @@ class _View:
         self.plain = dataclasses.replace(ctx, values={
             k: v for k, v in values.items() if k not in ("cache", "cache_failures")})
         self.kind = ex.endpoint.backend
-        # Another client could follow its jobs (Slurm): they are journaled before they go.
+        # Another client could follow its jobs (Slurm, Globus Compute): journaled before
+        # they go.
         self.followable = callable(getattr(backend, "attach", None))
         # The backend has its own identity for a job to journal once it is sent.
         self.describes = callable(getattr(backend, "job_record", None))
@@ -1131,10 +1132,10 @@ def context_keys(ex: HogExecutor, ctx: CallContext, items: Sequence[bytes],
 class Sending:
     """The cache's view of one submission: the keys of the calls sent, in order.
 
-    Called by the executor for each job it builds (``on_job``), before any is sent, it
-    gives each job's results the keys of its calls (`on_job`), so that outcomes are stored
-    as they arrive, and records the job in the journal: before it is sent when another
-    client could follow it (``followable``: a Slurm job), else by the writer thread
+    Called by the executor for each job it builds (`on_job`), before any is sent, it gives
+    each job's results the keys of its calls, so that outcomes are stored as they arrive,
+    and records the job in the journal: before it is sent when another client could follow
+    it (``followable``: Slurm, Globus Compute), else by the writer thread
     (`_journal_later`).
     """
 
