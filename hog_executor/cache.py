@@ -382,7 +382,7 @@ class ResultDir:
 
     def load(self, call: str) -> bytes | None:
         """The bytes of the entry file of ``call``, not authenticated (None: none)."""
-        name = f"{self._prefix}{call[:2]}{os.sep}{call}"
+        name = self._name(call)
         if not os.access(name, os.F_OK):  # a miss raises nothing: cheaper than catching
             return None
         try:
@@ -1084,10 +1084,6 @@ class _View:
         prefix = self.prefix
         if prefix is None:
             return [None] * len(items)
-        if len(items) == 1 and not call_refs[0]:  # one call, arguments inline: the usual
-            h = prefix.copy()
-            h.update(items[0])
-            return [str(h.hexdigest())]
         keys: list[str | None] = []
         for item, refs in zip(items, call_refs, strict=True):
             if refs:
@@ -1160,7 +1156,7 @@ class Sending:
         self.cursor = cursor + n
         if len(keys) != n:  # the executor packed calls otherwise: store nothing
             return
-        results.on_outcome = _Outcomes(keys, self.cache, self.what, results)
+        attach_outcomes(results, keys, self.cache, self.what)
         self.jobs.append(results)
         if self.journal is None:
             return
@@ -1288,12 +1284,8 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
                 if store is not None:
                     _evict_unsent(store, call_refs, ())
                 return [taken[0]]
-        sending = Sending(cache, keys, ctx.description, journal, view.kind, view.followable)
-        sent = ex._submit_items(view.plain, items, call_refs, chunksize, store, threshold,
-                                keep_stored, optional, submitted, on_job=sending.on_job)
-        if view.describes:
-            journal.sent(ex.backend, sending.jobs)
-        return sent
+        return _send(ex, view, keys, items, call_refs, chunksize, store, threshold,
+                     keep_stored, optional, submitted)
     futures: list[HogFuture[Any] | None] = [None] * len(items)
     misses: list[int] = []
     get = cache.get
@@ -1318,21 +1310,32 @@ def submit_cached(ex: HogExecutor, ctx: CallContext, items: list[bytes],
     rest = [i for i in misses if i not in adopted] if adopted else misses
     if adopted and store is not None:
         _evict_unsent(store, call_refs, rest)
+    if len(rest) == len(items):
+        return _send(ex, view, keys, items, call_refs, chunksize, store, threshold,
+                     keep_stored, optional, submitted)
     if rest:
-        whole = len(rest) == len(items)
-        sending = Sending(cache, keys if whole else [keys[i] for i in rest], ctx.description,
-                          journal, view.kind, view.followable)
-        sent = ex._submit_items(view.plain, items if whole else [items[i] for i in rest],
-                                call_refs if whole else [call_refs[i] for i in rest],
-                                chunksize, store, threshold, keep_stored, optional, submitted,
-                                on_job=sending.on_job)
-        if view.describes:
-            journal.sent(ex.backend, sending.jobs)
-        if whole:
-            return sent
+        sent = _send(ex, view, [keys[i] for i in rest], [items[i] for i in rest],
+                     [call_refs[i] for i in rest], chunksize, store, threshold, keep_stored,
+                     optional, submitted)
         for i, f in zip(rest, sent, strict=True):
             futures[i] = f
     return futures  # type: ignore[return-value]
+
+
+def _send(ex: HogExecutor, view: _View, keys: list[str | None], items: list[bytes],
+          call_refs: list[list[Any]], chunksize: int | None, store: ClientStore | None,
+          threshold: int, keep_stored: bool, optional: bool,
+          submitted: float) -> list[HogFuture[Any]]:
+    """Send the calls that missed the cache, their jobs registered with the cache
+    (`Sending`) and, once the backend has them, their identities journaled."""
+    journal = view.journal
+    sending = Sending(view.cache, keys, view.ctx.description, journal, view.kind,
+                      view.followable)
+    sent = ex._submit_items(view.plain, items, call_refs, chunksize, store, threshold,
+                            keep_stored, optional, submitted, on_job=sending.on_job)
+    if view.describes:
+        journal.sent(ex.backend, sending.jobs)
+    return sent
 
 
 def _evict_unsent(store: ClientStore, call_refs: Sequence[Sequence[Any]],

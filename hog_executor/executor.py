@@ -253,8 +253,8 @@ class HogExecutor(Executor):
         run again (retries), instead of new ones; ``on_job``: called with each job's results
         before any job is sent (the result cache gives them their calls' keys)."""
         if again is None and ctx.values.get("cache"):  # hits resolve at once (cache.py)
-            return _cache.submit_cached(self, ctx, items, call_refs, chunksize, store, threshold,
-                                 keep_stored, optional, submitted)
+            return _cache.submit_cached(self, ctx, items, call_refs, chunksize, store,
+                                        threshold, keep_stored, optional, submitted)
         state = self._state
         size = chunksize or chunk_size(len(items), state.backend.workers)
         chunks = plan_chunks([len(i) for i in items], size, len(ctx.fn_bytes), ctx.chunk_limit)
