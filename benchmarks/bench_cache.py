@@ -18,9 +18,11 @@ Nothing is asserted. Run: ``python benchmarks/bench_cache.py``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import shlex
+import shutil
 import statistics
 import tempfile
 import time
@@ -31,6 +33,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HOG_EXECUTOR_REQUIREMENT", f"-e {shlex.quote(str(REPO_ROOT))}")
 _SCRATCH = tempfile.mkdtemp(prefix="hog-bench-cache-")
+# Removed at exit, after the cache's writer thread has written its last batch (its own exit
+# hook, registered later, runs first).
+atexit.register(shutil.rmtree, _SCRATCH, True)
 os.environ["XDG_CACHE_HOME"] = _SCRATCH  # the HMAC key of this run only
 
 import _common as c  # noqa: E402
